@@ -1,0 +1,71 @@
+"""The one HTTP set-up: a requests Session with urllib3 retries, timeouts and a user agent.
+
+Retries cover connection errors, read errors and 429/500/502/503/504 with exponential backoff,
+honouring Retry-After. Callers always pass a timeout and call raise_for_status().
+"""
+import threading
+import time
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+USER_AGENT = "cxr-localization/0.1 (+research pipeline; polite scraper)"
+DEFAULT_TIMEOUT = (10, 60)  # (connect, read) seconds
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+def make_session(retries=5, backoff=0.5, pool_size=16, max_backoff=30):
+    """Session retrying idempotent GETs; backoff doubles each try (0.5, 1, 2, 4 s ...)."""
+    retry = Retry(total=retries, connect=retries, read=retries, status=retries,
+                  backoff_factor=backoff, backoff_max=max_backoff,
+                  status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
+                  respect_retry_after_header=True, raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+class RateLimiter:
+    """Thread-safe cap on request starts: at most `max_rps` per second (None/0 = no cap)."""
+
+    def __init__(self, max_rps):
+        self.interval = 1.0 / max_rps if max_rps else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self):
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        delay = start - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def describe_request_error(error, url):
+    """One human line for a requests exception (no traceback)."""
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return f"cannot reach {url} (connection failed: {_root_cause(error)})"
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"timed out talking to {url}"
+    if isinstance(error, requests.exceptions.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} {error.response.reason} from {url}"
+    return f"request to {url} failed: {error}"
+
+
+def _root_cause(error):
+    cause = error
+    while getattr(cause, "__context__", None) is not None or getattr(cause, "reason", None):
+        nxt = getattr(cause, "reason", None) or cause.__context__
+        if nxt is None or nxt is cause:
+            break
+        cause = nxt
+    text = str(cause)
+    return text.split(": ", 1)[-1][:200] if text else type(cause).__name__

@@ -1,0 +1,144 @@
+"""The one owner of the images-description.json schema (stage 2's output, read by stages 4-6).
+
+images-description.json is a JSON list with one record per image:
+
+    name        file name inside <data_dir>/images/ (unique key), e.g. "CXR1_1_IM-0001-3001.png"
+    url         where the image came from (http URL, archive member or local path)
+    type        heading of `items`, as the original scraper kept it ("MeSH" for Open-i)
+    items       MeSH major terms for Open-i, e.g. ["normal"] or ["Cardiomegaly/mild"]
+    image       path relative to the data dir, e.g. "images/CXR1_1_IM-0001-3001.png"
+    label       "normal" | "abnormal" | None (unknown: kept out of training)
+    report_id   grouping key: a report / study / patient may own several images
+    findings    report text (FINDINGS section), "" when absent
+    impression  report text (IMPRESSION section), "" when absent
+    caption     figure caption, e.g. "Xray Chest PA and Lateral"
+    view        "PA" | "AP" | "lateral" | ... or None
+    boxes       list of {"finding", "x", "y", "w", "h"} in original-image pixels
+    source      "openi" | "archive" | "folder"
+    license     licence text or URL of the image/report
+"""
+import math
+import os
+
+from scraper.cli import UserError
+from scraper.fileio import atomic_write_json, read_json
+
+FIELDS = ("name", "url", "type", "items", "image", "label", "report_id", "findings",
+          "impression", "caption", "view", "boxes", "source", "license")
+LABELS = ("normal", "abnormal")
+SOURCES = ("openi", "archive", "folder")
+DESCRIPTION_FILE = "images-description.json"
+FAILURES_FILE = "images-failures.json"
+IMAGES_DIR = "images"
+
+_LABEL_ALIASES = {"normal": "normal", "0": "normal", "abnormal": "abnormal", "1": "abnormal",
+                  "false": "normal", "true": "abnormal", "no finding": "normal"}
+
+
+def label_from_mesh(major_terms):
+    """Open-i rule (the original's): normal iff the MeSH major terms are exactly ["normal"].
+
+    A report indexed only as "No Indexing" (or with no terms at all) has no label: None.
+    """
+    terms = [str(t).strip() for t in (major_terms or []) if str(t).strip()]
+    lowered = [t.lower() for t in terms]
+    if not terms or lowered == ["no indexing"]:
+        return None
+    return "normal" if lowered == ["normal"] else "abnormal"
+
+
+def normalize_label(value):
+    """'normal'/'abnormal'/0/1 (any case, any str/int) -> 'normal'|'abnormal'; '' -> None."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "none", "null", "unknown"):
+        return None
+    if text.endswith(".0"):  # "1.0" from spreadsheets
+        text = text[:-2]
+    try:
+        return _LABEL_ALIASES[text]
+    except KeyError:
+        raise ValueError(f"invalid label {value!r}: use normal/abnormal or 0/1") from None
+
+
+def make_box(finding, x, y, w, h):
+    box = {"finding": str(finding), "x": float(x), "y": float(y), "w": float(w), "h": float(h)}
+    if not all(math.isfinite(box[k]) for k in "xywh") or box["w"] <= 0 or box["h"] <= 0:
+        raise ValueError(f"invalid box {box}: x, y must be finite and w, h positive")
+    return box
+
+
+def make_record(name, source, **fields):
+    """A complete record with every schema field; unknown keyword names are an error."""
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
+    record = {
+        "name": name, "url": "", "type": "", "items": [],
+        "image": f"{IMAGES_DIR}/{name}", "label": None, "report_id": os.path.splitext(name)[0],
+        "findings": "", "impression": "", "caption": "", "view": None, "boxes": [],
+        "source": source, "license": "",
+    }
+    record.update(fields)
+    validate_record(record)
+    return record
+
+
+def validate_record(record):
+    """Raise ValueError naming the first problem with a record."""
+    if not isinstance(record, dict):
+        raise ValueError(f"record must be an object, got {type(record).__name__}")
+    missing = [f for f in FIELDS if f not in record]
+    if missing:
+        raise ValueError(f"record {record.get('name')!r} lacks field(s): {', '.join(missing)}")
+    name = record["name"]
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"invalid record name {name!r}: must be a plain file name")
+    if record["label"] not in (None,) + LABELS:
+        raise ValueError(f"record {name!r}: invalid label {record['label']!r}; "
+                         f"allowed: normal, abnormal, null")
+    if record["source"] not in SOURCES:
+        raise ValueError(f"record {name!r}: invalid source {record['source']!r}; "
+                         f"allowed: {', '.join(SOURCES)}")
+    if not isinstance(record["items"], list) or not isinstance(record["boxes"], list):
+        raise ValueError(f"record {name!r}: items and boxes must be lists")
+    for box in record["boxes"]:
+        if not isinstance(box, dict) or set(box) != {"finding", "x", "y", "w", "h"}:
+            raise ValueError(f"record {name!r}: invalid box {box!r}")
+    if not isinstance(record["report_id"], str) or not record["report_id"]:
+        raise ValueError(f"record {name!r}: report_id must be a non-empty string")
+
+
+def load_descriptions(path):
+    """Read and validate images-description.json; UserError on any problem."""
+    data = read_json(path, "image descriptions")
+    if not isinstance(data, list):
+        raise UserError(f"image descriptions must be a JSON list of records: {path}")
+    seen = set()
+    for index, record in enumerate(data):
+        try:
+            validate_record(record)
+        except ValueError as error:
+            raise UserError(f"{path}: record #{index}: {error}") from None
+        if record["name"] in seen:
+            raise UserError(f"{path}: duplicate record name {record['name']!r}")
+        seen.add(record["name"])
+    return data
+
+
+def save_descriptions(path, records):
+    """Validate and atomically write records, sorted by name for stable diffs."""
+    for record in records:
+        validate_record(record)
+    atomic_write_json(path, sorted(records, key=lambda r: r["name"]))
+
+
+def label_counts(records):
+    """{'normal': n, 'abnormal': n, 'unlabelled': n}"""
+    counts = {"normal": 0, "abnormal": 0, "unlabelled": 0}
+    for record in records:
+        counts[record["label"] or "unlabelled"] += 1
+    return counts
