@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Run the six stages in order, skipping every stage whose outputs are up to date (make/DVC style).
+#
+#   ./run_pipeline.sh [DATA_DIR] [options] [-- stage-2 source options]
+#   ./run_pipeline.sh --demo                    # offline demo on demo/nih-24 into data/demo
+#   ./run_pipeline.sh data --source folder --images ~/xrays --labels ~/xrays/labels.csv
+#
+# Options (everything else is passed to stage 2, cxr-scrape):
+#   --demo               use the bundled 24 NIH images (folder source); DATA_DIR defaults to data/demo
+#   --from STAGE         re-run stage STAGE and every later one; earlier stages are taken as done
+#                        (STAGE: 1-6 or download, scrape, features, examples, train, visualize)
+#   --force              re-run every stage
+#   --random-weights     use seeded random VGG16 weights (offline smoke runs; heatmaps mean nothing)
+#   --weights-from FILE  install VGG16 weights from a file you brought (air-gapped sites)
+#   --seed N             seed for the split, the training and the random weights (default 0)
+#   -h, --help           this text
+#
+# A stage is skipped when its outputs exist, are newer than its inputs, and it was last run with
+# the same command line (kept in DATA_DIR/.stamps/). A stage that fails stops the chain with its
+# own message and a non-zero exit; an interrupted stage leaves complete files only and is re-run.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT="$PWD"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "run_pipeline: error: $*" >&2; exit 2; }
+
+DATA="" DEMO=0 FROM=1 FROM_GIVEN=0 FORCE=0 RANDOM_WEIGHTS=0 WEIGHTS_FROM="" SEED=0 SOURCE_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) DEMO=1 ;;
+    --from) [ $# -ge 2 ] || die "--from needs a stage (1-6)"; FROM="$2"; FROM_GIVEN=1; shift ;;
+    --force) FORCE=1 ;;
+    --random-weights) RANDOM_WEIGHTS=1 ;;
+    --weights-from) [ $# -ge 2 ] || die "--weights-from needs a file"; WEIGHTS_FROM="$2"; shift ;;
+    --seed) [ $# -ge 2 ] || die "--seed needs a number"; SEED="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; SOURCE_ARGS+=("$@"); break ;;
+    -*) SOURCE_ARGS+=("$1") ;;
+    *) if [ -z "$DATA" ] && [ ${#SOURCE_ARGS[@]} -eq 0 ]; then DATA="$1"; else SOURCE_ARGS+=("$1"); fi ;;
+  esac
+  shift
+done
+case "$FROM" in
+  1|download) FROM=1 ;; 2|scrape) FROM=2 ;; 3|features) FROM=3 ;;
+  4|examples) FROM=4 ;; 5|train) FROM=5 ;; 6|visualize) FROM=6 ;;
+  *) die "invalid --from $FROM; use 1-6 or download, scrape, features, examples, train, visualize" ;;
+esac
+[[ "$SEED" =~ ^[0-9]+$ ]] || die "invalid --seed $SEED: a non-negative integer"
+if [ "$DEMO" = 1 ]; then
+  DATA="${DATA:-data/demo}"
+  [ ${#SOURCE_ARGS[@]} -eq 0 ] || die "--demo brings its own data; drop: ${SOURCE_ARGS[*]}"
+  SOURCE_ARGS=(--source folder --images "$ROOT/demo/nih-24/images" --labels "$ROOT/demo/nih-24/labels.csv"
+               --label-column abnormal --group-column patient_id --boxes "$ROOT/demo/nih-24/bboxes.csv")
+fi
+DATA="${DATA:-data}"
+[ -n "$WEIGHTS_FROM" ] && [ ! -f "$WEIGHTS_FROM" ] && die "--weights-from file not found: $WEIGHTS_FROM"
+
+source scripts/ensure_venv.sh
+mkdir -p "$DATA/.stamps"
+STARTED=$SECONDS
+
+# newest modification time (whole seconds) of the files under the given paths; 0 if none
+newest() {
+  [ $# -gt 0 ] || { echo 0; return; }
+  local t; t="$(find "$@" -type f ! -name '.*' -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)"
+  t="${t%%.*}"; echo "${t:-0}"
+}
+# oldest modification time of the given outputs; nothing if one of them is missing
+oldest() {
+  local p t
+  for p in "$@"; do [ -e "$p" ] || return 0; done
+  t="$(find "$@" -maxdepth 0 -printf '%T@\n' | sort -n | head -n 1)"
+  echo "${t%%.*}"
+}
+
+# stage NUM NAME "INPUTS" "OUTPUTS" COMMAND...   (INPUTS/OUTPUTS: space-separated paths)
+# Skipped when: before --from; or (no --force/--from) the last successful run had the same
+# command line, every output exists and no input is newer than the oldest output.
+stage() {
+  local num="$1" name="$2" stamp="$DATA/.stamps/$1-$2" out_time
+  local -a inputs outputs
+  read -r -a inputs <<< "$3"; read -r -a outputs <<< "$4"; shift 4
+  local cmd="$*"
+  if [ "$num" -lt "$FROM" ]; then
+    echo "== stage $num ($name): before --from $FROM, not checked" >&2; return 0
+  fi
+  if [ "$FORCE" = 0 ] && [ "$FROM_GIVEN" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$cmd" ]; then
+    out_time="$(oldest "${outputs[@]}")"
+    if [ -n "$out_time" ] && [ "$(newest "${inputs[@]}")" -le "$out_time" ]; then
+      echo "== stage $num ($name): up to date, skipped" >&2; return 0
+    fi
+  fi
+  echo "== stage $num ($name): $cmd" >&2
+  rm -f "$stamp"
+  "$@" || return $?
+  echo "$cmd" > "$stamp"
+}
+
+W="$DATA/vgg16.weights.h5"
+if [ "$RANDOM_WEIGHTS" = 0 ]; then
+  if [ -n "$WEIGHTS_FROM" ]; then
+    stage 1 download "$WEIGHTS_FROM" "$W" cxr-download-model "$W" --from "$WEIGHTS_FROM"
+  elif [ "$DEMO" = 1 ]; then
+    # The demo must run offline: without the ImageNet weights it falls back to random ones.
+    stage 1 download "" "$W" cxr-download-model "$W" || {
+      echo "run_pipeline: the ImageNet VGG16 weights could not be had; the demo goes on with random weights" >&2
+      RANDOM_WEIGHTS=1
+    }
+  else
+    stage 1 download "" "$W" cxr-download-model "$W"
+  fi
+fi
+RANDOM_FLAGS=()
+if [ "$RANDOM_WEIGHTS" = 1 ]; then
+  RANDOM_FLAGS=(--random-weights --seed "$SEED")
+  cat >&2 <<'EOF'
+##########################################################################################
+#  RANDOM VGG16 WEIGHTS: features, classifier and heatmaps are a smoke test only and     #
+#  mean nothing clinically. Get the ImageNet weights with cxr-download-model (or         #
+#  --weights-from FILE on an air-gapped machine) for real localization.                  #
+##########################################################################################
+EOF
+fi
+SOURCE_INPUTS=()
+for arg in "${SOURCE_ARGS[@]}"; do [ -e "$arg" ] && SOURCE_INPUTS+=("$arg"); done
+WEIGHTS_INPUT="$W"; [ "$RANDOM_WEIGHTS" = 1 ] && WEIGHTS_INPUT=""
+SPLIT_ARGS=(--seed "$SEED")
+[ "$DEMO" = 1 ] && SPLIT_ARGS+=(--test-fraction 0.3)  # a gallery of ~8 demo images, not 2
+
+stage 2 scrape "${SOURCE_INPUTS[*]}" "$DATA/images-description.json" \
+  cxr-scrape "$DATA" "${SOURCE_ARGS[@]}"
+stage 3 features "$DATA/images $WEIGHTS_INPUT" "$DATA/transfer_features.pickle" \
+  cxr-extract-features "$DATA/images" "$DATA/transfer_features.pickle" "$W" "${RANDOM_FLAGS[@]}"
+stage 4 examples "$DATA/images-description.json $DATA/transfer_features.pickle" \
+  "$DATA/training.pickle $DATA/testing.pickle $DATA/examples.json" \
+  cxr-prepare-examples "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
+    "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" "${SPLIT_ARGS[@]}"
+stage 5 train "$DATA/training.pickle $DATA/testing.pickle" "$DATA/model/head.keras $DATA/model/metrics.json" \
+  cxr-train "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/model" --seed "$SEED"
+stage 6 visualize "$DATA/model $DATA/examples.json $DATA/images-description.json $WEIGHTS_INPUT" \
+  "$DATA/results/index.html $DATA/results/index.json" \
+  cxr-visualize "$W" "$DATA/model" "$DATA/examples.json" "$DATA/images" "$DATA/results" "${RANDOM_FLAGS[@]}"
+
+echo "run_pipeline: done in $((SECONDS - STARTED)) s; open $DATA/results/index.html" >&2
