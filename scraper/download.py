@@ -12,7 +12,7 @@ import requests
 from tqdm import tqdm
 
 from scraper.cli import UserError, log
-from scraper.fileio import file_hash
+from scraper.fileio import atomic_write, file_hash
 from scraper.http_client import DEFAULT_TIMEOUT, describe_request_error, make_session
 
 PARTIAL_SUFFIX = ".download"
@@ -55,7 +55,7 @@ def download(url, target, expected_hash=None, session=None, timeout=DEFAULT_TIME
                 raise UserError(describe_request_error(error, url)) from None
             log(f"transfer interrupted at {os.path.getsize(partial):,} bytes; resuming")
             continue
-        except requests.exceptions.HTTPError as error:
+        except requests.exceptions.RequestException as error:  # HTTP status, bad URL, ...
             raise UserError(describe_request_error(error, url)) from None
         if complete:
             break
@@ -74,12 +74,13 @@ def install(source_path, target, expected_hash=None, source=None, move=False):
                 os.unlink(source_path)
         raise HashMismatch(f"hash mismatch for {source or source_path}: expected "
                            f"{expected_hash}, got {actual}; file not installed")
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     if move:
         os.replace(source_path, target)
     else:
-        tmp = target + PARTIAL_SUFFIX
-        shutil.copyfile(source_path, tmp)
-        os.replace(tmp, target)
+        # copy through a unique temp file beside the target, so a killed copy leaves no half file
+        with open(source_path, "rb") as source_file, atomic_write(target) as handle:
+            shutil.copyfileobj(source_file, handle, CHUNK * 16)
     return "downloaded"
 
 
@@ -91,8 +92,11 @@ def _fetch(session, url, partial, timeout, progress):
         if response.status_code == 416 and have:  # nothing left to send: partial is complete
             return True
         response.raise_for_status()
-        if have and response.status_code != 206:
-            have = 0  # server ignored Range: start over
+        # Keep every byte that arrived before a cut (urllib3 would drop the last short chunk
+        # with IncompleteRead); the length check below still notices the short body.
+        response.raw.enforce_content_length = False
+        if have and (response.status_code != 206 or not _range_starts_at(response, have)):
+            have = 0  # server ignored Range (or answered another range): start over
         length = response.headers.get("Content-Length")
         total = int(length) + have if length and length.isdigit() else None
         mode = "ab" if have else "wb"
@@ -111,3 +115,10 @@ def _fetch(session, url, partial, timeout, progress):
     return True
 
 
+def _range_starts_at(response, offset):
+    """True when a 206 answer's Content-Range ("bytes 100-199/200") starts at `offset`."""
+    content_range = response.headers.get("Content-Range", "")
+    try:
+        return int(content_range.split()[1].split("-")[0]) == offset
+    except (IndexError, ValueError):
+        return False
