@@ -98,17 +98,29 @@ stage() {
 }
 
 W="$DATA/vgg16.weights.h5"
+URL_ARGS=()  # CXR_WEIGHTS_URL: a mirror of the VGG16 weights file (same hash), e.g. on an intranet
+[ -n "${CXR_WEIGHTS_URL:-}" ] && URL_ARGS=(--url "$CXR_WEIGHTS_URL")
 if [ "$RANDOM_WEIGHTS" = 0 ]; then
   if [ -n "$WEIGHTS_FROM" ]; then
     stage 1 download "$WEIGHTS_FROM" "$W" cxr-download-model "$W" --from "$WEIGHTS_FROM"
   elif [ "$DEMO" = 1 ]; then
-    # The demo must run offline: without the ImageNet weights it falls back to random ones.
-    stage 1 download "" "$W" cxr-download-model "$W" || {
-      echo "run_pipeline: the ImageNet VGG16 weights could not be had; the demo goes on with random weights" >&2
+    # The demo must run offline: without the ImageNet weights it falls back to random ones,
+    # and remembers that, so re-runs do not wait for the network again (--force retries).
+    FALLBACK="$DATA/.stamps/1-download-unavailable"
+    if [ ! -e "$W" ] && [ -e "$FALLBACK" ] && [ "$FORCE" = 0 ] && [ "$FROM" -gt 1 -o "$FROM_GIVEN" = 0 ]; then
+      echo "== stage 1 (download): weights were unavailable last time; skipped (--force retries)" >&2
+    else
+      stage 1 download "" "$W" cxr-download-model "$W" "${URL_ARGS[@]}" || true
+    fi
+    if [ -e "$W" ]; then
+      rm -f "$FALLBACK"
+    else
+      [ -e "$FALLBACK" ] || echo "run_pipeline: the ImageNet VGG16 weights could not be had; the demo goes on with random weights" >&2
+      touch "$FALLBACK"
       RANDOM_WEIGHTS=1
-    }
+    fi
   else
-    stage 1 download "" "$W" cxr-download-model "$W"
+    stage 1 download "" "$W" cxr-download-model "$W" "${URL_ARGS[@]}"
   fi
 fi
 RANDOM_FLAGS=()
