@@ -1,0 +1,241 @@
+"""Stage 4: split labelled features into training and testing sets by report (patient).
+
+Reads:  images-description.json (stage 2; `label` and `report_id` per image) and
+        transfer_features.pickle (stage 3; {"format": "cxr-features/1", "names", "features", ...}).
+Writes: training.pickle and testing.pickle ({"format": "cxr-examples/1", ...}, see
+        `make_examples`) and examples.json (JSON list of the test images' names, which stage 6
+        explains). All three are written atomically.
+
+No report_id (one report / study / patient, possibly several images) is ever in two splits:
+frontal and lateral views of one study, or two films of one patient, stay together. The split
+is stratified by label, seeded (--seed), with --test-fraction of the labelled examples held
+out for testing and --validation-fraction of the rest marked as the "validation" subset of
+training.pickle (used by stage 5 for early stopping, never for the reported metrics).
+Unlabelled images, images without features and features without a description are counted
+and reported, never silently dropped.
+
+Example:
+    cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
+        data/training.pickle data/testing.pickle data/examples.json
+"""
+import argparse
+import time
+
+import numpy as np
+
+from learning import safe_pickle
+from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.fileio import atomic_write_json
+from scraper.schema import LABELS, load_descriptions
+
+FEATURES_FORMAT = "cxr-features/1"
+EXAMPLES_FORMAT = "cxr-examples/1"
+CLASS_NAMES = list(LABELS)  # ["normal", "abnormal"]: label index 0 = normal, 1 = abnormal
+
+
+def load_features(path):
+    """Read and check a stage-3 features pickle; returns (names, features float32, params)."""
+    data = safe_pickle.load(path, "features pickle", FEATURES_FORMAT)
+    names, features = data.get("names"), data.get("features")
+    if not isinstance(names, list) or not isinstance(features, np.ndarray):
+        raise UserError(f"{path}: features pickle lacks a 'names' list or a 'features' array")
+    if features.ndim not in (2, 4) or len(features) != len(names):
+        raise UserError(f"{path}: features have shape {features.shape} for {len(names)} names; "
+                        f"expected (N, h, w, C) or (N, C) with N = number of names")
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: duplicate image names in the features pickle")
+    return names, features.astype(np.float32, copy=False), dict(data.get("params") or {})
+
+
+def match_examples(records, feature_names):
+    """Join descriptions and features by image name.
+
+    Returns (indices into feature_names, labels int64, groups, counts). `counts` has
+    "labelled" (used), "unlabelled" (label null, with features), "no_features" (described,
+    labelled or not, but no feature vector: stage 3 skipped or failed it) and
+    "no_description" (features for an image the descriptions do not list).
+    """
+    by_name = {record["name"]: record for record in records}
+    indices, labels, groups = [], [], []
+    counts = {"labelled": 0, "unlabelled": 0, "no_features": 0, "no_description": 0}
+    for index, name in enumerate(feature_names):
+        record = by_name.get(name)
+        if record is None:
+            counts["no_description"] += 1
+        elif record["label"] is None:
+            counts["unlabelled"] += 1
+        else:
+            indices.append(index)
+            labels.append(CLASS_NAMES.index(record["label"]))
+            groups.append(record["report_id"])
+            counts["labelled"] += 1
+    counts["no_features"] = len(set(by_name) - set(feature_names))
+    return np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64), groups, counts
+
+
+def stratified_group_split(labels, groups, fraction, seed=0):
+    """Pick whole groups holding about `fraction` of each class; returns a bool mask (held out).
+
+    Groups are visited in a seeded random order and taken while no class would exceed its
+    target round(fraction * class size) - at least 1 for a class with two or more groups, so
+    a tiny dataset still tests both classes - then the visit stops once every class is full.
+    A class that lives in a single group stays on the kept side (it cannot be in both).
+    Equivalent in spirit to sklearn's StratifiedGroupKFold, but hits any fraction (not just
+    1/k) and never fails on tiny datasets.
+    """
+    labels = np.asarray(labels)
+    held = np.zeros(len(labels), dtype=bool)
+    if fraction <= 0 or len(labels) == 0:
+        return held
+    unique_groups = sorted(set(groups))
+    members = {g: [] for g in unique_groups}
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    n_classes = len(CLASS_NAMES)
+    group_counts = {g: np.bincount(labels[idx], minlength=n_classes) for g, idx in members.items()}
+    totals = np.bincount(labels, minlength=n_classes)
+    groups_per_class = sum((c > 0).astype(int) for c in group_counts.values())
+    targets = np.where(groups_per_class >= 2,
+                       np.maximum(1, np.round(fraction * totals)), 0).astype(int)
+    taken = np.zeros(n_classes, dtype=int)
+    rng = np.random.default_rng(seed)
+    for position in rng.permutation(len(unique_groups)):
+        if np.all(taken >= targets):
+            break
+        group = unique_groups[position]
+        counts = group_counts[group]
+        if np.any(taken + counts > targets):
+            continue  # would overshoot a class (e.g. a mixed-label patient): try another group
+        taken += counts
+        held[members[group]] = True
+    # Internal invariant: a group is entirely on one side.
+    for idx in members.values():
+        assert held[idx].all() or not held[idx].any(), "a group was split across sets"
+    return held
+
+
+def split_examples(labels, groups, test_fraction=0.1, validation_fraction=0.1, seed=0):
+    """Assign each example to "train", "validation" or "test"; returns a list of str.
+
+    validation_fraction is a fraction of the non-test examples (taken from training).
+    """
+    for flag, value in (("--test-fraction", test_fraction),
+                        ("--validation-fraction", validation_fraction)):
+        if not 0 <= value < 1:
+            raise UserError(f"invalid {flag} {value}: must be in [0, 1)")
+    labels = np.asarray(labels)
+    present = np.bincount(labels, minlength=len(CLASS_NAMES))
+    missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if present[c] == 0]
+    if missing:
+        raise UserError(f"no {' or '.join(repr(m) for m in missing)} examples among the "
+                        f"{fmt_count(len(labels))} labelled images: a classifier needs both "
+                        f"classes (check the labels in the descriptions)")
+    test = stratified_group_split(labels, groups, test_fraction, seed)
+    rest = np.flatnonzero(~test)
+    validation_rest = stratified_group_split(labels[rest], [groups[i] for i in rest],
+                                             validation_fraction, seed + 1)
+    subset = np.array(["train"] * len(labels), dtype=object)
+    subset[test] = "test"
+    subset[rest[validation_rest]] = "validation"
+    check_group_integrity(groups, subset)
+    return subset.tolist()
+
+
+def check_group_integrity(groups, subset):
+    """Raise AssertionError if any group appears in more than one subset."""
+    seen = {}
+    for group, part in zip(groups, subset):
+        assert seen.setdefault(group, part) == part, \
+            f"report {group!r} is in both {seen[group]!r} and {part!r}"
+
+
+def make_examples(split, names, features, labels, groups, subset, feature_params, split_params):
+    """The stage-4 pickle dict (one per split) that stage 5 and stage 6 read."""
+    return {
+        "format": EXAMPLES_FORMAT, "split": split, "names": list(names),
+        "features": np.ascontiguousarray(features, dtype=np.float32),
+        "labels": np.asarray(labels, dtype=np.int64), "groups": list(groups),
+        "subset": list(subset), "feature_params": feature_params, "split_params": split_params,
+        "class_names": list(CLASS_NAMES),
+    }
+
+
+def count_table(labels, subset):
+    """Rows of class counts per subset, e.g. 'train  400  400  800'."""
+    labels = np.asarray(labels)
+    subset = np.asarray(subset)
+    lines = [f"{'split':<11}{'normal':>9}{'abnormal':>10}{'total':>9}"]
+    for part in ("train", "validation", "test"):
+        counts = np.bincount(labels[subset == part], minlength=len(CLASS_NAMES))
+        lines.append(f"{part:<11}{fmt_count(int(counts[0])):>9}{fmt_count(int(counts[1])):>10}"
+                     f"{fmt_count(int(counts.sum())):>9}")
+    return "\n".join(lines)
+
+
+def prepare(descriptions_path, features_path, training_path, testing_path, examples_path,
+            test_fraction=0.1, validation_fraction=0.1, seed=0):
+    """Run stage 4; returns (subset list, counts dict, labels, groups) of the labelled images."""
+    records = load_descriptions(descriptions_path)
+    feature_names, features, feature_params = load_features(features_path)
+    indices, labels, groups, counts = match_examples(records, feature_names)
+    names = [feature_names[i] for i in indices]
+    subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction, seed),
+                        dtype=object)
+    split_params = {"seed": seed, "test_fraction": test_fraction,
+                    "validation_fraction": validation_fraction}
+    chosen = features[indices]
+    for split, parts, path in (("training", ("train", "validation"), training_path),
+                               ("testing", ("test",), testing_path)):
+        mask = np.isin(subset, parts)
+        rows = np.flatnonzero(mask)
+        safe_pickle.dump(make_examples(split, [names[i] for i in rows], chosen[rows],
+                                       labels[rows], [groups[i] for i in rows],
+                                       subset[rows].tolist(), feature_params, split_params), path)
+    atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
+    return subset.tolist(), counts, labels, groups
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        prog="cxr-prepare-examples", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Split labelled image features into training/testing sets by report_id "
+                    "(no report or patient in two splits), stratified by label.")
+    parser.add_argument("descriptions", help="images-description.json from stage 2")
+    parser.add_argument("features", help="transfer_features.pickle from stage 3")
+    parser.add_argument("training", help="output training.pickle (train + validation subsets)")
+    parser.add_argument("testing", help="output testing.pickle")
+    parser.add_argument("examples", help="output examples.json (names of the test images)")
+    parser.add_argument("--test-fraction", type=float, default=0.1,
+                        help="fraction of the labelled images held out for testing")
+    parser.add_argument("--validation-fraction", type=float, default=0.1,
+                        help="fraction of the remaining (training) images marked 'validation' "
+                             "for early stopping")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    start = time.monotonic()
+    subset, counts, labels, groups = prepare(args.descriptions, args.features, args.training,
+                                     args.testing, args.examples, args.test_fraction,
+                                     args.validation_fraction, args.seed)
+    log(count_table(labels, subset))
+    reports = {part: len({g for g, s in zip(groups, subset) if s == part})
+               for part in ("train", "validation", "test")}
+    log(f"reports (groups): {fmt_count(reports['train'])} train, "
+        f"{fmt_count(reports['validation'])} validation, {fmt_count(reports['test'])} test")
+    log(f"cxr-prepare-examples: {fmt_count(counts['labelled'])} labelled images split; "
+        f"dropped {fmt_count(counts['unlabelled'])} unlabelled, "
+        f"{fmt_count(counts['no_features'])} described without features, "
+        f"{fmt_count(counts['no_description'])} features without a description; "
+        f"{elapsed_since(start)}")
+    return 0
+
+
+def cli():
+    exit_with(main, "cxr-prepare-examples")
+
+
+if __name__ == "__main__":
+    cli()

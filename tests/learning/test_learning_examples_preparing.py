@@ -1,0 +1,191 @@
+"""Stage 4: grouped, stratified, seeded split; counts of what was dropped; output contract."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from learning import safe_pickle
+from learning.learning_examples_preparing import (
+    check_group_integrity, main, match_examples, split_examples, stratified_group_split)
+from scraper.cli import UserError, run_main
+from scraper.schema import make_record, save_descriptions
+
+FEATURE_PARAMS = {"weights": "random:seed=0", "image_size": 32, "layer": "block5_pool",
+                  "pooling": "none", "preprocessing": "caffe", "precision": "float32"}
+
+
+def write_inputs(tmp_path, records, feature_names, shape=(2, 2, 8), seed=0):
+    """images-description.json + a cxr-features/1 pickle whose features encode the row index."""
+    descriptions = tmp_path / "images-description.json"
+    save_descriptions(descriptions, records)
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(len(feature_names),) + shape).astype(np.float32)
+    features[:, 0, 0, 0] = np.arange(len(feature_names))  # row id, to check rows follow names
+    path = tmp_path / "transfer_features.pickle"
+    safe_pickle.dump({"format": "cxr-features/1", "names": list(feature_names),
+                      "features": features, "content_hashes": ["x"] * len(feature_names),
+                      "params": FEATURE_PARAMS, "failures": []}, path)
+    return descriptions, path, features
+
+
+def grouped_records(n_reports=60, seed=0):
+    """Reports of 1-3 images; about a third abnormal; every image of a report shares its label."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for r in range(n_reports):
+        label = "abnormal" if r % 3 == 0 else "normal"
+        for i in range(int(rng.integers(1, 4))):
+            records.append(make_record(f"r{r:03d}_{i}.png", "folder", label=label,
+                                       report_id=f"report-{r}"))
+    return records
+
+
+def run_stage(tmp_path, descriptions, features, *flags):
+    outputs = [tmp_path / n for n in ("training.pickle", "testing.pickle", "examples.json")]
+    code = run_main(main, "cxr-prepare-examples",
+                    [str(descriptions), str(features)] + [str(o) for o in outputs] + list(flags))
+    return code, outputs
+
+
+def test_groups_never_cross_splits_and_classes_are_stratified(tmp_path, capsys):
+    records = grouped_records(90)
+    names = [r["name"] for r in records]
+    descriptions, features_path, features = write_inputs(tmp_path, records, names)
+    code, (training_path, testing_path, examples_path) = run_stage(
+        tmp_path, descriptions, features_path, "--test-fraction", "0.2")
+    assert code == 0
+    training = safe_pickle.load(training_path, kind="cxr-examples/1")
+    testing = safe_pickle.load(testing_path, kind="cxr-examples/1")
+    assert training["split"] == "training" and testing["split"] == "testing"
+    assert set(testing["subset"]) == {"test"}
+    assert set(training["subset"]) == {"train", "validation"}
+    # No report in two splits (train / validation / test), even with several images per report.
+    where = {}
+    for data in (training, testing):
+        for group, part in zip(data["groups"], data["subset"]):
+            assert where.setdefault(group, part) == part
+    assert len(training["names"]) + len(testing["names"]) == len(records)
+    # Stratified: the test share of each class is close to 0.2 (groups hold up to 3 images).
+    all_labels = np.concatenate([training["labels"], testing["labels"]])
+    for c in (0, 1):
+        share = (testing["labels"] == c).sum() / (all_labels == c).sum()
+        assert 0.15 <= share <= 0.25, share
+    # Validation is ~10 % of the non-test images, both classes.
+    val = np.asarray(training["subset"]) == "validation"
+    assert 0.05 <= val.mean() <= 0.15 and set(training["labels"][val]) == {0, 1}
+    # Rows follow their names; labels agree with the descriptions.
+    label_of = {r["name"]: r["label"] for r in records}
+    for data in (training, testing):
+        assert data["features"].dtype == np.float32 and data["labels"].dtype == np.int64
+        assert data["features"].shape[1:] == (2, 2, 8)
+        for name, row, label in zip(data["names"], data["features"], data["labels"]):
+            assert names[int(row[0, 0, 0])] == name
+            assert ["normal", "abnormal"][label] == label_of[name]
+        assert data["feature_params"] == FEATURE_PARAMS
+        assert data["split_params"] == {"seed": 0, "test_fraction": 0.2,
+                                        "validation_fraction": 0.1}
+        assert data["class_names"] == ["normal", "abnormal"]
+    assert json.loads(examples_path.read_text()) == testing["names"]
+    err = capsys.readouterr().err
+    assert "validation" in err and "dropped 0 unlabelled" in err
+
+
+def test_split_is_deterministic_under_seed_and_changes_with_it():
+    records = grouped_records(80)
+    labels = np.array([r["label"] == "abnormal" for r in records], dtype=np.int64)
+    groups = [r["report_id"] for r in records]
+    first = split_examples(labels, groups, seed=3)
+    assert split_examples(labels, groups, seed=3) == first
+    assert split_examples(labels, groups, seed=4) != first
+
+
+def test_unlabelled_and_missing_are_counted_not_silently_dropped(tmp_path, capsys):
+    records = grouped_records(30)
+    records[0]["label"] = None
+    records[1]["label"] = None
+    names = [r["name"] for r in records]
+    # 3 described images have no features; 2 feature rows have no description.
+    feature_names = names[:-3] + ["stray1.png", "stray2.png"]
+    indices, labels, groups, counts = match_examples(records, feature_names)
+    assert counts == {"labelled": len(records) - 5, "unlabelled": 2, "no_features": 3,
+                      "no_description": 2}
+    descriptions, features_path, _ = write_inputs(tmp_path, records, feature_names)
+    code, (training_path, testing_path, _) = run_stage(tmp_path, descriptions, features_path)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert ("dropped 2 unlabelled, 3 described without features, 2 features without a "
+            "description") in err
+    n = len(safe_pickle.load(training_path)["names"]) + len(safe_pickle.load(testing_path)["names"])
+    assert n == len(records) - 5
+
+
+def test_tiny_dataset_still_tests_both_classes():
+    # 24 images, 12 per class, one image per report (like demo/nih-24).
+    labels = np.array([0, 1] * 12)
+    groups = [f"p{i}" for i in range(24)]
+    subset = np.array(split_examples(labels, groups, 0.1, 0.1, seed=0))
+    assert sorted(labels[subset == "test"].tolist()) == [0, 1]
+    assert sorted(labels[subset == "validation"].tolist()) == [0, 1]
+    assert (subset == "train").sum() == 20
+
+
+def test_class_in_a_single_group_stays_in_training():
+    labels = np.array([0] * 10 + [1, 1])
+    groups = [f"p{i}" for i in range(10)] + ["only", "only"]
+    held = stratified_group_split(labels, groups, 0.5, seed=0)
+    assert not held[-2:].any() and held[:10].sum() == 5
+
+
+def test_missing_class_is_a_clear_error(tmp_path):
+    records = [make_record(f"n{i}.png", "folder", label="normal") for i in range(5)]
+    descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
+    with pytest.raises(UserError, match="no 'abnormal' examples"):
+        main([str(descriptions), str(features_path), str(tmp_path / "a"), str(tmp_path / "b"),
+              str(tmp_path / "c")])
+
+
+def test_bad_fraction_and_crafted_pickle_are_one_line_errors(tmp_path, capsys):
+    records = grouped_records(10)
+    descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
+    code, _ = run_stage(tmp_path, descriptions, features_path, "--test-fraction", "1.5")
+    assert code == 1 and "invalid --test-fraction 1.5" in capsys.readouterr().err
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "evil.pickle").write_bytes(pickle.dumps({"format": "cxr-features/1",
+                                                         "x": Evil()}))
+    code, _ = run_stage(tmp_path, descriptions, tmp_path / "evil.pickle")
+    err = capsys.readouterr().err
+    assert code == 1 and "refusing to load" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+    code, _ = run_stage(tmp_path, descriptions, tmp_path / "missing.pickle")
+    assert code == 1 and "not found" in capsys.readouterr().err
+
+
+def test_group_integrity_check_catches_a_split_report():
+    check_group_integrity(["a", "a", "b"], ["train", "train", "test"])
+    with pytest.raises(AssertionError, match="report 'a'"):
+        check_group_integrity(["a", "a", "b"], ["train", "test", "test"])
+
+
+def test_real_demo_labels_split_by_patient(tmp_path):
+    """demo/nih-24's labels.csv (real patient ids) through the stage with pooled features."""
+    import csv
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "nih-24")
+    with open(os.path.join(root, "labels.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = [make_record(row["image"], "folder",
+                           label="abnormal" if row["abnormal"] == "1" else "normal",
+                           report_id=row["patient_id"]) for row in rows]
+    descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
+    code, (training_path, testing_path, examples_path) = run_stage(tmp_path, descriptions,
+                                                                   features_path)
+    assert code == 0
+    testing = safe_pickle.load(testing_path)
+    assert sorted(testing["labels"].tolist()) == [0, 1]
+    assert set(testing["groups"]).isdisjoint(safe_pickle.load(training_path)["groups"])
