@@ -1,0 +1,338 @@
+"""Stage 5: train the normal/abnormal head on the conv features and measure it on the test set.
+
+Reads:  training.pickle and testing.pickle from stage 4 ({"format": "cxr-examples/1", ...}).
+Writes: into the <model> directory, each file atomically:
+        head.keras         the head (features (N, 7, 7, 512) -> 2 logits [normal, abnormal], no
+                           softmax), built-in layers only: keras.models.load_model needs nothing else
+        config.json        {"feature_params", "class_names", "head", "args"}
+        metrics.json       test metrics (per-class table, accuracy, ROC AUC + grouped bootstrap
+                           95% CI, confusion matrix, majority baseline), sizes, epochs, history
+        roc.png, training_curve.png
+
+Early stopping (default head) watches the "validation" subset of training.pickle, never the test
+set; the test set is touched once, after training, for the reported metrics.
+
+Example:
+    cxr-train data/training.pickle data/testing.pickle data/model
+    cxr-train data/training.pickle data/testing.pickle data/model-original --head original
+"""
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from learning import safe_pickle
+from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
+from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
+from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.fileio import atomic_write, atomic_write_json
+
+EXAMPLES_FORMAT = "cxr-examples/1"
+HEAD_FILE = "head.keras"
+
+
+def load_examples(path, split):
+    """Read a stage-4 pickle and check its arrays agree; split is "training" or "testing"."""
+    data = safe_pickle.load(path, f"{split} examples", EXAMPLES_FORMAT)
+    features, labels = data.get("features"), data.get("labels")
+    if not isinstance(features, np.ndarray) or not isinstance(labels, np.ndarray):
+        raise UserError(f"{path}: {split} examples lack a 'features' or 'labels' array")
+    n = len(features)
+    for key in ("names", "groups", "subset"):
+        if not isinstance(data.get(key), list) or len(data[key]) != n:
+            raise UserError(f"{path}: {split} examples have {fmt_count(n)} feature rows but "
+                            f"'{key}' is not a list of that length")
+    if features.ndim not in (2, 4) or labels.shape != (n,):
+        raise UserError(f"{path}: features of shape {features.shape} with labels of shape "
+                        f"{labels.shape}; expected (N, h, w, C) or (N, C) and (N,)")
+    if n and not np.isin(labels, (0, 1)).all():
+        raise UserError(f"{path}: labels must be 0 (normal) or 1 (abnormal), found "
+                        f"{sorted(set(labels.tolist()))[:5]}")
+    if data.get("split") != split:
+        raise UserError(f"{path} holds the {data.get('split')!r} split, expected {split!r}; "
+                        f"are the training and testing arguments swapped?")
+    data["features"] = features.astype(np.float32, copy=False)
+    return data
+
+
+def check_compatible(training, testing, training_path, testing_path):
+    """Both pickles must come from the same features (shape and stage-3 parameters)."""
+    if training["features"].shape[1:] != testing["features"].shape[1:]:
+        raise UserError(f"feature shapes differ: {training_path} has "
+                        f"{training['features'].shape[1:]}, {testing_path} has "
+                        f"{testing['features'].shape[1:]}; re-run stage 4 on one features file")
+    if training.get("feature_params") != testing.get("feature_params"):
+        raise UserError(f"feature parameters differ between {training_path} and {testing_path} "
+                        f"({training.get('feature_params')} vs {testing.get('feature_params')}); "
+                        f"re-run stage 4 on one features file")
+    if len(training["features"]) == 0 or len(testing["features"]) == 0:
+        raise UserError("empty training or testing set: check stage 4's summary")
+
+
+def class_weights(labels):
+    """Balanced weights n / (2 * n_c): each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=2)
+    if np.any(counts == 0):
+        raise UserError(f"the training subset lacks a class (normal {counts[0]}, abnormal "
+                        f"{counts[1]}): cannot train a two-class head")
+    return {c: float(len(labels) / (2 * counts[c])) for c in range(2)}
+
+
+def resolve_config(args):
+    """The preset of --head with the flags given on the command line taking precedence."""
+    config = dict(PRESETS[args.head])
+    config["head"] = args.head
+    for key in ("epochs", "batch_size", "learning_rate", "dropout", "patience"):
+        value = getattr(args, key)
+        if value is not None:
+            config[key] = value
+    if config["patience"] is not None and config["patience"] <= 0:
+        config["patience"] = None
+    for key, low in (("epochs", 1), ("batch_size", 1)):
+        if config[key] < low:
+            raise UserError(f"invalid --{key.replace('_', '-')} {config[key]}: must be >= {low}")
+    if not config["learning_rate"] > 0:
+        raise UserError(f"invalid --learning-rate {config['learning_rate']}: must be > 0")
+    if not 0 <= config["dropout"] < 1:
+        raise UserError(f"invalid --dropout {config['dropout']}: must be in [0, 1)")
+    assert config["input_scaling"] in INPUT_SCALINGS
+    return config
+
+
+def _make_tracker(val_features, val_labels, patience):
+    """A Keras callback recording validation AUROC per epoch and keeping the best weights
+    (lowest validation loss); it stops training after `patience` epochs without improvement."""
+    import keras
+
+    class BestValidation(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = {"loss": [], "val_loss": [], "val_auroc": []}
+            self.best_epoch, self.best_loss, self.best_weights = None, np.inf, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.history["loss"].append(float(logs.get("loss", np.nan)))
+            if val_features is None:
+                return
+            logits = self.model.predict(val_features, verbose=0, batch_size=256)
+            auc = roc_auc(val_labels, logits[:, 1] - logits[:, 0])
+            val_loss = float(logs.get("val_loss", np.nan))
+            self.history["val_loss"].append(val_loss)
+            self.history["val_auroc"].append(auc)
+            if val_loss < self.best_loss:
+                self.best_epoch, self.best_loss = epoch + 1, val_loss
+                self.best_weights = [w.copy() for w in self.model.get_weights()]
+            elif patience is not None and epoch + 1 - self.best_epoch >= patience:
+                self.model.stop_training = True
+
+    return BestValidation()
+
+
+def train_head(training, config, seed=0, verbose=0):
+    """Fit the head on the "train" subset, early-stopping on "validation".
+
+    Returns (model, info) with info = {"epochs_run", "best_epoch", "history", "n_train",
+    "n_validation", "class_weights", "scaling"}.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    subset = np.asarray(training["subset"], dtype=object)
+    train_mask, val_mask = subset == "train", subset == "validation"
+    x_train, y_train = training["features"][train_mask], training["labels"][train_mask]
+    x_val, y_val = training["features"][val_mask], training["labels"][val_mask]
+    weights = class_weights(y_train) if config["class_weights"] else None
+    if not config["class_weights"]:
+        class_weights(y_train)  # still refuse a one-class training subset
+    has_val = len(y_val) > 0 and config["patience"] is not None
+    stats = input_scaling_stats(x_train, config["input_scaling"])
+    model = build_head(x_train.shape[1:], activation=config["activation"],
+                       dropout=config["dropout"], hidden=config["hidden"],
+                       input_scaling=config["input_scaling"], scaling_stats=stats,
+                       input_dropout=config.get("input_dropout", 0.0))
+    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tracker = _make_tracker(x_val if len(y_val) else None, y_val,
+                            config["patience"] if has_val else None)
+    model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
+              class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
+              validation_data=(x_val, y_val) if len(y_val) else None)
+    epochs_run = len(tracker.history["loss"])
+    best_epoch = epochs_run
+    if has_val and tracker.best_weights is not None:
+        model.set_weights(tracker.best_weights)  # restore the best validation epoch
+        best_epoch = tracker.best_epoch
+    info = {"epochs_run": epochs_run, "best_epoch": best_epoch, "history": tracker.history,
+            "n_train": int(train_mask.sum()), "n_validation": int(val_mask.sum()),
+            "class_weights": weights,
+            "early_stopping": "lowest validation loss" if has_val else None}
+    return model, info
+
+
+def predict_logits(model, features, batch_size=256):
+    """(N, 2) float64 logits [normal, abnormal]."""
+    return np.asarray(model.predict(features, batch_size=batch_size, verbose=0),
+                      dtype=np.float64)
+
+
+def save_model(model, directory):
+    """Save head.keras atomically (Keras needs the .keras suffix, so a temp dir + rename)."""
+    os.makedirs(directory, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".head-", suffix=".part", dir=directory)
+    try:
+        tmp = os.path.join(tmp_dir, HEAD_FILE)
+        model.save(tmp)
+        os.replace(tmp, os.path.join(directory, HEAD_FILE))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _save_figure(figure, path):
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_roc(labels, logits, metrics, path, title="Test-set ROC curve"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], "--", color="grey", label="chance / majority baseline (AUC 0.5)")
+    if metrics["roc_auc"] is not None:
+        fpr, tpr, _ = roc_curve(labels, logits[:, 1] - logits[:, 0])
+        ci = metrics["roc_auc_ci"]
+        interval = f", 95% CI {ci['low']:.3f}-{ci['high']:.3f}" if ci["low"] is not None else ""
+        axis.plot(fpr, tpr, color="C0", label=f"head: AUC {metrics['roc_auc']:.3f}{interval}")
+    else:
+        axis.text(0.5, 0.5, "AUROC undefined:\none class in the test set", ha="center")
+    axis.set(xlabel="false positive rate (normal called abnormal)",
+             ylabel="true positive rate (abnormal detected)",
+             title=f"{title} (n={metrics['n']:,})", xlim=(0, 1), ylim=(0, 1.01))
+    axis.legend(loc="lower right", fontsize=8)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_training_curve(info, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = info["history"]
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, history["loss"], label="training loss (class-weighted)"
+                   if info.get("class_weights") else "training loss")
+    if history["val_loss"]:
+        loss_axis.plot(epochs, history["val_loss"], label="validation loss")
+    auc_values = [np.nan if v is None else v for v in history["val_auroc"]]
+    if auc_values:
+        auc_axis.plot(epochs, auc_values, color="C2", label="validation ROC AUC")
+    for axis in (loss_axis, auc_axis):
+        axis.axvline(info["best_epoch"], color="grey", linestyle=":",
+                     label=f"kept epoch {info['best_epoch']}")
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
+    loss_axis.set(ylabel="cross-entropy", title="Loss per epoch")
+    auc_axis.set(ylabel="ROC AUC", title="Validation ROC AUC per epoch")
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        prog="cxr-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train the normal/abnormal head on stage-3 features and report test metrics. "
+                    "Unset flags take the --head preset's value: default = relu, dropout "
+                    f"{PRESETS['default']['dropout']}, Adam {PRESETS['default']['learning_rate']}"
+                    f", up to {PRESETS['default']['epochs']} epochs, patience "
+                    f"{PRESETS['default']['patience']}, class weights; original = tanh, no "
+                    f"dropout, Adam 1e-5, 10 epochs, no class weights, no early stopping.")
+    parser.add_argument("training", help="training.pickle from stage 4")
+    parser.add_argument("testing", help="testing.pickle from stage 4")
+    parser.add_argument("model", help="output directory (head.keras, config.json, metrics.json, "
+                                      "roc.png, training_curve.png)")
+    parser.add_argument("--head", choices=sorted(PRESETS), default="default",
+                        help="preset of architecture and training choices")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (preset)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (preset)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam learning rate (preset)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout after the hidden layer (preset)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience in epochs on the validation loss; "
+                             "0 disables (preset)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of weights init, shuffling, dropout and bootstrap")
+    return parser
+
+
+def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None):
+    """Train, evaluate and write the model directory; returns (metrics dict, model)."""
+    training = load_examples(training_path, "training")
+    testing = load_examples(testing_path, "testing")
+    check_compatible(training, testing, training_path, testing_path)
+    model, info = train_head(training, config, seed)
+    logits = predict_logits(model, testing["features"])
+    train_labels = training["labels"][np.asarray(training["subset"], dtype=object) == "train"]
+    test_metrics = evaluate(testing["labels"], logits, testing["groups"], train_labels,
+                            n_resamples, seed)
+    metrics = {
+        "test": test_metrics,
+        "baseline_majority": test_metrics["baseline_majority"],
+        "n_train": info["n_train"], "n_validation": info["n_validation"],
+        "n_test": int(len(testing["labels"])),
+        "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+        "early_stopping": info["early_stopping"],
+        "validation_auroc_at_best": (info["history"]["val_auroc"][info["best_epoch"] - 1]
+                                     if info["history"]["val_auroc"] else None),
+        "history": info["history"], "head": config["head"], "seed": seed,
+    }
+    save_model(model, model_dir)
+    head_config = {k: v for k, v in config.items() if k != "why"}
+    head_config["class_weights_used"] = info["class_weights"]
+    atomic_write_json(os.path.join(model_dir, "config.json"), {
+        "feature_params": training.get("feature_params"), "class_names": list(CLASS_NAMES),
+        "head": head_config, "args": args or {}, "split_params": training.get("split_params"),
+        "output": "2 pre-softmax logits [normal, abnormal]"})
+    atomic_write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    plot_roc(testing["labels"], logits, test_metrics, os.path.join(model_dir, "roc.png"))
+    plot_training_curve(info, os.path.join(model_dir, "training_curve.png"))
+    return metrics, model
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    start = time.monotonic()
+    config = resolve_config(args)
+    if args.bootstrap < 1:
+        raise UserError(f"invalid --bootstrap {args.bootstrap}: must be >= 1")
+    metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
+                     args.bootstrap, vars(args))
+    print(format_report(metrics["test"]))
+    log(f"cxr-train: head {config['head']!r} trained on {fmt_count(metrics['n_train'])} images "
+        f"(validation {fmt_count(metrics['n_validation'])}), {metrics['epochs_run']} epochs run, "
+        f"kept epoch {metrics['best_epoch']}; tested on {fmt_count(metrics['n_test'])}; "
+        f"wrote {args.model}; {elapsed_since(start)}")
+    return 0
+
+
+def cli():
+    exit_with(main, "cxr-train")
+
+
+if __name__ == "__main__":
+    cli()

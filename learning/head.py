@@ -1,0 +1,77 @@
+"""The classifier head stacked on the frozen VGG16 conv features, built from built-in Keras layers.
+
+Input: stage-3 features, float32 (N, 7, 7, 512) (or (N, C) when pooled). Output: 2 logits
+[normal, abnormal], NO softmax: attribution (stage 6) explains pre-softmax logits, and training
+uses losses with from_logits=True. Only built-in layers, so stage 6 loads head.keras with
+keras.models.load_model and no custom objects, and calls it on the conv base's output.
+
+Presets (`--head`):
+- "original": the 2018 original - flatten -> dense 2048 tanh -> 2; Adam 1e-5, 10 epochs, no
+  class weights, no early stopping.
+- "default": the same capacity with choices measured on the nih-cxr-1000 validation subset
+  (see PRESETS["default"]["why"] and README's "Head" note).
+"""
+import numpy as np
+
+PRESETS = {
+    "original": {
+        "activation": "tanh", "dropout": 0.0, "input_dropout": 0.0, "input_scaling": "none",
+        "epochs": 10, "batch_size": 32, "learning_rate": 1e-5, "class_weights": False,
+        "patience": None, "hidden": 2048,
+        "why": "reproduces the 2018 original (tanh, Adam 1e-5, 10 epochs, no class weights)",
+    },
+    "default": {
+        "activation": "relu", "dropout": 0.5, "input_dropout": 0.0, "input_scaling": "global",
+        "epochs": 60, "batch_size": 32, "learning_rate": 1e-4, "class_weights": True,
+        "patience": 8, "hidden": 2048,
+        "why": "see learning/head.py and the README note: measured on validation AUROC",
+    },
+}
+INPUT_SCALINGS = ("none", "global", "standardize")
+
+
+def input_scaling_stats(features, input_scaling):
+    """Statistics of the training features the head bakes in (so raw features go in at use).
+
+    "global": one scalar, 1 / std of all training feature values (keeps the layer a plain
+    multiplication, trivially linear for DeepLIFT); "standardize": per-feature mean and variance
+    (keras Normalization); "none": nothing.
+    """
+    if input_scaling == "none":
+        return None
+    features = np.asarray(features, dtype=np.float64)
+    if input_scaling == "global":
+        std = float(features.std())
+        return {"scale": 1.0 / std if std > 0 else 1.0}
+    if input_scaling == "standardize":
+        return {"mean": features.mean(axis=0).astype(np.float32),
+                "variance": features.var(axis=0).astype(np.float32)}
+    raise ValueError(f"invalid input scaling {input_scaling!r}; allowed: "
+                     f"{', '.join(INPUT_SCALINGS)}")
+
+
+def build_head(feature_shape, activation="relu", dropout=0.5, hidden=2048, input_scaling="none",
+               scaling_stats=None, input_dropout=0.0):
+    """A keras.Model mapping features (N, *feature_shape) -> logits (N, 2).
+
+    Layers: [scale] -> flatten -> [input dropout] -> dense(hidden, activation) -> [dropout] -> dense(2).
+    """
+    import keras
+
+    inputs = keras.Input(shape=tuple(feature_shape), name="features")
+    x = inputs
+    if input_scaling == "global":
+        x = keras.layers.Rescaling(scaling_stats["scale"], name="input_scale")(x)
+    elif input_scaling == "standardize":
+        x = keras.layers.Normalization(axis=tuple(range(1, len(feature_shape) + 1)),
+                                       mean=scaling_stats["mean"],
+                                       variance=scaling_stats["variance"],
+                                       name="input_standardize")(x)
+    x = keras.layers.Flatten(name="flatten")(x)  # (N, 7 * 7 * 512) = (N, 25088)
+    if input_dropout:
+        x = keras.layers.Dropout(input_dropout, name="input_dropout")(x)
+    x = keras.layers.Dense(hidden, activation=activation, name="hidden")(x)  # (N, 2048)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
+    logits = keras.layers.Dense(2, name="logits")(x)  # (N, 2) [normal, abnormal], pre-softmax
+    return keras.Model(inputs, logits, name="cxr_head")

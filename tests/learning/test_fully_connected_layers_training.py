@@ -1,0 +1,139 @@
+"""Stage 5 on tiny synthetic features: model dir contract, determinism, logits, bad inputs."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from learning import safe_pickle
+from learning.fully_connected_layers_training import main
+from scraper.cli import run_main
+
+FEATURE_PARAMS = {"weights": "random:seed=0", "image_size": 32, "layer": "block5_pool",
+                  "pooling": "none", "preprocessing": "caffe", "precision": "float32"}
+SHAPE = (2, 2, 8)
+
+
+def make_split(split, n, seed, subsets, shape=SHAPE, params=FEATURE_PARAMS):
+    """Separable synthetic features: abnormal images have a raised first channel; two images
+    per group (patient)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    features = rng.normal(size=(n,) + shape).astype(np.float32)
+    features[..., 0] += 3.0 * labels[:, None, None]
+    return {"format": "cxr-examples/1", "split": split,
+            "names": [f"{split}{i}.png" for i in range(n)], "features": features,
+            "labels": labels.astype(np.int64), "groups": [f"{split}-p{i // 2}" for i in range(n)],
+            "subset": [subsets(i) for i in range(n)], "feature_params": params,
+            "split_params": {"seed": 0, "test_fraction": 0.1, "validation_fraction": 0.1},
+            "class_names": ["normal", "abnormal"]}
+
+
+@pytest.fixture
+def pickles(tmp_path):
+    training = tmp_path / "training.pickle"
+    testing = tmp_path / "testing.pickle"
+    safe_pickle.dump(make_split("training", 120, 0,
+                                lambda i: "validation" if i % 10 in (0, 1) else "train"), training)
+    safe_pickle.dump(make_split("testing", 40, 1, lambda i: "test"), testing)
+    return training, testing
+
+
+def train(training, testing, model_dir, *flags):
+    return run_main(main, "cxr-train", [str(training), str(testing), str(model_dir),
+                                        "--epochs", "6", "--bootstrap", "200"] + list(flags))
+
+
+def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
+    import keras
+
+    training, testing = pickles
+    model_dir = tmp_path / "model"
+    assert train(training, testing, model_dir) == 0
+    assert sorted(os.listdir(model_dir)) == ["config.json", "head.keras", "metrics.json",
+                                             "roc.png", "training_curve.png"]
+    out = capsys.readouterr().out
+    assert "avg / total" in out and "ROC AUC" in out and "majority baseline" in out
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert (metrics["n_train"], metrics["n_validation"], metrics["n_test"]) == (96, 24, 40)
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 6
+    test = metrics["test"]
+    assert test["roc_auc"] > 0.9  # separable synthetic data
+    assert test["roc_auc_ci"]["low"] <= test["roc_auc"] <= test["roc_auc_ci"]["high"]
+    assert test["roc_auc_ci"]["n_groups"] == 20  # resampled patients, not 40 images
+    assert metrics["baseline_majority"]["accuracy"] == 0.5
+    assert metrics["baseline_majority"]["roc_auc"] == 0.5
+    assert sum(map(sum, test["confusion_matrix"]["matrix"])) == 40
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["feature_params"] == FEATURE_PARAMS
+    assert config["class_names"] == ["normal", "abnormal"]
+    assert config["head"]["head"] == "default" and config["head"]["activation"] == "relu"
+    assert config["args"]["epochs"] == 6
+    # Stage 6 loads the head with no custom objects; it outputs 2 logits, not probabilities.
+    head = keras.models.load_model(model_dir / "head.keras")
+    features = safe_pickle.load(testing)["features"][:5]
+    logits = np.asarray(head(features))
+    assert logits.shape == (5, 2)
+    assert head.layers[-1].get_config()["activation"] == "linear"
+    assert not np.allclose(logits.sum(axis=1), 1.0)
+
+
+def test_two_runs_with_one_seed_give_identical_metrics(pickles, tmp_path):
+    training, testing = pickles
+    assert train(training, testing, tmp_path / "a", "--seed", "3") == 0
+    assert train(training, testing, tmp_path / "b", "--seed", "3") == 0
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert first == second
+
+
+def test_original_head_reproduces_the_2018_choices(pickles, tmp_path):
+    training, testing = pickles
+    assert train(training, testing, tmp_path / "m", "--head", "original") == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())["head"]
+    assert (config["activation"], config["learning_rate"], config["class_weights"],
+            config["patience"], config["dropout"]) == ("tanh", 1e-5, False, None, 0.0)
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == metrics["best_epoch"] == 6  # no early stopping
+
+
+def test_single_class_test_set_gives_null_auroc(tmp_path):
+    training = tmp_path / "training.pickle"
+    testing = tmp_path / "testing.pickle"
+    safe_pickle.dump(make_split("training", 40, 0,
+                                lambda i: "validation" if i % 10 in (0, 1) else "train"), training)
+    one_class = make_split("testing", 8, 1, lambda i: "test")
+    one_class["labels"][:] = 1
+    safe_pickle.dump(one_class, testing)
+    assert train(training, testing, tmp_path / "m", "--epochs", "2") == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] is None and "only one class" in metrics["test"]["note"]
+
+
+def test_bad_inputs_are_one_line_errors(pickles, tmp_path, capsys):
+    training, testing = pickles
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    crafted = tmp_path / "crafted.pickle"
+    crafted.write_bytes(pickle.dumps({"format": "cxr-examples/1", "features": Evil()}))
+    corrupt = tmp_path / "corrupt.pickle"
+    corrupt.write_bytes(training.read_bytes()[:100])
+    other_shape = tmp_path / "other_shape.pickle"
+    safe_pickle.dump(make_split("testing", 10, 1, lambda i: "test", shape=(2, 2, 4)), other_shape)
+    other_params = tmp_path / "other_params.pickle"
+    safe_pickle.dump(make_split("testing", 10, 1, lambda i: "test",
+                                params=dict(FEATURE_PARAMS, weights="sha256:abc")), other_params)
+    cases = [(crafted, testing, "refusing to load"), (corrupt, testing, "corrupt"),
+             (tmp_path / "missing.pickle", testing, "not found"),
+             (training, other_shape, "feature shapes differ"),
+             (training, other_params, "feature parameters differ"),
+             (testing, training, "holds the 'testing' split")]
+    for train_path, test_path, message in cases:
+        assert train(train_path, test_path, tmp_path / "m") == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "m").exists()
