@@ -15,6 +15,7 @@ Writes: <data_dir>/images/, <data_dir>/images-description.json,
 """
 import argparse
 import copy
+import importlib
 
 from scraper import openi
 from scraper.cli import UserError, exit_with
@@ -180,12 +181,12 @@ def run(args):
             backoff=args.backoff, query=args.query, collection=args.collection,
             progress=progress)
     if args.source == "archive":
-        from scraper import archive  # imported here: only this source needs it
+        archive = importlib.import_module("scraper.archive")  # only this source needs it
         return archive.scrape_archive(
             args.data_dir, args.png_archive or archive.ARCHIVE_PNG_URL,
             args.reports_archive or archive.ARCHIVE_REPORTS_URL, limit=args.limit,
             progress=progress)
-    from scraper import folder  # imported here: only this source needs it
+    folder = importlib.import_module("scraper.folder")  # only this source needs it
     return folder.import_folder(
         args.data_dir, args.images, labels_csv=args.labels, normal_class=args.normal_class,
         boxes_csv=args.boxes, label_column=args.label_column, group_column=args.group_column,
