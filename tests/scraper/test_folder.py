@@ -1,0 +1,221 @@
+"""Source `folder`: the user's own images, labelled by CSV (NIH columns) or class folders."""
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import scraper.folder as folder
+from scraper.cli import UserError
+from scraper.folder import flat_name, import_folder
+from scraper.images import load_rgb
+from scraper.schema import load_descriptions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NIH = os.path.join(ROOT, "demo", "nih-24")
+NIH_IMAGES = sorted(os.listdir(os.path.join(NIH, "images")))
+
+
+def nih(n, size=64):
+    """Demo X-ray n as a small grayscale PIL image."""
+    return Image.open(os.path.join(NIH, "images", NIH_IMAGES[n])).convert("L").resize((size, size))
+
+
+def records_by_name(data):
+    return {r["name"]: r for r in load_descriptions(os.path.join(data, "images-description.json"))}
+
+
+def failures_of(data):
+    path = os.path.join(data, "images-failures.json")
+    return json.load(open(path)) if os.path.exists(path) else []
+
+
+def snapshot(directory):
+    return {e.name: (e.stat().st_ino, e.stat().st_mtime_ns) for e in os.scandir(directory)}
+
+
+@pytest.fixture
+def class_tree(tmp_path):
+    """normal/ and abnormal/ with JPEG, RGBA PNG, 16-bit PNG, a corrupt PNG and junk files."""
+    src = tmp_path / "xrays"
+    (src / "normal").mkdir(parents=True)
+    (src / "abnormal").mkdir()
+    nih(0).save(src / "normal" / "1.jpg", quality=90)
+    rgba = nih(1).convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(src / "normal" / "2.png")
+    nih(2).convert("RGB").save(src / "abnormal" / "1.jpg")                 # same name as normal/1.jpg
+    sixteen = (np.asarray(nih(3), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(src / "abnormal" / "3.png")
+    assert Image.open(src / "abnormal" / "3.png").mode.startswith("I;16")
+    (src / "abnormal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (src / "normal" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (src / "notes.txt").write_text("patient list\n")
+    nih(4).save(src / "loose.png")                                         # no class folder
+    (src / ".git").mkdir()
+    (src / ".git" / "x.png").write_bytes(b"never looked at")
+    return src
+
+
+def test_flat_names():
+    assert flat_name("normal/1.jpg") == "normal__1.jpg"
+    assert flat_name("a/b/c.png") == "a__b__c.png"
+
+
+def test_class_folders_with_mixed_formats_and_junk(class_tree, tmp_path, capsys):
+    data = tmp_path / "data"
+    summary = import_folder(data, class_tree, normal_class="normal", progress=False)
+    assert (summary.saved, summary.present, summary.failed, summary.skipped,
+            summary.unlabelled) == (4, 0, 1, 4, 0)
+    assert sorted(os.listdir(data / "images")) == [
+        "abnormal__1.jpg", "abnormal__3.png", "normal__1.jpg", "normal__2.png"]
+    records = records_by_name(data)
+    assert {n: r["label"] for n, r in records.items()} == {
+        "abnormal__1.jpg": "abnormal", "abnormal__3.png": "abnormal",
+        "normal__1.jpg": "normal", "normal__2.png": "normal"}
+    first = records["normal__1.jpg"]
+    assert first == {
+        "name": "normal__1.jpg", "url": str(class_tree / "normal" / "1.jpg"), "type": "label",
+        "items": ["normal"], "image": "images/normal__1.jpg", "label": "normal",
+        "report_id": "normal__1", "findings": "", "impression": "", "caption": "", "view": None,
+        "boxes": [], "source": "folder", "license": ""}
+    # the copies are the user's bytes, and every mode loads as (H, W, 3) uint8
+    assert (data / "images" / "abnormal__3.png").read_bytes() == \
+        (class_tree / "abnormal" / "3.png").read_bytes()
+    assert load_rgb(data / "images" / "abnormal__3.png").shape == (64, 64, 3)
+    assert load_rgb(data / "images" / "normal__2.png").dtype == np.uint8
+    failures = failures_of(data)
+    assert [(f["name"], f["reason"].split(" (")[0]) for f in failures] == [
+        ("abnormal__broken.png", "not a decodable image")]
+    err = capsys.readouterr().err
+    assert "1 image(s) outside the class folders: skipped (e.g. loose.png)" in err
+    assert "3 file(s) that are not images skipped" in err
+
+
+def test_rerun_copies_nothing_and_picks_up_changes(class_tree, tmp_path):
+    data = tmp_path / "data"
+    import_folder(data, class_tree, normal_class="normal", progress=False)
+    before = snapshot(data / "images")
+    summary = import_folder(data, class_tree, normal_class="normal", progress=False)
+    assert (summary.saved, summary.present, summary.failed, summary.skipped) == (0, 4, 1, 4)
+    assert snapshot(data / "images") == before
+    # a replaced source file (new inode, new content) is imported again
+    os.unlink(class_tree / "normal" / "1.jpg")
+    nih(5).save(class_tree / "normal" / "1.jpg")
+    summary = import_folder(data, class_tree, normal_class="normal", progress=False)
+    assert (summary.saved, summary.present) == (1, 3)
+    assert (data / "images" / "normal__1.jpg").read_bytes() == \
+        (class_tree / "normal" / "1.jpg").read_bytes()
+
+
+def test_copy_when_hard_links_are_impossible(class_tree, tmp_path, monkeypatch):
+    def no_link(*args):
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(folder.os, "link", no_link)
+    data = tmp_path / "data"
+    assert import_folder(data, class_tree, normal_class="normal", progress=False).saved == 4
+    copy, source = data / "images" / "normal__2.png", class_tree / "normal" / "2.png"
+    assert copy.read_bytes() == source.read_bytes()
+    assert copy.stat().st_ino != source.stat().st_ino
+    assert [n for n in os.listdir(data / "images") if n.startswith(".")] == []
+    summary = import_folder(data, class_tree, normal_class="normal", progress=False)
+    assert (summary.saved, summary.present) == (0, 4)
+
+
+def test_unknown_normal_class_names_the_folders(class_tree, tmp_path):
+    with pytest.raises(UserError, match=r"normal class folder 'healthy' not found .*; "
+                                        r"sub-folders with images: abnormal, normal"):
+        import_folder(tmp_path / "d", class_tree, normal_class="healthy", progress=False)
+
+
+def test_nih_csv_with_boxes(tmp_path):
+    data = tmp_path / "data"
+    summary = import_folder(data, os.path.join(NIH, "images"), os.path.join(NIH, "labels.csv"),
+                            boxes_csv=os.path.join(NIH, "bboxes.csv"), label_column="abnormal",
+                            group_column="patient_id", progress=False)
+    assert (summary.saved, summary.failed, summary.skipped, summary.unlabelled) == (24, 0, 0, 0)
+    records = records_by_name(data)
+    labels = [r["label"] for r in records.values()]
+    assert (labels.count("normal"), labels.count("abnormal")) == (12, 12)
+    first = records["00000150_002.png"]
+    assert (first["label"], first["items"], first["report_id"], first["view"]) == (
+        "abnormal", ["abnormal"], "150", "AP")
+    assert first["boxes"] == [{"finding": "Pneumonia", "x": 300.7, "y": 298.0, "w": 107.8,
+                               "h": 90.5}]
+    assert sum(len(r["boxes"]) for r in records.values()) == 8
+    with open(os.path.join(NIH, "labels.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(records[row["image"]]["view"] == row["view"] for row in rows)
+
+
+def test_csv_missing_rows_unlisted_images_and_subfolders(tmp_path):
+    src = tmp_path / "src"
+    (src / "study7").mkdir(parents=True)
+    nih(0).save(src / "a.png")
+    nih(1).save(src / "study7" / "b.png")
+    nih(2).save(src / "unlisted.png")
+    (src / "notes.txt").write_text("x")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label,group\n"
+                      "a.png,normal,p1\n"
+                      "./study7/b.png,1,p1\n"
+                      "gone.png,abnormal,p2\n"
+                      "notes.txt,0,p3\n"
+                      "c.png,,\n")
+    nih(3).save(src / "c.png")
+    data = tmp_path / "data"
+    summary = import_folder(data, src, labels, progress=False)
+    assert (summary.saved, summary.failed, summary.skipped, summary.unlabelled) == (3, 2, 2, 1)
+    records = records_by_name(data)
+    assert {n: (r["label"], r["report_id"]) for n, r in records.items()} == {
+        "a.png": ("normal", "p1"), "study7__b.png": ("abnormal", "p1"), "c.png": (None, "c")}
+    assert records["c.png"]["items"] == []
+    assert [(f["name"], f["reason"]) for f in failures_of(data)] == [
+        ("gone.png", f"listed in labels.csv row 4 but not found in {src}"),
+        ("notes.txt", "listed in labels.csv row 5 but not an image file")]
+
+
+def test_bad_label_value_names_row_and_value(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    nih(0).save(src / "a.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,abnormal\na.png,1\nb.png,maybe\n")
+    with pytest.raises(UserError, match=r"labels CSV .*labels.csv: row 3 \(image b.png\): "
+                                        r"invalid abnormal 'maybe'; use normal/abnormal or 0/1"):
+        import_folder(tmp_path / "d", src, labels, label_column="abnormal", progress=False)
+    with pytest.raises(UserError, match=r"has no column 'label' \(columns: image, abnormal\); "
+                                        r"name the label column with --label-column"):
+        import_folder(tmp_path / "d", src, labels, progress=False)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,finding,x,y,w,h\na.png,Mass,1,2,0,4\n")
+    with pytest.raises(UserError, match=r"boxes CSV .*: row 2: invalid box .*w, h positive"):
+        import_folder(tmp_path / "d", src, boxes_csv=boxes, progress=False)
+    with pytest.raises(UserError, match="images folder not found"):
+        import_folder(tmp_path / "d", tmp_path / "nope", progress=False)
+    assert not (tmp_path / "d" / "images-description.json").exists()
+
+
+def test_unlabelled_folder_is_allowed_with_a_warning(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nih(0).save(src / "a.png")
+    shutil.copy(src / "a.png", src / "b.PNG")
+    summary = import_folder(tmp_path / "data", src, progress=False)
+    assert (summary.saved, summary.unlabelled) == (2, 2)
+    assert "warning: no labels CSV and no normal class folder" in capsys.readouterr().err
+    assert {r["label"] for r in records_by_name(tmp_path / "data").values()} == {None}
+
+
+def test_output_inside_the_input_folder_is_not_reimported(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    nih(0).save(src / "a.png")
+    import_folder(src / "data", src, progress=False)
+    summary = import_folder(src / "data", src, progress=False)
+    assert (summary.saved, summary.present, summary.skipped) == (0, 1, 1)  # the json is junk
+    assert sorted(os.listdir(src / "data" / "images")) == ["a.png"]
