@@ -16,7 +16,8 @@ at all when every wanted image is there).
 
 Example (through the stage-2 command):
     cxr-scrape data --source archive
-    cxr-scrape data --source archive --png-archive ~/NLMCXR_png.tgz --reports-archive ~/NLMCXR_reports.tgz
+    cxr-scrape data --source archive --png-archive ~/NLMCXR_png.tgz \\
+        --reports-archive ~/NLMCXR_reports.tgz
 """
 import os
 import re
@@ -62,7 +63,13 @@ def fetch_source(source, data_dir, what, session=None, progress=True):
         log(f"using the {what} downloaded earlier: {target}")
         return target
     log(f"downloading the {what} {source} -> {target}")
-    download(source, target, None, session=session, progress=progress)
+    try:
+        download(source, target, None, session=session, progress=progress)
+    except UserError as error:
+        raise UserError(f"{error}; without access, download the {what} elsewhere and give its "
+                        f"local path (--png-archive / --reports-archive)") from None
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}") from None
     return target
 
 

@@ -16,10 +16,10 @@ naming a missing image; images the CSV does not list are skipped. A re-run leave
 files alone (counted as present).
 
 Example (through the stage-2 command):
-    cxr-scrape data --source folder --images-dir demo/nih-24/images \\
-        --labels-csv demo/nih-24/labels.csv --label-column abnormal --group-column patient_id \\
-        --boxes-csv demo/nih-24/bboxes.csv
-    cxr-scrape data --source folder --images-dir ~/xrays --normal-class normal
+    cxr-scrape data --source folder --images demo/nih-24/images \\
+        --labels demo/nih-24/labels.csv --label-column abnormal --group-column patient_id \\
+        --boxes demo/nih-24/bboxes.csv
+    cxr-scrape data --source folder --images ~/xrays --normal-class normal
 """
 import contextlib
 import csv
@@ -111,6 +111,9 @@ def read_labels_csv(path, label_column="label", group_column="group"):
     rows, columns = _open_csv(path, "labels CSV")
     _require_columns(path, "labels CSV", columns, (IMAGE_COLUMN, label_column),
                      "; name the label column with --label-column")
+    if group_column not in columns and group_column != "group":
+        raise UserError(f"labels CSV {path} has no group column {group_column!r} "
+                        f"(columns: {', '.join(columns)})")
     entries = {}
     for line, row in rows:
         image = _cell(row, IMAGE_COLUMN)

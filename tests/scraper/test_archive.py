@@ -11,7 +11,8 @@ from PIL import Image
 from scraper.archive import natural_key, parse_report, scrape_archive
 from scraper.cli import UserError
 from scraper.schema import load_descriptions
-from tests.file_server import FileServer
+from scraper.cli import run_main
+from tests.file_server import FileServer, unused_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORTS = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "openi", "reports", "*.xml")))
@@ -201,3 +202,27 @@ def test_archives_from_url(archives):
     assert open(data / "archives" / "NLMCXR_png.tgz", "rb").read() == open(pngs, "rb").read()
     record = {r["name"]: r for r in load_descriptions(data / "images-description.json")}
     assert record["CXR3_IM-1384-1001.png"]["url"] == png_url + "#CXR3_IM-1384-1001.png"
+
+
+def test_cxr_scrape_end_to_end(archives, capsys, monkeypatch):
+    import scraper.download
+    from scraper.http_client import make_session
+    from scraper.scrape import main
+    monkeypatch.setattr(scraper.download, "make_session", lambda: make_session(retries=0))
+    (pngs, reports), tmp_path = archives
+    data = tmp_path / "data"
+    assert run_main(main, "cxr-scrape", [str(data), "--source", "archive", "--png-archive", pngs,
+                                         "--reports-archive", reports, "--limit", "5",
+                                         "--no-progress"]) == 0
+    assert len(load_descriptions(data / "images-description.json")) == 5
+    err = capsys.readouterr().err
+    assert ("cxr-scrape: 5 saved, 0 already present, 0 failed, 3 skipped, 0 unlabelled"
+            in err)
+    # an unreachable archive URL: one line, no traceback, and the way out
+    url = f"http://127.0.0.1:{unused_port()}/NLMCXR_reports.tgz"
+    code = run_main(main, "cxr-scrape", [str(tmp_path / "d2"), "--source", "archive",
+                                         "--reports-archive", url, "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"cxr-scrape: error: cannot reach {url}")
+    assert "give its local path" in err[-1]

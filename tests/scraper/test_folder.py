@@ -219,3 +219,20 @@ def test_output_inside_the_input_folder_is_not_reimported(tmp_path):
     summary = import_folder(src / "data", src, progress=False)
     assert (summary.saved, summary.present, summary.skipped) == (0, 1, 1)  # the json is junk
     assert sorted(os.listdir(src / "data" / "images")) == ["a.png"]
+
+
+def test_cxr_scrape_end_to_end(class_tree, tmp_path, capsys):
+    from scraper.cli import run_main
+    from scraper.scrape import main
+    data = tmp_path / "data"
+    assert run_main(main, "cxr-scrape", [str(data), "--source", "folder", "--images",
+                                         str(class_tree), "--normal-class", "normal",
+                                         "--no-progress"]) == 0
+    assert "cxr-scrape: 4 saved, 0 already present, 1 failed, 4 skipped, 0 unlabelled" in \
+        capsys.readouterr().err
+    code = run_main(main, "cxr-scrape", [str(tmp_path / "d2"), "--source", "folder", "--images",
+                                         os.path.join(NIH, "images"), "--labels",
+                                         os.path.join(NIH, "labels.csv"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err
+    assert err.startswith("cxr-scrape: error: labels CSV") and "--label-column" in err
