@@ -76,8 +76,15 @@ def download_weights(weights_path, url=WEIGHTS_URL, expected_hash=WEIGHTS_HASH, 
         raise UserError(f"cannot write {weights_path}: {error.strerror or error}") from None
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage + error on two lines; the pipeline's rule is one line."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
+
+
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="cxr-download-model", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("weights_path", help="where to write the weights, e.g. data/vgg16.weights.h5")
@@ -97,6 +104,8 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.retries < 0:
         raise UserError(f"invalid --retries {args.retries}: must be 0 or more")
+    if args.from_file is None and not re.match(r"https?://", args.url):
+        raise UserError(f"invalid --url {args.url!r}: expected an http:// or https:// URL")
     expected_hash = check_hash_text(args.hash)
     if expected_hash is None:
         log("cxr-download-model: warning: no --hash given, the file will not be verified")

@@ -151,3 +151,13 @@ def test_from_missing_file_and_bad_hash_text(tmp_path, capsys):
     assert code != 0 and "--from file not found" in capsys.readouterr().err
     code = run_main(main, "cxr-download-model", [str(tmp_path / "w.h5"), "--hash", "xyz"])
     assert code != 0 and "invalid --hash 'xyz'" in capsys.readouterr().err
+
+
+def test_flag_errors_are_one_line(tmp_path, capsys):
+    code = run_main(main, "cxr-download-model", [str(tmp_path / "w.h5"), "--url", "ftp://x/y"])
+    assert code == 1 and "invalid --url 'ftp://x/y'" in capsys.readouterr().err
+    code = run_main(main, "cxr-download-model", [str(tmp_path / "w.h5"), "--bogus"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "unrecognized arguments: --bogus" in err
+    assert run_main(main, "cxr-download-model", []) == 2
+    assert "weights_path" in capsys.readouterr().err
