@@ -143,7 +143,8 @@ def _stream_members(path, what):
                 try:
                     return tar.extractfile(member).read()
                 except _ARCHIVE_ERRORS as error:
-                    raise UserError(f"{what} {path} is corrupt or truncated at member {member.name!r} "
+                    raise UserError(f"{what} {path} is corrupt or truncated at member "
+                                    f"{member.name!r} "
                                     f"({error}); delete it and re-run") from None
             yield member, read
 

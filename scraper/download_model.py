@@ -10,7 +10,8 @@ already has the right hash is left alone (no request is made).
 
 Example:
     cxr-download-model data/vgg16.weights.h5
-    cxr-download-model data/vgg16.weights.h5 --from ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
+    cxr-download-model data/vgg16.weights.h5 \\
+        --from ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
 """
 import argparse
 import os
@@ -87,7 +88,8 @@ def get_args_parser():
     parser = _OneLineParser(
         prog="cxr-download-model", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("weights_path", help="where to write the weights, e.g. data/vgg16.weights.h5")
+    parser.add_argument("weights_path",
+                        help="where to write the weights, e.g. data/vgg16.weights.h5")
     parser.add_argument("--url", default=WEIGHTS_URL, help="where to download the weights from")
     parser.add_argument("--hash", default=WEIGHTS_HASH,
                         help="expected md5 (32 hex digits) or sha256 (64); '' skips the check")

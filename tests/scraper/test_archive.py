@@ -108,7 +108,8 @@ def test_import_records_labels_and_counts(archives):
     assert records["CXR2_IM-0652-2001.png"]["label"] == "abnormal"
     assert records["CXR39_IM-1978-1002.png"]["items"] == ["No Indexing"]
     assert records["CXR39_IM-1978-1002.png"]["label"] is None
-    assert {records[f"CXR62_IM-2202-{s}.png"]["report_id"] for s in ("1001", "12012", "4004")} == {"CXR62"}
+    assert {records[f"CXR62_IM-2202-{s}.png"]["report_id"]
+            for s in ("1001", "12012", "4004")} == {"CXR62"}
     assert records["CXR111_IM-0076-1001.png"]["caption"] == ""
     assert records["CXR111_IM-0076-1001.png"]["findings"] == ""
 

@@ -62,7 +62,8 @@ def test_partial_file_from_killed_run_is_resumed(tmp_path, weights):
         assert main([str(target), "--url", server.url("/w.h5"), "--hash", md5,
                      "--no-progress"]) == 0
     assert target.read_bytes() == data
-    assert [(r.range_header, r.sent) for r in server.requests] == [("bytes=123456-", SIZE - 123_456)]
+    assert [(r.range_header, r.sent) for r in server.requests] == [
+        ("bytes=123456-", SIZE - 123_456)]
 
 
 def test_server_ignoring_range_restarts_cleanly(tmp_path, weights):
@@ -141,7 +142,8 @@ def test_from_file_good_and_bad(tmp_path, weights, capsys):
     assert files_in(target.parent) == ["w.h5"]
     # a bad file into an empty place: no target at all
     other = tmp_path / "other" / "w.h5"
-    assert run_main(main, "cxr-download-model", [str(other), "--from", str(bad), "--hash", md5]) != 0
+    assert run_main(main, "cxr-download-model",
+                    [str(other), "--from", str(bad), "--hash", md5]) != 0
     assert not other.exists()
 
 

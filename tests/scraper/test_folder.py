@@ -47,7 +47,7 @@ def class_tree(tmp_path):
     rgba = nih(1).convert("RGBA")
     rgba.putalpha(200)
     rgba.save(src / "normal" / "2.png")
-    nih(2).convert("RGB").save(src / "abnormal" / "1.jpg")                 # same name as normal/1.jpg
+    nih(2).convert("RGB").save(src / "abnormal" / "1.jpg")  # same name as normal/1.jpg
     sixteen = (np.asarray(nih(3), dtype=np.uint16) * 257).astype(np.uint16)
     Image.fromarray(sixteen).save(src / "abnormal" / "3.png")
     assert Image.open(src / "abnormal" / "3.png").mode.startswith("I;16")
