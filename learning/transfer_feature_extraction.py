@@ -325,12 +325,16 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
         batch_positions = []
         compute_start = time.monotonic()
         last_checkpoint = time.monotonic()
-        bar = tqdm(total=len(to_compute), desc="features", unit="img", disable=not progress,
-                   dynamic_ncols=True, smoothing=0.1)
+        bar = None       # opened once the network is built, so build errors print alone
+        seen = 0         # images taken from the decode pipeline (computed or failed)
 
         def run_batch():
-            nonlocal last_checkpoint
+            nonlocal last_checkpoint, bar
             n = len(batch_positions)
+            if bar is None:
+                net.build()
+                bar = tqdm(total=len(to_compute), initial=seen - n, desc="features", unit="img",
+                           disable=not progress, dynamic_ncols=True, smoothing=0.1)
             outputs = net(batch[:n])                   # (n, *row_shape) float32
             if features is None:
                 allocate(outputs.shape[1:])
@@ -346,10 +350,12 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
         try:
             for index, image in _iter_decoded(paths, image_size, workers,
                                               prefetch=max(2 * batch_size, 2 * workers)):
+                seen += 1
                 position = to_compute[index]
                 if isinstance(image, BadImage):
                     failures[names[position]] = str(image)
-                    bar.update(1)
+                    if bar is not None:
+                        bar.update(1)
                     continue
                 batch[len(batch_positions)] = image
                 batch_positions.append(position)
@@ -358,13 +364,16 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             if batch_positions:
                 run_batch()
         except KeyboardInterrupt:
-            bar.close()
+            if bar is not None:
+                bar.close()
             if features is not None and done.any():
                 _write_checkpoint(output_path, names, hashes, features, done, params)
                 log(f"cxr-extract-features: saved {fmt_count(int(done.sum()))} finished images to "
                     f"{partial_path(output_path)}; re-run the same command to continue")
             raise
-        bar.close()
+        finally:
+            if bar is not None:
+                bar.close()
         built_here = net.build_seconds if model is None else 0.0
         stats.compute_seconds = time.monotonic() - compute_start - built_here
 

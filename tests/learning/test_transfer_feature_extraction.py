@@ -1,0 +1,243 @@
+"""Stage 3: features are the VGG16 conv base applied to preprocess(load_image), incrementally.
+
+Random weights and 64 px images keep this fast (one 64 px VGG16 build is ~1 s); the images are
+the real NIH X-rays of demo/nih-24 plus a truncated PNG and a .DS_Store.
+"""
+import hashlib
+import os
+import pathlib
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from learning import safe_pickle, vgg
+from learning import transfer_feature_extraction as tfe
+from scraper.cli import UserError, run_main
+
+DEMO = pathlib.Path(__file__).resolve().parents[2] / "demo" / "nih-24" / "images"
+DEMO_NAMES = sorted(p.name for p in DEMO.glob("*.png"))
+SIZE = 64          # block5_pool of a 64 px image: (2, 2, 512)
+CORRUPT = "zz_truncated.png"
+
+
+def make_images(folder, names=DEMO_NAMES):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(DEMO / name, folder / name)
+    (folder / CORRUPT).write_bytes((DEMO / DEMO_NAMES[0]).read_bytes()[:3000])
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return folder
+
+
+def run(images, output, **kwargs):
+    kwargs.setdefault("random_weights", True)
+    kwargs.setdefault("image_size", SIZE)
+    kwargs.setdefault("progress", False)
+    return tfe.extract_features(images, output, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def net():
+    """The 64 px random-weight network, built once and shared by the incremental tests."""
+    return tfe.FeatureModel(None, True, 0, SIZE, "block5_pool", "none", "fp32")
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, net):
+    """One full run on the 24 demo images: (images dir, output path, stats)."""
+    root = tmp_path_factory.mktemp("first")
+    images = make_images(root / "images")
+    output = root / "features.pickle"
+    stats = run(images, output, batch_size=16, model=net)
+    return images, output, stats
+
+
+def copy_run(first, tmp_path):
+    images, output, _ = first
+    shutil.copytree(images, tmp_path / "images")
+    shutil.copy(output, tmp_path / "features.pickle")
+    return tmp_path / "images", tmp_path / "features.pickle"
+
+
+def test_contract_shapes_names_hashes_failures(first):
+    images, output, stats = first
+    result = safe_pickle.load(output, "features", kind="cxr-features/1")
+    assert result["format"] == "cxr-features/1"
+    assert result["names"] == DEMO_NAMES
+    assert result["features"].dtype == np.float32
+    assert result["features"].shape == (24, 2, 2, 512)
+    assert result["content_hashes"] == [hashlib.sha256((images / n).read_bytes()).hexdigest()
+                                        for n in DEMO_NAMES]
+    assert result["params"] == {"weights": "random:seed=0", "image_size": SIZE,
+                                "layer": "block5_pool", "pooling": "none",
+                                "preprocessing": vgg.PREPROCESSING, "precision": "fp32"}
+    assert [f["name"] for f in result["failures"]] == [CORRUPT]
+    assert "not a decodable image" in result["failures"][0]["reason"]
+    assert (stats.total, stats.computed, stats.reused, stats.failed, stats.skipped) == \
+        (25, 24, 0, 1, 1)
+    assert stats.written
+
+
+def test_features_equal_a_direct_call_of_the_conv_base(first):
+    images, output, _ = first
+    result = safe_pickle.load(output, "features", kind="cxr-features/1")
+    model = vgg.build_conv_base(random_weights=True, seed=0, image_size=SIZE)
+    batch = np.stack([vgg.load_image(images / n, SIZE) for n in DEMO_NAMES])   # (24, 64, 64, 3)
+    expected = np.asarray(model(vgg.preprocess(batch), training=False))        # (24, 2, 2, 512)
+    assert float(np.abs(expected).max()) > 0.01   # random ReLU features are not all zero
+    np.testing.assert_allclose(result["features"], expected, rtol=1e-4,
+                               atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_rerun_computes_nothing_and_leaves_the_file_alone(first, tmp_path, net):
+    images, output = copy_run(first, tmp_path)
+    before = output.read_bytes()
+    stats = run(images, output, model=net)
+    assert (stats.computed, stats.reused, stats.failed) == (0, 24, 1)
+    assert not stats.written
+    assert output.read_bytes() == before
+
+
+def test_new_changed_and_deleted_images(first, tmp_path, net):
+    images, output = copy_run(first, tmp_path)
+    old = safe_pickle.load(output, kind="cxr-features/1")
+    # Two new images (same pixels under new names) cost exactly two.
+    shutil.copy(DEMO / DEMO_NAMES[0], images / "new_a.png")
+    shutil.copy(DEMO / DEMO_NAMES[1], images / "new_b.png")
+    stats = run(images, output, model=net)
+    assert (stats.computed, stats.reused) == (2, 24)
+    result = safe_pickle.load(output, kind="cxr-features/1")
+    assert result["names"] == sorted(DEMO_NAMES + ["new_a.png", "new_b.png"])
+    np.testing.assert_allclose(result["features"][result["names"].index("new_a.png")],
+                               old["features"][0], rtol=1e-4, atol=1e-4)
+    # A changed file (new bytes under the same name) is recomputed; a deleted one dropped.
+    flipped = vgg.load_image(DEMO / DEMO_NAMES[2])[:, ::-1, 0]
+    from PIL import Image
+    Image.fromarray(np.ascontiguousarray(flipped)).save(images / DEMO_NAMES[2])
+    (images / DEMO_NAMES[3]).unlink()
+    stats = run(images, output, model=net)
+    assert (stats.computed, stats.reused) == (1, 24)
+    result = safe_pickle.load(output, kind="cxr-features/1")
+    assert DEMO_NAMES[3] not in result["names"]
+    assert len(result["names"]) == result["features"].shape[0] == 25
+    changed = result["features"][result["names"].index(DEMO_NAMES[2])]
+    assert not np.allclose(changed, old["features"][2])
+    kept = result["names"].index(DEMO_NAMES[4])
+    np.testing.assert_array_equal(result["features"][kept], old["features"][4])
+
+
+def test_changing_params_recomputes_everything_and_pooling_shapes(first, tmp_path):
+    images, output = copy_run(first, tmp_path)
+    grid = safe_pickle.load(output, kind="cxr-features/1")["features"]     # (24, 2, 2, 512)
+    stats = run(images, output, pooling="avg")
+    assert (stats.computed, stats.reused) == (24, 0)
+    avg = safe_pickle.load(output, kind="cxr-features/1")
+    assert avg["features"].shape == (24, 512) and avg["params"]["pooling"] == "avg"
+    np.testing.assert_allclose(avg["features"], grid.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+    stats = run(images, output, pooling="max")
+    assert (stats.computed, stats.reused) == (24, 0)
+    np.testing.assert_allclose(safe_pickle.load(output, kind="cxr-features/1")["features"],
+                               grid.max(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_is_close_to_fp32_stored_as_float32_and_recomputes(tmp_path):
+    images = make_images(tmp_path / "images", DEMO_NAMES[:4])
+    output = tmp_path / "features.pickle"
+    run(images, output, pooling="avg")
+    fp32 = safe_pickle.load(output, kind="cxr-features/1")["features"]
+    stats = run(images, output, pooling="avg", precision="bf16")
+    assert (stats.computed, stats.reused) == (4, 0)      # precision is part of the params
+    result = safe_pickle.load(output, kind="cxr-features/1")
+    assert result["params"]["precision"] == "bf16"
+    assert result["features"].dtype == np.float32
+    relative = np.abs(result["features"] - fp32).max() / np.abs(fp32).max()
+    assert 0 < relative < 0.05
+
+
+def test_interrupted_run_keeps_previous_output_and_resumes(first, tmp_path, net, monkeypatch):
+    images, output = copy_run(first, tmp_path)
+    before = output.read_bytes()
+    for name in DEMO_NAMES[:8]:                       # 8 changed images -> 2 batches of 4
+        (images / name).write_bytes((DEMO / DEMO_NAMES[23]).read_bytes() + name.encode())
+    calls = []
+    real_call = tfe.FeatureModel.__call__
+
+    def interrupt_second_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_call(self, batch)
+
+    monkeypatch.setattr(tfe.FeatureModel, "__call__", interrupt_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(images, output, model=net, batch_size=4)
+    assert output.read_bytes() == before                      # previous output intact
+    assert os.path.exists(tfe.partial_path(output))           # 4 finished images saved
+    monkeypatch.setattr(tfe.FeatureModel, "__call__", real_call)
+    stats = run(images, output, model=net, batch_size=4)
+    assert (stats.computed, stats.reused) == (4, 20)          # only the 4 not yet done
+    assert not os.path.exists(tfe.partial_path(output))
+    result = safe_pickle.load(output, kind="cxr-features/1")
+    np.testing.assert_allclose(result["features"][0], result["features"][23], rtol=1e-4,
+                               atol=1e-4)  # same pixels (trailing bytes after IEND ignored)
+
+
+def test_main_end_to_end_prints_warning_and_summary(tmp_path, capsys):
+    images = make_images(tmp_path / "images", DEMO_NAMES[:2])
+    output = tmp_path / "out" / "features.pickle"
+    argv = [str(images), str(output), "--random-weights", "--image-size", "32",
+            "--pooling", "max", "--no-progress"]
+    assert run_main(tfe.main, "cxr-extract-features", argv) == 0
+    err = capsys.readouterr().err
+    assert "RANDOMLY initialised" in err and "smoke tests only" in err
+    assert "3 images: 2 computed, 0 reused, 1 failed, 1 non-image files skipped" in err
+    assert safe_pickle.load(output, kind="cxr-features/1")["features"].shape == (2, 512)
+    assert run_main(tfe.main, "cxr-extract-features", argv) == 0
+    assert "0 computed, 2 reused, 1 failed" in capsys.readouterr().err
+
+
+def _one_error_line(capsys, argv):
+    code = run_main(tfe.main, "cxr-extract-features", [str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if "WARNING: --random-weights" not in line]
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("cxr-extract-features: error: "), err
+    return err[0]
+
+
+def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, capsys):
+    images = make_images(tmp_path / "images", DEMO_NAMES[:1])
+    out = tmp_path / "features.pickle"
+    assert "images folder not found" in _one_error_line(
+        capsys, [tmp_path / "nope", out, "--random-weights"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"junk")
+    assert "no image files" in _one_error_line(capsys, [empty, out, "--random-weights"])
+    assert "no VGG16 weights given" in _one_error_line(capsys, [images, out])
+    assert "weights file not found" in _one_error_line(capsys, [images, out, tmp_path / "w.h5"])
+    text = tmp_path / "weights.h5"
+    text.write_text("<html>not weights</html>")
+    assert "not a VGG16 weights file" in _one_error_line(capsys, [images, out, text])
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle.attrs["layer_names"] = [b"dense"]
+        handle.create_group("dense")
+    line = _one_error_line(capsys, [images, out, other, "--image-size", "32"])
+    assert "is not a VGG16 no-top weights file" in line
+    assert not out.exists()
+    only_corrupt = tmp_path / "corrupt"
+    only_corrupt.mkdir()
+    (only_corrupt / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert "could be read" in _one_error_line(capsys, [only_corrupt, out, "--random-weights"])
+
+
+def test_refuses_to_overwrite_a_file_that_is_not_a_features_pickle(tmp_path, capsys):
+    images = make_images(tmp_path / "images", DEMO_NAMES[:1])
+    out = tmp_path / "training.pickle"
+    safe_pickle.dump({"format": "cxr-examples/1", "x": [1]}, out)
+    line = _one_error_line(capsys, [images, out, "--random-weights", "--image-size", "32"])
+    assert "refusing to overwrite" in line
+    assert safe_pickle.load(out)["format"] == "cxr-examples/1"
