@@ -4,6 +4,7 @@ Every stage raises `UserError` for problems the user can fix (missing file, bad 
 unreachable server) and wraps its `main` with `run_main`, which prints
 `<prog>: error: <message>` on stderr and returns a non-zero exit code.
 """
+import argparse
 import sys
 import time
 
@@ -14,6 +15,17 @@ class UserError(Exception):
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (UserError, exit 2) and shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
 
 
 def run_main(main, prog, argv=None):
