@@ -1,0 +1,173 @@
+"""Benchmark of stage 3 (cxr-extract-features): throughput, precision, re-runs and memory.
+
+Prints, all in one run so that ratios compare like with like on a shared machine:
+  1. model-only img/s (pre-decoded, preprocessed batches in memory) vs end-to-end img/s
+     (PNG decode + resize + model through the stage's pipeline); goal: end-to-end >= 0.9x;
+  2. fp32 vs bf16 (Keras mixed precision) model-only img/s and the max relative difference of
+     the features; goal: >= 1.8x (needs a CPU with bf16 instructions: AVX512-BF16 or AMX);
+  3. peak RSS of the CLI on 250 vs 1000 images (each in its own subprocess, ru_maxrss via
+     wait4), pooling none: memory should grow by about the output array, (N, 7, 7, 512) float32;
+  4. a re-run on unchanged images as % of the first run's time (both CLI subprocesses);
+     goal: < 5%.
+Random conv weights (--random-weights): no ImageNet weights offline; speed does not depend on
+the weight values.
+
+Example:
+    python benchmarks/bench_features.py /work/shared/datasets/nih-cxr-1000/images
+    python benchmarks/bench_features.py IMAGES --throughput-images 64 --rss-images 50 200
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from learning import vgg  # noqa: E402
+from learning import transfer_feature_extraction as tfe  # noqa: E402
+from scraper.images import is_image_name  # noqa: E402
+
+
+def linked_subset(images_dir, count, target):
+    """A folder of symlinks to the first `count` images (sorted), so the CLI sees only those."""
+    names = sorted(n for n in os.listdir(images_dir) if is_image_name(n))
+    if len(names) < count:
+        sys.exit(f"bench_features: {images_dir} has {len(names)} images, need {count}")
+    os.makedirs(target, exist_ok=True)
+    for name in names[:count]:
+        os.symlink(os.path.abspath(os.path.join(images_dir, name)), os.path.join(target, name))
+    return target
+
+
+def model_only_rate(model, preprocessed, batch_size):
+    """img/s of the network alone on batches already decoded and preprocessed in memory."""
+    started = time.perf_counter()
+    outputs = []
+    for start in range(0, len(preprocessed), batch_size):
+        outputs.append(np.asarray(model(preprocessed[start:start + batch_size], training=False))
+                       .astype(np.float32))
+    return len(preprocessed) / (time.perf_counter() - started), np.concatenate(outputs)
+
+
+def throughput(images_dir, count, batch_size, workers, image_size, precisions, work):
+    subset = linked_subset(images_dir, count, os.path.join(work, f"throughput-{count}"))
+    names = sorted(os.listdir(subset))
+    started = time.perf_counter()
+    decoded = np.stack([vgg.load_image(os.path.join(subset, n), image_size) for n in names])
+    decode_rate = count / (time.perf_counter() - started)
+    preprocessed = vgg.preprocess(decoded)                  # (count, S, S, 3) float32
+    del decoded
+    print(f"decode+resize alone (1 thread): {decode_rate:.1f} img/s", flush=True)
+
+    net = tfe.FeatureModel(None, True, 0, image_size, "block5_pool", "none", "fp32")
+    model = net.build()
+    model(preprocessed[:batch_size], training=False)        # warm-up (oneDNN primitives)
+
+    # Model-only before and after the end-to-end run, averaged: the machine is shared.
+    rate_a, fp32_features = model_only_rate(model, preprocessed, batch_size)
+    stats = tfe.extract_features(subset, os.path.join(work, "e2e.pickle"), random_weights=True,
+                                 image_size=image_size, batch_size=batch_size, workers=workers,
+                                 progress=False, model=net)
+    rate_b, _ = model_only_rate(model, preprocessed, batch_size)
+    model_rate = (rate_a + rate_b) / 2
+    end_to_end = stats.images_per_second
+    print(f"model-only fp32: {model_rate:.2f} img/s (runs: {rate_a:.2f}, {rate_b:.2f}); "
+          f"end-to-end (decode+resize+model, {workers} decode threads): {end_to_end:.2f} img/s "
+          f"= {end_to_end / model_rate:.2f}x model-only (goal >= 0.9x); stage wall time "
+          f"incl. hashing and pickle write: {stats.seconds:.1f} s for {count} images",
+          flush=True)
+
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        low = tfe.FeatureModel(None, True, 0, image_size, "block5_pool", "none", precision)
+        low_model = low.build()
+        low_model(preprocessed[:batch_size], training=False)
+        rate, features = model_only_rate(low_model, preprocessed, batch_size)
+        relative = float(np.abs(features - fp32_features).max() / np.abs(fp32_features).max())
+        print(f"model-only {precision}: {rate:.2f} img/s = {rate / model_rate:.2f}x fp32 "
+              f"(goal >= 1.8x); max |{precision} - fp32| / max |fp32| = {relative:.2e}",
+              flush=True)
+
+
+def cli_run(images, output, image_size, batch_size, workers):
+    """Run the stage's CLI in a subprocess: (wall seconds, peak RSS MiB, stderr summary)."""
+    command = [sys.executable, "-m", "learning.transfer_feature_extraction", images, output,
+               "--random-weights", "--image-size", str(image_size), "--batch-size",
+               str(batch_size), "--workers", str(workers), "--no-progress"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryFile("w+") as log_file:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=root, stderr=log_file)
+        _, status, usage = os.wait4(process.pid, 0)   # rusage of this one child
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log_file.seek(0)
+        err = log_file.read()
+    if process.returncode != 0:
+        sys.exit(f"bench_features: {' '.join(command)} failed:\n{err}")
+    summary = [line for line in err.splitlines() if " computed, " in line]
+    return seconds, usage.ru_maxrss / 1024, summary[-1] if summary else ""
+
+
+def memory_and_rerun(images_dir, counts, batch_size, workers, image_size, work):
+    row_mib = None
+    results = {}
+    for count in counts:
+        subset = linked_subset(images_dir, count, os.path.join(work, f"rss-{count}"))
+        output = os.path.join(work, f"rss-{count}.pickle")
+        seconds, rss, summary = cli_run(subset, output, image_size, batch_size, workers)
+        results[count] = (seconds, rss, subset, output)
+        row_mib = os.path.getsize(output) / count / 2**20
+        print(f"first run, {count} images: {seconds:.1f} s, peak RSS {rss:.0f} MiB "
+              f"(pickle {os.path.getsize(output) / 2**20:.0f} MiB)\n    {summary}", flush=True)
+    small, large = min(counts), max(counts)
+    growth = results[large][1] - results[small][1]
+    expected = (large - small) * row_mib
+    print(f"peak RSS {large} vs {small} images: +{growth:.0f} MiB for {large - small} more "
+          f"images; the output array grows by {expected:.0f} MiB "
+          f"(ratio {growth / expected:.2f}; 1.0 = memory is the output plus a constant)",
+          flush=True)
+
+    seconds, _, subset, output = results[large]
+    again, rss, summary = cli_run(subset, output, image_size, batch_size, workers)
+    print(f"re-run on {large} unchanged images: {again:.2f} s = {100 * again / seconds:.1f}% of "
+          f"the first run's {seconds:.1f} s (goal < 5%), peak RSS {rss:.0f} MiB\n    {summary}",
+          flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("images", help="folder of images, e.g. nih-cxr-1000/images")
+    parser.add_argument("--throughput-images", type=int, default=200)
+    parser.add_argument("--rss-images", type=int, nargs=2, default=[250, 1000])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated; fp16 is also possible")
+    parser.add_argument("--skip", choices=("throughput", "memory"), action="append", default=[])
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    print(f"bench_features: {os.cpu_count()} CPUs, TF {tf.__version__}, image size "
+          f"{args.image_size}, batch {args.batch_size}, random weights; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_features.") as work:
+        if "throughput" not in args.skip:
+            throughput(args.images, args.throughput_images, args.batch_size, args.workers,
+                       args.image_size, args.precisions.split(","), work)
+        if "memory" not in args.skip:
+            memory_and_rerun(args.images, sorted(args.rss_images), args.batch_size,
+                             args.workers, args.image_size, work)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
