@@ -28,7 +28,7 @@ import re
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from bs4 import BeautifulSoup
@@ -125,6 +125,20 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
+def gated_get(session, gate, url, params=None, timeout=DEFAULT_TIMEOUT, max_redirects=5):
+    """One GET whose redirect hops also pass the gate (requests would follow them unseen).
+    The caller has already passed the gate for the first hop."""
+    for hop in range(max_redirects + 1):
+        if hop:
+            gate.wait()
+        response = session.get(url, params=params, timeout=timeout, allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        url, params = urljoin(response.url, response.headers["Location"]), None
+        response.close()
+    raise requests.exceptions.TooManyRedirects(f"more than {max_redirects} redirects")
+
+
 def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connect=True):
     """GET `url` until `accept(response)` returns a value; FetchFailed with the reason otherwise.
 
@@ -138,7 +152,7 @@ def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connec
         gate.wait()
         wait, network = policy.delay(attempt), False
         try:
-            response = session.get(url, params=params, timeout=timeout)
+            response = gated_get(session, gate, url, params, timeout)
             if response.status_code == 200:
                 return accept(response)
         except requests.exceptions.ConnectionError as error:
@@ -249,14 +263,14 @@ class _Book:
             if (self._unwritten >= self.checkpoint_images
                     or time.monotonic() - self._last_write >= self.checkpoint_seconds):
                 self._write()
-        self.bar.update(1)
+            self.bar.update(1)
 
     def failed(self, record, reason):
         with self._lock:
             self.records.pop(record["name"], None)
             self.failures[record["name"]] = {"name": record["name"], "url": record["url"],
                                              "reason": reason}
-        self.bar.update(1)
+            self.bar.update(1)
 
     def forget(self, name):
         """The file on disk is not a valid image: it must not stay described."""
@@ -379,7 +393,10 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
     """Scrape Open-i into `data_dir`; returns the ScrapeSummary (its line is printed)."""
     summary = ScrapeSummary()
     images_dir = os.path.join(data_dir, IMAGES_DIR)
-    os.makedirs(images_dir, exist_ok=True)
+    try:
+        os.makedirs(images_dir, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {images_dir}: {error.strerror or error}") from None
     stale = remove_stale_temp_files(images_dir) + remove_stale_temp_files(data_dir)
     if stale:
         log(f"removed {fmt_count(stale)} temp file(s) left by an interrupted run")
@@ -391,7 +408,10 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
     pages = iter_pages(session, gate, base_url, policy, timeout, query, collection, limit,
                        page_size)
     # The first page comes before the progress bar, so "cannot reach" stays one line.
-    first = next(pages, None)
+    try:
+        first = next(pages, None)
+    except ListingStopped as error:
+        raise UserError(f"Open-i API {base_url}: {error}") from None
     bar = tqdm(total=0, unit="img", desc="images", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     book = _Book(data_dir, existing, bar, checkpoint_seconds, checkpoint_images)

@@ -13,7 +13,8 @@ abstract and caption) and serves real PNGs from demo/nih-24/images at each recor
 Faults (per image name, or API_PATH for the API pages), each for the first `times` requests
 (None = always): "500", "503", "429" (with `retry_after` seconds), "drop" (announce the full
 Content-Length, send half the body, close the socket), "html" (200 + text/html maintenance
-page), "truncated" (200 + a PNG cut in half, consistent Content-Length), "404".
+page), "truncated" (200 + a PNG cut in half, consistent Content-Length), "404",
+"redirect" (302 to MOVED + path, which serves the image).
 `page_limit` makes the API return at most that many records per page (short pages);
 `stall_at` makes it return no records for any page starting at or after that 1-based index.
 """
@@ -31,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openi", "api-search-response.json")
 DEMO_IMAGES = os.path.join(ROOT, "demo", "nih-24", "images")
 API_PATH = "/api/search"
-FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404")
+FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404", "redirect")
+MOVED = "/moved"  # "redirect" sends a 302 to MOVED + path, where the same body is served
 
 # MeSH major terms per report, cycled: normal, abnormal (two terms), unlabelled, abnormal.
 DEFAULT_MESH = (["normal"], ["Cardiomegaly/mild", "Pulmonary Atelectasis/base/left"],
@@ -199,6 +201,8 @@ class FakeOpenI:
                     body, ctype = json.dumps(server._page(query)).encode(), "application/json"
                 elif parts.path in server.bodies:
                     body, ctype = server.bodies[parts.path], "image/png"
+                elif parts.path.startswith(MOVED) and parts.path[len(MOVED):] in server.bodies:
+                    body, ctype = server.bodies[parts.path[len(MOVED):]], "image/png"
                 else:
                     kind = "404"
                 if kind in ("500", "503", "404"):
@@ -206,6 +210,8 @@ class FakeOpenI:
                 if kind == "429":
                     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
                     return self._send(429, b"slow down", "text/plain", headers)
+                if kind == "redirect":
+                    return self._send(302, b"", "text/plain", {"Location": MOVED + parts.path})
                 if kind == "html":
                     return self._send(200, MAINTENANCE_PAGE, "text/html")
                 if kind == "truncated":

@@ -8,7 +8,7 @@ from scraper import openi
 from scraper.cli import UserError
 from scraper.images import check_image_file
 from scraper.schema import load_descriptions
-from tests.scraper.fake_openi import API_PATH, FIXTURE, FakeOpenI, unused_port
+from tests.scraper.fake_openi import API_PATH, FIXTURE, MOVED, FakeOpenI, unused_port
 
 FAST = dict(backoff=0.02, retries=3, progress=False)
 
@@ -167,6 +167,28 @@ def test_each_fault_ends_as_expected(tmp_path):
             check_image_file(tmp_path / "images" / name)
             assert (tmp_path / "images" / name).read_bytes() == server.body(name)
         assert (summary.saved, summary.failed) == (6, 4)
+
+
+def test_redirect_hops_are_followed_through_the_rate_gate(tmp_path, monkeypatch):
+    gate_waits = []
+    original_wait = openi.RequestGate.wait
+    monkeypatch.setattr(openi.RequestGate, "wait",
+                        lambda self: gate_waits.append(1) or original_wait(self))
+    with FakeOpenI(n_records=3) as server:
+        path = server.image_path(server.names[1])
+        server.fault(server.names[1], "redirect", times=1)
+        summary = scrape(server, tmp_path, max_rps=100)
+        assert (server.count(path), server.count(MOVED + path)) == (1, 1)
+        assert summary.saved == 3
+        assert (tmp_path / "images" / server.names[1]).read_bytes() == server.body(server.names[1])
+        assert len(gate_waits) == len(server.requests) == 5  # 1 page + 3 images + 1 hop
+
+
+def test_first_page_without_records_is_one_error(tmp_path):
+    with FakeOpenI(n_records=4, stall_at=1) as server:
+        with pytest.raises(UserError, match=r"m=1 n=100 returned no records although total "
+                                            r"is 4"):
+            scrape(server, tmp_path, max_rps=100)
 
 
 def test_api_page_errors_are_retried(tmp_path):

@@ -168,3 +168,12 @@ def test_kill_9_mid_run_leaves_complete_images_and_a_valid_description(tmp_path)
         assert sorted(os.listdir(images)) == sorted(server.names)  # temp files cleaned up
         described = [r["name"] for r in load_descriptions(data / "images-description.json")]
         assert sorted(described) == sorted(server.names)
+
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "data"
+    target.write_text("not a directory")
+    code, err = run_cli([str(target), "--base-url", f"http://127.0.0.1:{unused_port()}"], capsys)
+    assert code == 1
+    assert err.splitlines() == [f"cxr-scrape: error: cannot create {target}/images: "
+                                f"Not a directory"]
