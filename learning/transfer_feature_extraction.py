@@ -216,11 +216,6 @@ class FeatureModel:
             self.build_seconds = time.monotonic() - started
         return self.model
 
-    @property
-    def output_shape(self):
-        """Shape of one image's features, e.g. (7, 7, 512)."""
-        return tuple(self.build().output_shape[1:])
-
     def __call__(self, images_uint8):
         """(n, S, S, 3) uint8 -> (n, ...) float32 features."""
         outputs = self.build()(vgg.preprocess(images_uint8), training=False)
@@ -276,6 +271,9 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
     previous = _read_previous(output_path, "features")
     checkpoint = _read_previous(partial_path(output_path), "checkpoint")
     sources = [s for s in (previous, checkpoint) if s is not None and s["params"] == params]
+    for stale in (previous, checkpoint):
+        if stale is not None and all(stale is not source for source in sources):
+            stale["rows"] = None     # other params: nothing to reuse, free its array now
 
     reuse = {}          # position -> (source number, row in that source)
     to_compute = []     # positions, ascending (= sorted names)
@@ -320,6 +318,12 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
     if to_compute:
         net = model or FeatureModel(weights_path, random_weights, seed, image_size, layer,
                                     pooling, precision)
+        if (net.kwargs["image_size"], net.kwargs["layer"], net.kwargs["pooling"],
+                net.precision) != (image_size, layer, pooling, precision):
+            raise ValueError("the model passed was built for other parameters")
+        from_previous = np.zeros(len(names), dtype=bool)   # rows still safe in the old output
+        for position, (number, _) in reuse.items():
+            from_previous[position] = sources[number] is previous
         paths = [os.path.join(images_dir, names[p]) for p in to_compute]
         batch = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
         batch_positions = []
@@ -344,8 +348,11 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             bar.update(n)
             batch_positions.clear()
             if checkpoint_every and time.monotonic() - last_checkpoint >= checkpoint_every:
-                _write_checkpoint(output_path, names, hashes, features, done, params)
-                last_checkpoint = time.monotonic()
+                started = time.monotonic()
+                _write_checkpoint(output_path, names, hashes, features,
+                                  done & ~from_previous, params)
+                # Keep checkpoints under ~10% of the run time as the file grows.
+                last_checkpoint = time.monotonic() + 9 * (time.monotonic() - started)
 
         try:
             for index, image in _iter_decoded(paths, image_size, workers,
@@ -366,10 +373,11 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
-            if features is not None and done.any():
-                _write_checkpoint(output_path, names, hashes, features, done, params)
-                log(f"cxr-extract-features: saved {fmt_count(int(done.sum()))} finished images to "
-                    f"{partial_path(output_path)}; re-run the same command to continue")
+            unsaved = done & ~from_previous
+            if features is not None and unsaved.any():
+                _write_checkpoint(output_path, names, hashes, features, unsaved, params)
+                log(f"cxr-extract-features: saved {fmt_count(int(unsaved.sum()))} new features "
+                    f"to {partial_path(output_path)}; re-run the same command to continue")
             raise
         finally:
             if bar is not None:
@@ -412,9 +420,11 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
     return stats
 
 
-def _write_checkpoint(output_path, names, hashes, features, done, params):
-    """Finished rows so far, as a list of row views (pickled without copying the array)."""
-    positions = np.flatnonzero(done)
+def _write_checkpoint(output_path, names, hashes, features, rows, params):
+    """The rows selected by the mask `rows` (those not in the previous output: computed in
+    this run or taken from an older checkpoint), as a list of row views (pickled without
+    copying the big array)."""
+    positions = np.flatnonzero(rows)
     safe_pickle.dump({"format": PARTIAL_FORMAT, "params": params,
                       "names": [names[p] for p in positions],
                       "content_hashes": [hashes[p] for p in positions],

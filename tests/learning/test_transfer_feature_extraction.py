@@ -184,6 +184,29 @@ def test_interrupted_run_keeps_previous_output_and_resumes(first, tmp_path, net,
                                atol=1e-4)  # same pixels (trailing bytes after IEND ignored)
 
 
+def test_crash_keeps_the_periodic_checkpoint(first, tmp_path, net, monkeypatch):
+    images, output = copy_run(first, tmp_path)
+    for name in DEMO_NAMES[:8]:
+        (images / name).write_bytes((DEMO / DEMO_NAMES[23]).read_bytes() + name.encode())
+    real_call = tfe.FeatureModel.__call__
+    calls = []
+
+    def crash_second_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise MemoryError("simulated crash: no Ctrl-C handler runs")
+        return real_call(self, batch)
+
+    monkeypatch.setattr(tfe.FeatureModel, "__call__", crash_second_batch)
+    with pytest.raises(MemoryError):
+        run(images, output, model=net, batch_size=4, checkpoint_every=1e-9)
+    partial = safe_pickle.load(tfe.partial_path(output), kind="cxr-features-partial/1")
+    assert partial["names"] == DEMO_NAMES[:4]      # only rows not in the previous output
+    monkeypatch.setattr(tfe.FeatureModel, "__call__", real_call)
+    stats = run(images, output, model=net, batch_size=4)
+    assert (stats.computed, stats.reused) == (4, 20)
+
+
 def test_main_end_to_end_prints_warning_and_summary(tmp_path, capsys):
     images = make_images(tmp_path / "images", DEMO_NAMES[:2])
     output = tmp_path / "out" / "features.pickle"
