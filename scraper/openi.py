@@ -31,6 +31,7 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from bs4 import BeautifulSoup
 from tqdm import tqdm
 
@@ -156,8 +157,9 @@ def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connec
             if response.status_code == 200:
                 return accept(response)
         except requests.exceptions.ConnectionError as error:
-            reason, network = describe_request_error(error, url), True
-            if not retry_connect:
+            reason, connected = _connection_problem(error, url)
+            network = True
+            if not retry_connect and not connected:
                 raise FetchFailed(reason, network) from None
         except requests.exceptions.Timeout as error:
             reason, network = describe_request_error(error, url), True
@@ -185,6 +187,17 @@ def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connec
             break
         time.sleep(wait)
     raise FetchFailed(f"{reason} (gave up after {policy.retries + 1} attempts)", network)
+
+
+def _connection_problem(error, url):
+    """(reason, connected) for a requests ConnectionError. With urllib3 retries off, a read
+    timeout or a connection dropped before the headers also arrives as ConnectionError; only
+    DNS failures, refused connections and connect timeouts mean we never got through."""
+    cause = getattr(error.args[0], "reason", None) if error.args else None
+    if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        return f"timed out talking to {url}", True
+    return (describe_request_error(error, url),
+            not isinstance(cause, urllib3.exceptions.ConnectTimeoutError))
 
 
 # ---- records -------------------------------------------------------------------------------

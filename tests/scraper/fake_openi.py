@@ -14,7 +14,8 @@ Faults (per image name, or API_PATH for the API pages), each for the first `time
 (None = always): "500", "503", "429" (with `retry_after` seconds), "drop" (announce the full
 Content-Length, send half the body, close the socket), "html" (200 + text/html maintenance
 page), "truncated" (200 + a PNG cut in half, consistent Content-Length), "404",
-"redirect" (302 to MOVED + path, which serves the image).
+"redirect" (302 to MOVED + path, which serves the image), "hang" (wait `delay` seconds
+before answering normally: a client timeout).
 `page_limit` makes the API return at most that many records per page (short pages);
 `stall_at` makes it return no records for any page starting at or after that 1-based index.
 """
@@ -32,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openi", "api-search-response.json")
 DEMO_IMAGES = os.path.join(ROOT, "demo", "nih-24", "images")
 API_PATH = "/api/search"
-FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404", "redirect")
+FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404", "redirect", "hang")
 MOVED = "/moved"  # "redirect" sends a 302 to MOVED + path, where the same body is served
 
 # MeSH major terms per report, cycled: normal, abnormal (two terms), unlabelled, abnormal.
@@ -119,11 +120,11 @@ class FakeOpenI:
     def body(self, name):
         return self.bodies[self.image_path(name)]
 
-    def fault(self, name, kind, times=None, retry_after=None):
+    def fault(self, name, kind, times=None, retry_after=None, delay=1.0):
         """Make requests for image `name` (or API_PATH) fail with `kind`."""
         assert kind in FAULT_KINDS, kind
         path = name if name == API_PATH else self.image_path(name)
-        self.faults[path] = [kind, times, retry_after]
+        self.faults[path] = [kind, times, delay if kind == "hang" else retry_after]
 
     # -- observations ------------------------------------------------------------------------
     def count(self, path):
@@ -210,6 +211,8 @@ class FakeOpenI:
                 if kind == "429":
                     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
                     return self._send(429, b"slow down", "text/plain", headers)
+                if kind == "hang":
+                    time.sleep(retry_after)  # the fault's delay
                 if kind == "redirect":
                     return self._send(302, b"", "text/plain", {"Location": MOVED + parts.path})
                 if kind == "html":

@@ -191,12 +191,34 @@ def test_first_page_without_records_is_one_error(tmp_path):
             scrape(server, tmp_path, max_rps=100)
 
 
+def test_a_timed_out_request_is_retried(tmp_path):
+    with FakeOpenI(n_records=3) as server:
+        slow = server.names[1]
+        server.fault(slow, "hang", times=1, delay=1.0)
+        summary = scrape(server, tmp_path, max_rps=100, timeout=0.3)
+        assert server.count(server.image_path(slow)) == 2
+        assert summary.saved == 3
+        assert (tmp_path / "images" / slow).read_bytes() == server.body(slow)
+        server.fault(slow, "hang", delay=1.0)
+        os.unlink(tmp_path / "images" / slow)
+        scrape(server, tmp_path, max_rps=100, timeout=0.3, retries=1)
+        assert failures(tmp_path)[slow] == (f"timed out talking to {server.base_url}"
+                                            f"{server.image_path(slow)} (gave up after 2 attempts)")
+
+
 def test_api_page_errors_are_retried(tmp_path):
     with FakeOpenI(n_records=4) as server:
         server.fault(API_PATH, "503", times=2)
         summary = scrape(server, tmp_path, max_rps=100)
         assert len(server.api_requests()) == 3
         assert summary.saved == 4
+
+
+def test_a_slow_first_api_page_is_retried_not_called_unreachable(tmp_path):
+    with FakeOpenI(n_records=2) as server:
+        server.fault(API_PATH, "hang", times=1, delay=1.0)
+        summary = scrape(server, tmp_path, max_rps=100, timeout=0.3)
+        assert (len(server.api_requests()), summary.saved) == (2, 2)
 
 
 def test_api_page_that_is_not_json_is_one_error(tmp_path):
