@@ -3,7 +3,7 @@ download every image with its MeSH terms and report text.
 
 Reads:  {base}/api/search?query=&coll=cxr&m=..&n=..   JSON pages (m, n: 1-based, inclusive)
         {base}{imgLarge}                              one PNG (at most 512 px) per record
-Writes: <data_dir>/images/<name>.png                  every image checked to decode, written atomically
+Writes: <data_dir>/images/<name>.png                  each checked to decode, written atomically
         <data_dir>/images-description.json            rewritten every few seconds and at the end
         <data_dir>/images-failures.json               only when something could not be had
 
@@ -21,7 +21,6 @@ lists only images on disk.
 import concurrent.futures
 import dataclasses
 import email.utils
-import json
 import os
 import posixpath
 import re

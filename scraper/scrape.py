@@ -9,7 +9,8 @@ Writes: <data_dir>/images/, <data_dir>/images-description.json,
 
     cxr-scrape data                                        # Open-i, all chest X-rays
     cxr-scrape data --limit 200 --workers 8 --max-rps 10
-    cxr-scrape data --source archive --png-archive NLMCXR_png.tgz --reports-archive NLMCXR_reports.tgz
+    cxr-scrape data --source archive --png-archive NLMCXR_png.tgz \\
+        --reports-archive NLMCXR_reports.tgz
     cxr-scrape data --source folder --images my_xrays --normal-class normal
     python -m scraper.scrape data --source folder --images my_xrays --labels labels.csv
 """
@@ -29,6 +30,15 @@ OPTIONS = {
     "archive": ("png_archive", "reports_archive", "limit"),
     "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column"),
 }
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except None/False/"" ones (their help text says what happens instead)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -91,7 +101,7 @@ def _non_negative_float(text):
 def get_args_parser():
     parser = _OneLineParser(
         prog=PROG, description="Stage 2: gather chest X-rays, their labels and report text.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     parser.add_argument("data_dir", help="output directory (images/ and "
                         "images-description.json go here)")
     parser.add_argument("--source", choices=SOURCES, default="openi",
@@ -116,7 +126,7 @@ def get_args_parser():
     group.add_argument("--backoff", type=_non_negative_float, default=openi.DEFAULT_BACKOFF,
                        help="seconds before the first retry, doubling each time (Retry-After "
                             "is honoured when longer)")
-    group.add_argument("--query", default="", help="Open-i search words (empty = everything)")
+    group.add_argument("--query", default="", help="Open-i search words (default: empty = everything)")
     group.add_argument("--collection", default="cxr", help="Open-i collection (coll=)")
 
     png_default, reports_default = _archive_defaults()

@@ -19,7 +19,6 @@ before answering normally: a client timeout).
 `page_limit` makes the API return at most that many records per page (short pages);
 `stall_at` makes it return no records for any page starting at or after that 1-based index.
 """
-import collections
 import copy
 import json
 import os

@@ -18,7 +18,8 @@ def scrape(server, data_dir, **kwargs):
 
 
 def descriptions(data_dir):
-    return {r["name"]: r for r in load_descriptions(os.path.join(data_dir, "images-description.json"))}
+    path = os.path.join(data_dir, "images-description.json")
+    return {record["name"]: record for record in load_descriptions(path)}
 
 
 def failures(data_dir):
