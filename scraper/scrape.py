@@ -19,7 +19,7 @@ import copy
 import importlib
 
 from scraper import openi
-from scraper.cli import UserError, exit_with
+from scraper.cli import ArgumentParser, UserError, exit_with
 
 PROG = "cxr-scrape"
 SOURCES = ("openi", "archive", "folder")
@@ -39,13 +39,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, ""):
             return action.help
         return super()._get_help_string(action)
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage + error on two lines; the pipeline's rule is one line."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {PROG} --help)", exit_code=2)
 
 
 def _archive_defaults():
@@ -99,7 +92,7 @@ def _non_negative_float(text):
 
 
 def get_args_parser():
-    parser = _OneLineParser(
+    parser = ArgumentParser(
         prog=PROG, description="Stage 2: gather chest X-rays, their labels and report text.",
         formatter_class=_Formatter)
     parser.add_argument("data_dir", help="output directory (images/ and "
