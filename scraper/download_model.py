@@ -13,12 +13,11 @@ Example:
     cxr-download-model data/vgg16.weights.h5 \\
         --from ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
 """
-import argparse
 import os
 import re
 import time
 
-from scraper.cli import UserError, elapsed_since, exit_with, log
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, log
 from scraper.download import HashMismatch, download, guess_algorithm, install, verify_hash
 from scraper.http_client import make_session
 
@@ -77,17 +76,8 @@ def download_weights(weights_path, url=WEIGHTS_URL, expected_hash=WEIGHTS_HASH, 
         raise UserError(f"cannot write {weights_path}: {error.strerror or error}") from None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints usage + error on two lines; the pipeline's rule is one line."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
-
-
 def get_args_parser():
-    parser = _OneLineParser(
-        prog="cxr-download-model", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(prog="cxr-download-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("weights_path",
                         help="where to write the weights, e.g. data/vgg16.weights.h5")
     parser.add_argument("--url", default=WEIGHTS_URL, help="where to download the weights from")
