@@ -128,7 +128,7 @@ def test_new_changed_and_deleted_images(first, tmp_path, net):
     np.testing.assert_array_equal(result["features"][kept], old["features"][4])
 
 
-def test_changing_params_recomputes_everything_and_pooling_shapes(first, tmp_path):
+def test_changing_params_recomputes_everything_pooling_and_bf16(first, tmp_path):
     images, output = copy_run(first, tmp_path)
     grid = safe_pickle.load(output, kind="cxr-features/1")["features"]     # (24, 2, 2, 512)
     stats = run(images, output, pooling="avg")
@@ -138,22 +138,18 @@ def test_changing_params_recomputes_everything_and_pooling_shapes(first, tmp_pat
     np.testing.assert_allclose(avg["features"], grid.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
     stats = run(images, output, pooling="max")
     assert (stats.computed, stats.reused) == (24, 0)
+    maximum = grid.max(axis=(1, 2))                                           # (24, 512)
     np.testing.assert_allclose(safe_pickle.load(output, kind="cxr-features/1")["features"],
-                               grid.max(axis=(1, 2)), rtol=1e-4, atol=1e-4)
-
-
-def test_bf16_is_close_to_fp32_stored_as_float32_and_recomputes(tmp_path):
-    images = make_images(tmp_path / "images", DEMO_NAMES[:4])
-    output = tmp_path / "features.pickle"
-    run(images, output, pooling="avg")
-    fp32 = safe_pickle.load(output, kind="cxr-features/1")["features"]
-    stats = run(images, output, pooling="avg", precision="bf16")
-    assert (stats.computed, stats.reused) == (4, 0)      # precision is part of the params
-    result = safe_pickle.load(output, kind="cxr-features/1")
-    assert result["params"]["precision"] == "bf16"
-    assert result["features"].dtype == np.float32
-    relative = np.abs(result["features"] - fp32).max() / np.abs(fp32).max()
-    assert 0 < relative < 0.05
+                               maximum, rtol=1e-4, atol=1e-4)
+    # bf16: the precision is part of the params (recompute all), features still float32
+    # and within bf16's ~3 significant digits of fp32 after 13 convolutions.
+    stats = run(images, output, pooling="max", precision="bf16")
+    assert (stats.computed, stats.reused) == (24, 0)
+    bf16 = safe_pickle.load(output, kind="cxr-features/1")
+    assert bf16["params"]["precision"] == "bf16"
+    assert bf16["features"].dtype == np.float32 and bf16["features"].shape == (24, 512)
+    relative = np.abs(bf16["features"] - maximum).max() / np.abs(maximum).max()
+    assert 1e-4 < relative < 0.05
 
 
 def test_interrupted_run_keeps_previous_output_and_resumes(first, tmp_path, net, monkeypatch):
