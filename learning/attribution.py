@@ -1,0 +1,410 @@
+"""Attribution maps for the full image -> logits model: DeepLIFT and four other methods.
+
+Used by stage 6 (learning/visualization.py); pure functions, no files written here.
+
+The explained model is VGG16's conv base + the trained head, taking the *preprocessed* image
+(vgg.preprocess: RGB->BGR and minus the ImageNet mean, a per-channel shift with slope 1) and
+returning pre-softmax logits [normal, abnormal]. Baselines are built in pixel space and passed
+through the same preprocessing, so "black" is the preprocessed all-zero image, exactly the
+original's reference. Because that preprocessing is a shift with slope 1 (plus a channel
+permutation), DeepLIFT / integrated-gradients attributions w.r.t. the preprocessed input equal
+the attributions w.r.t. the raw pixels; summing over colour channels removes the permutation.
+No Lambda layer is needed and the saved head stays built-in layers only.
+
+Target (the `postprocess` choice decides which logits are explained):
+  difference (default)  one output, logit_abnormal - logit_normal. softmax p_abnormal =
+                        sigmoid(that difference), so it is exactly the quantity that moves the
+                        prediction; evidence for "normal" counts against; completeness holds for
+                        the shown signed map; and it costs half of explaining both logits.
+                        Shown map: max(attr_diff, 0).
+  original              both logits, then the original's max(attr_abnormal - max(attr_normal, 0), 0).
+  abnormal              one output, logit_abnormal; shown map max(attr_abnormal, 0).
+
+Methods (all return per-pixel maps (N, H, W, n_outputs) float32):
+  deeplift              shap.DeepExplainer (DeepLIFT Rescale rule), run in batches: shap's own
+                        shap_values loops one image at a time against a shared background; here
+                        the image batch and a batch of per-image baselines go through shap's
+                        attribution graph in one call (its op handlers pair the first half of
+                        the batch with the second half), which is what makes --batch-size pay
+                        and allows per-image baselines (blur). Channel-summed.
+  integrated-gradients  Sundararajan et al. 2017, midpoint Riemann sum (--ig-steps). Channel-summed.
+  grad-cam              Selvaraju et al. 2017 on the last Conv2D layer of the conv base,
+                        bilinearly upsampled to the input size.
+  saliency              Simonyan et al. 2014: max over channels of |d output / d pixel|.
+  occlusion             Zeiler & Fergus 2014: a square patch replaced by the baseline slides over
+                        the image; a pixel's value is the mean drop of the output over the
+                        patches covering it.
+
+Why not a library for the four others: checked on PyPI for Keras 3 + TF 2.21 (see report).
+xplique 2.0.2 pins tensorflow<=2.20 (+tensorflow-probability, opencv, ruff) so it cannot
+install next to TF 2.21; tf-keras-vis 0.8.7 (2024) targets tf.keras 2, offers only Grad-CAM and
+saliency (no integrated gradients, no occlusion) and needs two new dependencies; alibi 0.9.6
+brings a large dependency tree for IG alone; innvestigate 2.1.2 needs TF1-style graph mode; PAIR
+`saliency` 0.2.1 needs scikit-image and a framework callback we would write anyway. Each method
+below is a few lines of GradientTape code on the same model, so they share batching, baselines,
+targets and post-processing with DeepLIFT.
+"""
+import contextlib
+import os
+import warnings
+import weakref
+
+import numpy as np
+
+from scraper.cli import UserError
+
+METHODS = ("deeplift", "integrated-gradients", "grad-cam", "occlusion", "saliency")
+POSTPROCESS = ("difference", "original", "abnormal")
+BASELINES = ("black", "blur", "mean")
+# DeepLIFT must satisfy completeness: |sum(attr) - (f(x) - f(b))| <= RTOL * |f(x) - f(b)| + ATOL.
+COMPLETENESS_RTOL = 1e-3
+COMPLETENESS_ATOL = 1e-4
+# Methods whose attributions sum to f(x) - f(baseline); completeness is recorded for these.
+COMPLETE_METHODS = ("deeplift", "integrated-gradients")
+
+
+def parse_methods(values):
+    """['deeplift,saliency', 'grad-cam'] -> ('deeplift', 'saliency', 'grad-cam'), order kept."""
+    methods = []
+    for value in values or ["deeplift"]:
+        for name in str(value).split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in METHODS:
+                raise UserError(f"invalid method {name!r}; allowed: {', '.join(METHODS)}")
+            if name not in methods:
+                methods.append(name)
+    if not methods:
+        raise UserError(f"no method given; allowed: {', '.join(METHODS)}")
+    return tuple(methods)
+
+
+@contextlib.contextmanager
+def quiet_keras():
+    """Silence the harmless warnings shap triggers on Keras 3 ('Expected: keras_tensor ...')."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*doesn't match the expected structure")
+        warnings.filterwarnings("ignore", message=r"(?s).*Your TensorFlow version is newer")
+        yield
+
+
+def output_matrix(postprocess):
+    """(2, n_outputs) matrix mapping logits [normal, abnormal] to the explained outputs."""
+    if postprocess == "difference":
+        return np.array([[-1.0], [1.0]], dtype=np.float32)
+    if postprocess == "abnormal":
+        return np.array([[0.0], [1.0]], dtype=np.float32)
+    if postprocess == "original":
+        return np.eye(2, dtype=np.float32)
+    raise UserError(f"invalid postprocess {postprocess!r}; allowed: {', '.join(POSTPROCESS)}")
+
+
+def build_full_model(conv_base, head):
+    """Preprocessed image (N, S, S, 3) -> logits (N, 2): the conv base followed by the head."""
+    import keras
+
+    return keras.Model(conv_base.input, head(conv_base.output), name="vgg16_head")
+
+
+def build_target_model(full_model, postprocess):
+    """Append a fixed linear layer selecting the explained outputs (built-in Dense, no Lambda).
+
+    (N, 2) logits -> (N, 1) for 'difference'/'abnormal', (N, 2) for 'original'.
+    """
+    import keras
+
+    matrix = output_matrix(postprocess)
+    select = keras.layers.Dense(matrix.shape[1], use_bias=False, trainable=False,
+                                name=f"target_{postprocess}")
+    output = select(full_model.output)
+    select.set_weights([matrix])
+    return keras.Model(full_model.input, output, name=f"{full_model.name}_{postprocess}")
+
+
+def make_baselines(images_uint8, kind, image_size=None):
+    """Pixel-space baselines (N, S, S, 3) float32 for uint8 images (N, S, S, 3).
+
+    black: all zeros (the original's reference). mean: the ImageNet mean colour, i.e. zero
+    after preprocessing. blur: each image blurred with a Gaussian of sigma = S/20 pixels
+    (Sturmfels et al. 2020), which keeps the anatomy's coarse layout and removes detail.
+    """
+    images = np.asarray(images_uint8)
+    if kind == "black":
+        return np.zeros(images.shape, dtype=np.float32)
+    if kind == "mean":
+        mean_rgb = np.array([123.68, 116.779, 103.939], dtype=np.float32)  # ImageNet, RGB
+        return np.broadcast_to(mean_rgb, images.shape).astype(np.float32)
+    if kind == "blur":
+        from PIL import Image, ImageFilter
+
+        radius = (image_size or images.shape[1]) / 20.0
+        return np.stack([np.asarray(Image.fromarray(np.asarray(img, dtype=np.uint8))
+                                    .filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+                         for img in images])
+    raise UserError(f"invalid baseline {kind!r}; allowed: {', '.join(BASELINES)}")
+
+
+def preprocess_float(pixels):
+    """Pixel-space float (N, S, S, 3) RGB -> VGG16 input, the same map as vgg.preprocess."""
+    from learning.vgg import preprocess
+
+    return preprocess(np.asarray(pixels, dtype=np.float32))
+
+
+class DeepLift:
+    """Batched DeepLIFT (Rescale) through shap.DeepExplainer's attribution graph."""
+
+    def __init__(self, target_model):
+        with warnings.catch_warnings():  # shap's import: matplotlib colormap deprecations
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            import shap
+
+        self.model = target_model
+        shape = (1,) + tuple(target_model.input.shape[1:])
+        with quiet_keras():
+            self._explainer = shap.DeepExplainer(target_model, np.zeros(shape, np.float32))
+        self._inner = self._explainer.explainer
+        self.n_outputs = len(self._inner.phi_symbolics)
+
+    def attribute(self, x, baselines):
+        """x, baselines: preprocessed (N, S, S, 3) -> attributions (N, S, S, 3, n_outputs).
+
+        One graph call per output with the batch [x; baselines] (2N images): shap's handlers
+        split every tensor in halves and pair x[k] with baselines[k].
+        """
+        x = np.asarray(x, np.float32)
+        baselines = np.asarray(baselines, np.float32)
+        n = len(x)
+        joint = np.concatenate([x, baselines])
+        result = np.empty(x.shape + (self.n_outputs,), np.float32)
+        with quiet_keras():
+            for i in range(self.n_outputs):
+                grads = self._inner.run(self._inner.phi_symbolic(i), self._inner.model_inputs,
+                                        [joint])[0]
+                result[..., i] = grads[n:] * (x - baselines)
+        return result
+
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+    """tf.functions for the forward pass and input gradients of `model` (cached per model).
+
+    Eager op-by-op execution and keras' predict() cost far more per call than the compiled
+    graph for the many small calls IG, occlusion and saliency make.
+    """
+    import tensorflow as tf
+
+    if model not in _COMPILED:
+        @tf.function(reduce_retracing=True)
+        def forward(x):
+            return model(x, training=False)
+
+        @tf.function(reduce_retracing=True)
+        def gradient(x, output_index):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = model(x, training=False)
+                score = tf.gather(out, output_index, axis=1)
+            return tape.gradient(score, x)
+
+        _COMPILED[model] = (forward, gradient)
+    return _COMPILED[model]
+
+
+def forward(model, x):
+    """model(x) as numpy (N, n_outputs), compiled."""
+    import tensorflow as tf
+
+    return _compiled(model)[0](tf.convert_to_tensor(x, tf.float32)).numpy()
+
+
+def _gradients(model, x, output_index):
+    """d model(x)[:, output_index] / dx for a batch: (N, S, S, 3)."""
+    import tensorflow as tf
+
+    return _compiled(model)[1](tf.convert_to_tensor(x, tf.float32),
+                               tf.constant(output_index, tf.int32)).numpy()
+
+
+def integrated_gradients(model, x, baselines, steps=32, chunk=16):
+    """Midpoint-rule IG: (x - b) * mean_k grad(b + a_k (x - b)); (N, S, S, 3, n_outputs)."""
+    n_outputs = model.output.shape[-1]
+    alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)
+    result = np.empty(np.shape(x) + (n_outputs,), np.float32)
+    for j, (image, base) in enumerate(zip(x, baselines)):
+        delta = image - base
+        for o in range(n_outputs):
+            total = np.zeros(image.shape, np.float64)
+            for start in range(0, steps, chunk):
+                a = alphas[start:start + chunk, None, None, None]
+                total += _gradients(model, base[None] + a * delta[None], o).sum(0)
+            result[j, ..., o] = (total / steps) * delta
+    return result
+
+
+def last_conv_layer(model):
+    import keras
+
+    conv = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+    if not conv:
+        raise UserError("grad-cam needs a Conv2D layer in the model, found none")
+    return conv[-1]
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def grad_cam(model, x):
+    """Grad-CAM on the last conv layer, upsampled: (N, S, S, n_outputs), >= 0."""
+    import keras
+    import tensorflow as tf
+
+    layer = last_conv_layer(model)
+    cam_model = keras.Model(model.input, [layer.output, model.output])
+    n_outputs = model.output.shape[-1]
+    size = tuple(np.shape(x)[1:3])
+    result = np.empty(np.shape(x)[:3] + (n_outputs,), np.float32)
+    x = tf.convert_to_tensor(x, tf.float32)
+    for o in range(n_outputs):
+        with tf.GradientTape() as tape:
+            features, out = cam_model(x, training=False)  # (N, h, w, C), (N, n_outputs)
+            score = out[:, o]
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+        result[..., o] = tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
+    return result
+
+
+def saliency(model, x):
+    """Vanilla gradient saliency: max_c |d out / d x_c|, (N, S, S, n_outputs)."""
+    n_outputs = model.output.shape[-1]
+    return np.stack([np.abs(_gradients(model, x, o)).max(-1) for o in range(n_outputs)], -1)
+
+
+def occlusion(model, x, baselines, patch=None, stride=None, batch_size=32):
+    """Mean output drop when a patch is replaced by the baseline: (N, S, S, n_outputs)."""
+    x = np.asarray(x, np.float32)
+    size = x.shape[1]
+    patch = patch or max(1, size // 8)
+    stride = stride or max(1, patch // 2)
+    starts = list(range(0, max(size - patch, 0) + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)
+    windows = [(r, c) for r in starts for c in starts]
+    n_outputs = model.output.shape[-1]
+    result = np.zeros(x.shape[:3] + (n_outputs,), np.float32)
+    for j, (image, base) in enumerate(zip(x, baselines)):
+        reference = forward(model, image[None])[0]
+        drop = np.zeros((size, size, n_outputs), np.float64)
+        count = np.zeros((size, size, 1), np.float64)
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            batch = np.repeat(image[None], len(chunk), axis=0)
+            for k, (r, c) in enumerate(chunk):
+                batch[k, r:r + patch, c:c + patch] = base[r:r + patch, c:c + patch]
+            outs = forward(model, batch)
+            for k, (r, c) in enumerate(chunk):
+                drop[r:r + patch, c:c + patch] += reference - outs[k]
+                count[r:r + patch, c:c + patch] += 1
+        result[j] = drop / np.maximum(count, 1)
+    return result
+
+
+def reduce_channels(attributions):
+    """(N, S, S, 3, n_outputs) -> (N, S, S, n_outputs): per-pixel sums (keeps completeness)."""
+    return attributions.sum(axis=3)
+
+
+def postprocess_maps(maps, postprocess):
+    """Per-output maps (N, S, S, n_outputs) -> (signed (N, S, S), shown (N, S, S) >= 0).
+
+    original: signed = attr_abnormal - max(attr_normal, 0), shown = max(signed, 0) (the
+    original's formula); difference/abnormal: signed = the single output's map.
+    """
+    if postprocess == "original":
+        signed = maps[..., 1] - np.maximum(maps[..., 0], 0)
+    else:
+        signed = maps[..., 0]
+    return signed, np.maximum(signed, 0)
+
+
+def completeness_deltas(attributions, f_x, f_b):
+    """|sum attr - (f(x) - f(b))| per image, max over outputs: (N,). attributions (N, ..., n_out)."""
+    n, n_out = attributions.shape[0], attributions.shape[-1]
+    sums = attributions.reshape(n, -1, n_out).sum(1, dtype=np.float64)
+    expected = np.asarray(f_x, np.float64) - np.asarray(f_b, np.float64)
+    return np.abs(sums - expected).max(-1), np.abs(expected).max(-1)
+
+
+def check_completeness(deltas, expected, names, method="deeplift"):
+    """Stop when DeepLIFT's sums break completeness: the maps would be wrong."""
+    limit = COMPLETENESS_RTOL * np.asarray(expected) + COMPLETENESS_ATOL
+    bad = np.flatnonzero(np.asarray(deltas) > limit)
+    if len(bad):
+        k = bad[0]
+        raise UserError(
+            f"{method} attributions of {names[k]} break completeness: |sum - (f(x) - f(baseline))|"
+            f" = {deltas[k]:.3g} > {limit[k]:.3g}; the heatmaps would be wrong (a layer shap "
+            f"{_shap_version()} cannot handle, e.g. GlobalMaxPooling, or a TensorFlow/shap "
+            f"version change); nothing written for this batch")
+
+
+def _shap_version():
+    try:
+        import shap
+
+        return shap.__version__
+    except ImportError:  # pragma: no cover
+        return "?"
+
+
+class Attributor:
+    """All methods on one target model; `attribute` gives per-output maps and completeness."""
+
+    def __init__(self, target_model, methods, ig_steps=32, occlusion_patch=None):
+        self.model = target_model
+        self.methods = tuple(methods)
+        self.ig_steps = ig_steps
+        self.occlusion_patch = occlusion_patch
+        self.n_outputs = target_model.output.shape[-1]
+        self._deeplift = DeepLift(target_model) if "deeplift" in self.methods else None
+
+    def outputs(self, x):
+        with quiet_keras():
+            return forward(self.model, x)
+
+    def attribute(self, method, x, baselines, f_x=None, f_b=None):
+        """-> (maps (N, S, S, n_outputs), completeness deltas (N,) or None, expected (N,) or None)."""
+        with quiet_keras():
+            if method == "deeplift":
+                raw = self._deeplift.attribute(x, baselines)
+            elif method == "integrated-gradients":
+                raw = integrated_gradients(self.model, x, baselines, self.ig_steps)
+            elif method == "grad-cam":
+                return grad_cam(self.model, x), None, None
+            elif method == "saliency":
+                return saliency(self.model, x), None, None
+            elif method == "occlusion":
+                return occlusion(self.model, x, baselines, self.occlusion_patch), None, None
+            else:
+                raise UserError(f"invalid method {method!r}; allowed: {', '.join(METHODS)}")
+        if f_x is None:
+            f_x = self.outputs(x)
+        if f_b is None:
+            f_b = self.outputs(baselines)
+        deltas, expected = completeness_deltas(raw, f_x, f_b)
+        return reduce_channels(raw), deltas, expected
+
+
+def silence_tensorflow():
+    """Keep TensorFlow's C++ start-up chatter off the terminal (set before importing it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

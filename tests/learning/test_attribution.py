@@ -1,0 +1,162 @@
+"""DeepLIFT completeness (the guard against shap/TF internals breaking) and the other methods.
+
+Like shap's test_deep.py: sum of attributions must equal f(x) - f(baseline) (assert_allclose),
+on a tiny MLP and on VGG16-shaped Conv -> ReLU -> MaxPool -> Dense layers with random non-zero
+biases and a non-zero baseline. Plain gradient x input fails the same test (the test has teeth).
+"""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+keras = pytest.importorskip("keras")
+
+from learning import attribution  # noqa: E402
+from scraper.cli import UserError  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def _bias():
+    return keras.initializers.RandomNormal(mean=0.1, stddev=0.3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    h = keras.layers.Flatten()(inp)
+    h = keras.layers.Dense(12, activation="relu", bias_initializer=_bias())(h)
+    out = keras.layers.Dense(2, bias_initializer=_bias())(h)
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def vgg_like():
+    """Two VGG-style blocks (conv-relu x2 / conv-relu, max-pool) + flatten-dense-relu-dense(2)."""
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=_bias())(inp)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=_bias())(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", bias_initializer=_bias())(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(10, activation="relu", bias_initializer=_bias())(h)
+    out = keras.layers.Dense(2, bias_initializer=_bias())(h)
+    return keras.Model(inp, out)
+
+
+def _data(shape, n=3):
+    x = RNG.normal(0.5, 1.0, (n,) + shape).astype(np.float32)
+    b = RNG.normal(-0.3, 0.5, (n,) + shape).astype(np.float32)  # non-zero, per-image baselines
+    return x, b
+
+
+def _complete(target, attrs, x, b):
+    sums = attrs.reshape(len(x), -1, attrs.shape[-1]).sum(1)
+    expected = target.predict(x, verbose=0) - target.predict(b, verbose=0)
+    return sums, expected
+
+
+@pytest.mark.parametrize("postprocess", ["difference", "original"])
+def test_deeplift_completeness_tiny(mlp, postprocess):
+    target = attribution.build_target_model(mlp, postprocess)
+    x, b = _data((6, 6, 3))
+    attrs = attribution.DeepLift(target).attribute(x, b)
+    assert attrs.shape == x.shape + (1 if postprocess == "difference" else 2,)
+    sums, expected = _complete(target, attrs, x, b)
+    np.testing.assert_allclose(sums, expected, atol=1e-5, rtol=1e-5)
+    assert np.abs(expected).min() > 0.01  # a real difference was explained
+
+
+def test_deeplift_completeness_vgg_shaped_and_gradient_times_input_fails(vgg_like):
+    target = attribution.build_target_model(vgg_like, "original")
+    x, b = _data((16, 16, 3))
+    attrs = attribution.DeepLift(target).attribute(x, b)
+    sums, expected = _complete(target, attrs, x, b)
+    np.testing.assert_allclose(sums, expected, atol=1e-5, rtol=1e-5)
+
+    # gradient x (input - baseline) on the same network and data is NOT complete
+    naive = np.stack([attribution._gradients(target, x, o) * (x - b) for o in range(2)], -1)
+    naive_sums, _ = _complete(target, naive, x, b)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(naive_sums, expected, atol=1e-5, rtol=1e-5)
+    deltas, scale = attribution.completeness_deltas(naive, target.predict(x, verbose=0),
+                                                    target.predict(b, verbose=0))
+    with pytest.raises(UserError, match="break completeness"):
+        attribution.check_completeness(deltas, scale, ["a", "b", "c"])
+
+
+def test_batched_deeplift_equals_shap_one_at_a_time(vgg_like):
+    import shap
+
+    target = attribution.build_target_model(vgg_like, "difference")
+    x, b = _data((16, 16, 3), n=2)
+    batched = attribution.DeepLift(target).attribute(x, b)
+    with attribution.quiet_keras():
+        for k in range(2):
+            single = shap.DeepExplainer(target, b[k:k + 1]).shap_values(x[k:k + 1])
+            np.testing.assert_allclose(batched[k], single[0], atol=1e-5)
+
+
+def test_integrated_gradients_nearly_complete(vgg_like):
+    target = attribution.build_target_model(vgg_like, "difference")
+    x, b = _data((16, 16, 3), n=2)
+    attrs = attribution.integrated_gradients(target, x, b, steps=64)
+    sums, expected = _complete(target, attrs, x, b)
+    np.testing.assert_allclose(sums, expected, rtol=0.05, atol=0.02)
+
+
+def test_other_methods_shapes_and_signs(vgg_like):
+    target = attribution.build_target_model(vgg_like, "original")
+    x, b = _data((16, 16, 3), n=2)
+    cam = attribution.grad_cam(target, x)
+    sal = attribution.saliency(target, x)
+    occ = attribution.occlusion(target, x, b, patch=4)
+    for maps in (cam, sal, occ):
+        assert maps.shape == (2, 16, 16, 2)
+        assert np.isfinite(maps).all()
+    assert cam.min() >= 0 and sal.min() >= 0 and sal.max() > 0
+
+
+def test_occlusion_known_answer_on_linear_model():
+    """f(x) = sum of channel 0; zero baseline: the drop of each 2x2 patch is its pixel sum."""
+    inp = keras.Input((4, 4, 3))
+    flat = keras.layers.Flatten()(inp)
+    dense = keras.layers.Dense(1, use_bias=False)
+    model = keras.Model(inp, dense(flat))
+    kernel = np.zeros((48, 1), np.float32)
+    kernel[0::3] = 1.0
+    dense.set_weights([kernel])
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    x[0, 0, 0, 0] = 8.0
+    occ = attribution.occlusion(model, x, np.zeros_like(x), patch=2, stride=2)
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = 8.0  # only the top-left patch covers the bright pixel
+    np.testing.assert_allclose(occ[0, ..., 0], expected)
+
+
+def test_postprocess_original_formula():
+    maps = np.array([[[[2.0, 3.0], [-1.0, 1.0], [0.5, 0.2]]]])  # (1, 1, 3, 2): normal, abnormal
+    signed, shown = attribution.postprocess_maps(maps, "original")
+    np.testing.assert_allclose(shown[0, 0], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(signed[0, 0], [1.0, 1.0, -0.3])
+    signed, shown = attribution.postprocess_maps(maps[..., :1], "difference")
+    np.testing.assert_allclose(shown[0, 0], [2.0, 0.0, 0.5])
+
+
+def test_parse_methods_and_baselines():
+    assert attribution.parse_methods(["deeplift,saliency", "grad-cam", "saliency"]) == (
+        "deeplift", "saliency", "grad-cam")
+    assert attribution.parse_methods(None) == ("deeplift",)
+    with pytest.raises(UserError, match="invalid method 'lime'"):
+        attribution.parse_methods(["lime"])
+    images = np.full((2, 8, 8, 3), 200, np.uint8)
+    images[:, :4] = 0
+    assert not attribution.make_baselines(images, "black").any()
+    np.testing.assert_allclose(attribution.preprocess_float(
+        attribution.make_baselines(images, "mean")), 0, atol=1e-4)
+    blur = attribution.make_baselines(images, "blur")
+    assert blur.shape == images.shape and 0 < blur[0, 4, 4, 0] < 200
