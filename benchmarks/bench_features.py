@@ -55,7 +55,26 @@ def model_only(model, preprocessed, batch_size):
     return np.concatenate(outputs), time.perf_counter() - wall, time.process_time() - cpu
 
 
-def throughput(images_dir, count, rounds, batch_size, workers, image_size, precisions, work):
+def tf_data_pipeline(model, paths, image_size, batch_size):
+    """The alternative design, for comparison: tf.data with parallel numpy_function decoding
+    (the same loader) and prefetch. (features, wall seconds, CPU seconds)."""
+    import tensorflow as tf
+
+    def load(path):
+        return vgg.load_image(path.decode(), image_size)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    dataset = (tf.data.Dataset.from_tensor_slices(paths)
+               .map(lambda path: tf.numpy_function(load, [path], tf.uint8),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size).prefetch(2))
+    outputs = [np.asarray(model(vgg.preprocess(batch.numpy()), training=False))
+               for batch in dataset]
+    return np.concatenate(outputs), time.perf_counter() - wall, time.process_time() - cpu
+
+
+def throughput(images_dir, count, rounds, batch_size, workers, image_size, precisions, work,
+               with_tf_data=False):
     """Alternate the measurements in `rounds` rounds (one chunk of images each), so that load
     from other users of a shared machine hits all of them alike; report wall-clock img/s and
     img per CPU-second of this process (the latter barely depends on other users' load)."""
@@ -73,7 +92,8 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
             for p in precisions}
     for net in nets.values():
         net.build()(preprocessed[:batch_size], training=False)   # warm-up (oneDNN primitives)
-    totals = {key: [0.0, 0.0] for key in ["e2e"] + list(precisions)}   # wall, cpu seconds
+    keys = ["e2e"] + (["tf.data"] if with_tf_data else []) + list(precisions)
+    totals = {key: [0.0, 0.0] for key in keys}   # wall, cpu seconds
     features = {p: [] for p in precisions}
     bounds = np.linspace(0, count, rounds + 1).astype(int)
     for number, (low, high) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -95,6 +115,12 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
                                              progress=False, model=nets["fp32"])
                 totals["e2e"][0] += stats.compute_seconds
                 totals["e2e"][1] += time.process_time() - cpu_start
+                if with_tf_data:
+                    paths = [os.path.join(chunk, n) for n in names[low:high]]
+                    _, wall, cpu = tf_data_pipeline(nets["fp32"].model, paths, image_size,
+                                                    batch_size)
+                    totals["tf.data"][0] += wall
+                    totals["tf.data"][1] += cpu
         line = ", ".join(f"{key} {high / wall_cpu[0]:.2f}"
                          for key, wall_cpu in totals.items())
         print(f"  round {number + 1}/{rounds} done (cumulative img/s: {line})", flush=True)
@@ -110,6 +136,11 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
           f"{e2e_wall:.2f} img/s wall, {e2e_cpu:.2f} img/CPU-s\n"
           f"  end-to-end / model-only = {e2e_wall / model_wall:.2f}x wall, "
           f"{e2e_cpu / model_cpu:.2f}x per CPU-second (goal >= 0.9x)", flush=True)
+    if with_tf_data:
+        wall, cpu = rates("tf.data")
+        print(f"alternative tf.data + numpy_function pipeline: {wall:.2f} img/s wall "
+              f"({wall / model_wall:.2f}x model-only), {cpu:.2f} img/CPU-s "
+              f"({cpu / model_cpu:.2f}x)", flush=True)
     reference = np.concatenate(features["fp32"]) if "fp32" in features else None
     for precision in precisions:
         if precision == "fp32":
@@ -183,6 +214,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="comma-separated; fp16 is also possible")
+    parser.add_argument("--tf-data", action="store_true",
+                        help="also time a tf.data pipeline (the design not chosen)")
     parser.add_argument("--skip", choices=("throughput", "memory"), action="append", default=[])
     args = parser.parse_args(argv)
     import tensorflow as tf
@@ -193,7 +226,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_features.") as work:
         if "throughput" not in args.skip:
             throughput(args.images, args.throughput_images, args.rounds, args.batch_size,
-                       args.workers, args.image_size, args.precisions.split(","), work)
+                       args.workers, args.image_size, args.precisions.split(","), work,
+                       args.tf_data)
         if "memory" not in args.skip:
             memory_and_rerun(args.images, sorted(args.rss_images), args.batch_size,
                              args.workers, args.image_size, work)
