@@ -155,24 +155,32 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
         print(line, flush=True)
 
 
+# A slim parent for each measured run: ru_maxrss survives fork+exec on Linux, so a CLI forked
+# straight from this (TensorFlow-sized) process would report this process's RSS as its peak.
+_LAUNCHER = """
+import os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[2:], stderr=open(sys.argv[1], "w"))
+_, status, usage = os.wait4(process.pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def cli_run(images, output, image_size, batch_size, workers):
     """Run the stage's CLI in a subprocess: (wall seconds, peak RSS MiB, stderr summary)."""
     command = [sys.executable, "-m", "learning.transfer_feature_extraction", images, output,
                "--random-weights", "--image-size", str(image_size), "--batch-size",
                str(batch_size), "--workers", str(workers), "--no-progress"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryFile("w+") as log_file:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=root, stderr=log_file)
-        _, status, usage = os.wait4(process.pid, 0)   # rusage of this one child
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        log_file.seek(0)
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log_file:
+        launched = subprocess.run([sys.executable, "-c", _LAUNCHER, log_file.name] + command,
+                                  cwd=root, capture_output=True, text=True, check=True)
         err = log_file.read()
-    if process.returncode != 0:
+    seconds, max_rss_kib, code = launched.stdout.split()
+    if int(code) != 0:
         sys.exit(f"bench_features: {' '.join(command)} failed:\n{err}")
     summary = [line for line in err.splitlines() if " computed, " in line]
-    return seconds, usage.ru_maxrss / 1024, summary[-1] if summary else ""
+    return float(seconds), int(max_rss_kib) / 1024, summary[-1] if summary else ""
 
 
 def memory_and_rerun(images_dir, counts, batch_size, workers, image_size, work):
