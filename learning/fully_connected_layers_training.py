@@ -16,7 +16,6 @@ Example:
     cxr-train data/training.pickle data/testing.pickle data/model
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
 """
-import argparse
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 from learning import safe_pickle
 from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
 from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
-from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write, atomic_write_json
 
 EXAMPLES_FORMAT = "cxr-examples/1"
@@ -250,8 +249,8 @@ def plot_training_curve(info, path):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        prog="cxr-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = ArgumentParser(
+        prog="cxr-train",
         description="Train the normal/abnormal head on stage-3 features and report test metrics. "
                     "Unset flags take the --head preset's value: default = relu, dropout "
                     f"{PRESETS['default']['dropout']}, Adam {PRESETS['default']['learning_rate']}"

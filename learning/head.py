@@ -21,13 +21,36 @@ PRESETS = {
         "why": "reproduces the 2018 original (tanh, Adam 1e-5, 10 epochs, no class weights)",
     },
     "default": {
-        "activation": "relu", "dropout": 0.5, "input_dropout": 0.0, "input_scaling": "global",
-        "epochs": 60, "batch_size": 32, "learning_rate": 1e-4, "class_weights": True,
+        "activation": "relu", "dropout": 0.2, "input_dropout": 0.0, "input_scaling": "global",
+        "epochs": 40, "batch_size": 32, "learning_rate": 1e-4, "class_weights": True,
         "patience": 8, "hidden": 2048,
-        "why": "see learning/head.py and the README note: measured on validation AUROC",
+        "why": "grouped 5-fold CV AUROC on nih-cxr-1000's training part: see MEASURED in head.py",
     },
 }
 INPUT_SCALINGS = ("none", "global", "standardize")
+
+# MEASURED (how the "default" preset was chosen; the test set was never used). Data: the 900
+# training images of nih-cxr-1000 (stage 4, seed 0; random-weights VGG16 block5_pool features,
+# fp32), grouped (patient) stratified 5-fold cross-validation; inside each fold a grouped 10%
+# early-stopping split; mean AUROC over 5 folds x 3 seeds (+- std over the 15 runs). The search
+# ran a line-for-line torch mirror of train_head on a GPU (same init, Adam eps, class weights,
+# early stopping) because the 2 shared CPU cores need ~1 min per Keras epoch; the final preset
+# was then run in Keras by benchmarks/bench_quality.py.
+#   logistic regression (StandardScaler, C=1 / C=0.01)          0.851 +- 0.020 / 0.857 +- 0.019
+#   original: tanh, no dropout, Adam 1e-5, 10 epochs, no weights  0.857 +- 0.015
+#   relu, dropout 0.5, global scale, Adam 1e-4, patience 8        0.861 +- 0.018
+#   ... same with tanh (1 seed)                                   0.763 +- 0.079 (unstable)
+#   ... same, per-feature standardisation (1 seed)                0.836 +- 0.025 (overfits in 1-3 epochs)
+#   ... same, no input scaling                                    0.869 +- 0.019
+#   ... same, dropout 0.0                                         0.874 +- 0.015
+#   ... same, dropout 0.2  <- chosen                              0.874 +- 0.017 (best epochs 6-38)
+#   ... same, dropout 0.0, Adam 3e-5                              0.874 +- 0.017
+#   ... dropout 0.2, patience 5                                   0.872 +- 0.018
+# Class weights change nothing on this balanced set (0.866 vs 0.867, 1 seed); they are kept
+# because Open-i is about 1/3 normal. relu over tanh: tanh saturates on the un-normalised
+# 25,088 inputs. Global scaling (one multiply, 1/std of the training features) over none: the
+# same AUROC within noise, but the head no longer depends on the features' raw scale (ImageNet
+# weights give values ~100x larger than random ones).
 
 
 def input_scaling_stats(features, input_scaling):
@@ -44,8 +67,10 @@ def input_scaling_stats(features, input_scaling):
         std = float(features.std())
         return {"scale": 1.0 / std if std > 0 else 1.0}
     if input_scaling == "standardize":
+        variance = features.var(axis=0)
+        variance[variance < 1e-8] = 1.0  # constant (dead) features: no division by ~0 later
         return {"mean": features.mean(axis=0).astype(np.float32),
-                "variance": features.var(axis=0).astype(np.float32)}
+                "variance": variance.astype(np.float32)}
     raise ValueError(f"invalid input scaling {input_scaling!r}; allowed: "
                      f"{', '.join(INPUT_SCALINGS)}")
 

@@ -18,13 +18,12 @@ Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
-import argparse
 import time
 
 import numpy as np
 
 from learning import safe_pickle
-from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write_json
 from scraper.schema import LABELS, load_descriptions
 
@@ -196,8 +195,8 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        prog="cxr-prepare-examples", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = ArgumentParser(
+        prog="cxr-prepare-examples",
         description="Split labelled image features into training/testing sets by report_id "
                     "(no report or patient in two splits), stratified by label.")
     parser.add_argument("descriptions", help="images-description.json from stage 2")
