@@ -137,3 +137,40 @@ def test_bad_inputs_are_one_line_errors(pickles, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "m").exists()
+
+
+def test_without_validation_subset_trains_all_epochs(tmp_path):
+    training = tmp_path / "training.pickle"
+    testing = tmp_path / "testing.pickle"
+    safe_pickle.dump(make_split("training", 40, 0, lambda i: "train"), training)
+    safe_pickle.dump(make_split("testing", 10, 1, lambda i: "test"), testing)
+    assert train(training, testing, tmp_path / "m", "--epochs", "3") == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert (metrics["epochs_run"], metrics["best_epoch"], metrics["n_validation"]) == (3, 3, 0)
+    assert metrics["early_stopping"] is None
+
+
+def test_head_stacks_on_the_real_conv_base(tmp_path):
+    """Real images and a (random, 32 px) VGG16: the saved head stacked on the conv base gives
+    the same logits as the head on precomputed features - what stage 6 does."""
+    import keras
+
+    from learning.vgg import build_conv_base, load_image, preprocess
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "nih-24", "images")
+    names = sorted(os.listdir(root))[:6]
+    base = build_conv_base(random_weights=True, seed=0, image_size=32)
+    pixels = preprocess(np.stack([load_image(os.path.join(root, n), 32) for n in names]))
+    features = np.asarray(base(pixels))  # (6, 1, 1, 512)
+    assert features.shape == (6, 1, 1, 512)
+    split = make_split("training", 6, 0, lambda i: "train", shape=(1, 1, 512))
+    split["features"] = features
+    test = dict(split, split="testing", subset=["test"] * 6)
+    safe_pickle.dump(split, tmp_path / "training.pickle")
+    safe_pickle.dump(test, tmp_path / "testing.pickle")
+    assert train(tmp_path / "training.pickle", tmp_path / "testing.pickle", tmp_path / "m",
+                 "--epochs", "2") == 0
+    head = keras.models.load_model(tmp_path / "m" / "head.keras")
+    stacked = keras.Model(base.input, head(base.output))
+    np.testing.assert_allclose(np.asarray(stacked(pixels)), np.asarray(head(features)),
+                               rtol=1e-5, atol=1e-5)
