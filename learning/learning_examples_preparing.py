@@ -77,7 +77,8 @@ def stratified_group_split(labels, groups, fraction, seed=0):
 
     Groups are visited in a seeded random order and taken while no class would exceed its
     target round(fraction * class size) - at least 1 for a class with two or more groups, so
-    a tiny dataset still tests both classes - then the visit stops once every class is full.
+    a tiny dataset still tests both classes, at most class size - 1, so the kept side keeps
+    every class - then the visit stops once every class is full.
     A class that lives in a single group stays on the kept side (it cannot be in both).
     Equivalent in spirit to sklearn's StratifiedGroupKFold, but hits any fraction (not just
     1/k) and never fails on tiny datasets.
@@ -96,6 +97,7 @@ def stratified_group_split(labels, groups, fraction, seed=0):
     groups_per_class = sum((c > 0).astype(int) for c in group_counts.values())
     targets = np.where(groups_per_class >= 2,
                        np.maximum(1, np.round(fraction * totals)), 0).astype(int)
+    targets = np.minimum(targets, totals - 1)  # the kept side always keeps each class
     taken = np.zeros(n_classes, dtype=int)
     rng = np.random.default_rng(seed)
     for position in rng.permutation(len(unique_groups)):

@@ -138,6 +138,13 @@ def test_class_in_a_single_group_stays_in_training():
     assert not held[-2:].any() and held[:10].sum() == 5
 
 
+def test_large_fraction_still_leaves_every_class_for_training():
+    labels = np.array([0] * 6 + [1, 1])
+    groups = [f"p{i}" for i in range(8)]
+    held = stratified_group_split(labels, groups, 0.9, seed=0)
+    assert held[:6].sum() == 5 and held[6:].sum() == 1
+
+
 def test_missing_class_is_a_clear_error(tmp_path):
     records = [make_record(f"n{i}.png", "folder", label="normal") for i in range(5)]
     descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
