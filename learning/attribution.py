@@ -180,8 +180,16 @@ class DeepLift:
         result = np.empty(x.shape + (self.n_outputs,), np.float32)
         with quiet_keras():
             for i in range(self.n_outputs):
-                grads = self._inner.run(self._inner.phi_symbolic(i), self._inner.model_inputs,
-                                        [joint])[0]
+                try:
+                    grads = self._inner.run(self._inner.phi_symbolic(i),
+                                            self._inner.model_inputs, [joint])[0]
+                except (ValueError, TypeError, KeyError, LookupError) as error:
+                    # e.g. GlobalMaxPooling: shap treats its "Max" op as element-wise
+                    detail = str(error).strip().splitlines()[-1][:200]
+                    raise UserError(f"DeepLIFT (shap {_shap_version()}) cannot explain this model"
+                                    f" ({type(error).__name__}: {detail}); global max pooling "
+                                    f"is not supported, use features with pooling none or avg")\
+                        from None
                 result[..., i] = grads[n:] * (x - baselines)
         return result
 

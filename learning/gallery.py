@@ -14,7 +14,8 @@ RANDOM_WARNING = ("random VGG16 weights were used: heatmaps from random weights 
                   "clinically (offline smoke run)")
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#111;color:#eee}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;
+     background:#111;color:#eee}
 header{padding:16px 24px;background:#1b1b1b;border-bottom:1px solid #333}
 h1{font-size:20px;margin:0 0 6px}
 .meta{color:#aaa;font-size:13px}

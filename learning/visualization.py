@@ -31,7 +31,6 @@ terminal and the gallery say so loudly.
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -49,10 +48,12 @@ HEAD_FILE = "head.keras"
 CONFIG_FILE = "config.json"
 CLASS_NAMES = ["normal", "abnormal"]
 METHOD_TITLES = {"deeplift": "DeepLIFT (Rescale)", "integrated-gradients": "Integrated gradients",
-                 "grad-cam": "Grad-CAM", "occlusion": "Occlusion", "saliency": "Saliency (|gradient|)"}
+                 "grad-cam": "Grad-CAM", "occlusion": "Occlusion",
+                 "saliency": "Saliency (|gradient|)"}
 TARGET_TITLES = {"difference": "logit(abnormal) - logit(normal)",
-                 "original": "max(attr abnormal - max(attr normal, 0), 0) (the original's rule)",
+                 "original": "both logits, shown as max(attr_abnormal - max(attr_normal, 0), 0)",
                  "abnormal": "logit(abnormal)"}
+BASELINE_METHODS = ("deeplift", "integrated-gradients", "occlusion")
 INDEX_COLUMNS = ("name", "label", "p_normal", "p_abnormal", "method", "completeness_delta",
                  "heatmap", "base", "overlay", "panel")
 
@@ -267,10 +268,12 @@ def render_image(args, item, method, prefix, shown, probs, record, delta, random
     label = (record or {}).get("label") or "unknown"
     title = (f"{item['stem']}   true: {label}   p(abnormal) {probs[1]:.2f}   "
              f"p(normal) {probs[0]:.2f}")
-    subtitle = (f"{METHOD_TITLES[method]} of {TARGET_TITLES[args.postprocess]}, "
-                f"{args.baseline} baseline; shown: positive evidence for 'abnormal'")
+    subtitle = f"{METHOD_TITLES[method]}  |  explained: {TARGET_TITLES[args.postprocess]}"
+    if method in BASELINE_METHODS:
+        subtitle += f"  |  {args.baseline} baseline"
     if delta is not None:
-        subtitle += f"; completeness error {delta:.1e}"
+        subtitle += f"  |  completeness error {delta:.1e}"
+    subtitle += "  |  shown: positive evidence for 'abnormal'"
     warning = gallery.RANDOM_WARNING if random_weights else ""
     render.save_panel(os.path.join(results, files["panel"]), xray, shown_display, vmax, title,
                       boxes, subtitle, warning, colorbar_label=f"{method} (logit units)"
@@ -408,6 +411,10 @@ def main(argv=None):
     if args.random_weights:
         shout_random_weights()
     image_size = int(params["image_size"])
+    if "deeplift" in methods and params["pooling"] == "max":
+        raise UserError("DeepLIFT cannot explain a head trained on max-pooled features (shap's "
+                        "DeepExplainer mishandles global max pooling); retrain with --pooling "
+                        "none or avg, or pick another --method")
     conv_base = build_conv_base(args.weights, args.random_weights, args.seed, image_size,
                                 params["layer"], params["pooling"])
     check_head_fits(head, conv_base, params)

@@ -89,6 +89,16 @@ def test_deeplift_completeness_vgg_shaped_and_gradient_times_input_fails(vgg_lik
         attribution.check_completeness(deltas, scale, ["a", "b", "c"])
 
 
+def test_global_max_pooling_is_refused_in_one_line():
+    inp = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(2, 3, activation="relu")(inp)
+    out = keras.layers.Dense(2)(keras.layers.GlobalMaxPooling2D()(h))
+    target = attribution.build_target_model(keras.Model(inp, out), "difference")
+    x, b = _data((6, 6, 3), n=1)
+    with pytest.raises(UserError, match="global max pooling is not supported"):
+        attribution.DeepLift(target).attribute(x, b)
+
+
 def test_batched_deeplift_equals_shap_one_at_a_time(vgg_like):
     import shap
 
