@@ -420,7 +420,10 @@ def main(argv=None):
     check_head_fits(head, conv_base, params)
     explainer = Explainer(conv_base, head, args.postprocess, methods, args.baseline, image_size,
                           args.ig_steps, args.occlusion_patch)
-    os.makedirs(args.results, exist_ok=True)
+    try:
+        os.makedirs(args.results, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create results folder {args.results}: {error.strerror}") from None
 
     from tqdm import tqdm
 
