@@ -14,6 +14,7 @@ asserts nothing: timing goals live here, not in tests. Goal: batched >= 2x faste
 Measured 2026-11-25 on the 2-core dev machine shared with 4 other jobs (load 4-6), 16 images:
   run 1: shap-public 5.15 s/img, batch=1 5.78, batch=4 4.14, batch=8 4.07, batch=16 4.24 (1.4x)
   run 2: shap-public 4.10 s/img, batch=1 3.91, batch=8 3.75 (1.04x)
+  64 px, 32 images: shap-public 0.394 s/img, batch=1 0.389, batch=8 0.346 (1.12x), batch=32 0.392
 The goal is NOT met on this CPU: VGG16's convolutions dominate and are already compute-bound at
 batch 1, so batching only saves per-call overhead; shap's graph also runs forward and backward
 on the baseline half of the batch (2N images for N). Completeness error <= 5.4e-7 everywhere.
