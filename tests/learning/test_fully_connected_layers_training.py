@@ -42,7 +42,7 @@ def pickles(tmp_path):
 
 def train(training, testing, model_dir, *flags):
     return run_main(main, "cxr-train", [str(training), str(testing), str(model_dir),
-                                        "--epochs", "6", "--bootstrap", "200"] + list(flags))
+                                        "--epochs", "3", "--bootstrap", "100"] + list(flags))
 
 
 def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     assert "avg / total" in out and "ROC AUC" in out and "majority baseline" in out
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_validation"], metrics["n_test"]) == (96, 24, 40)
-    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 6
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 3
     test = metrics["test"]
     assert test["roc_auc"] > 0.9  # separable synthetic data
     assert test["roc_auc_ci"]["low"] <= test["roc_auc"] <= test["roc_auc_ci"]["high"]
@@ -69,7 +69,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     assert config["feature_params"] == FEATURE_PARAMS
     assert config["class_names"] == ["normal", "abnormal"]
     assert config["head"]["head"] == "default" and config["head"]["activation"] == "relu"
-    assert config["args"]["epochs"] == 6
+    assert config["args"]["epochs"] == 3
     # Stage 6 loads the head with no custom objects; it outputs 2 logits, not probabilities.
     head = keras.models.load_model(model_dir / "head.keras")
     features = safe_pickle.load(testing)["features"][:5]
@@ -95,7 +95,7 @@ def test_original_head_reproduces_the_2018_choices(pickles, tmp_path):
     assert (config["activation"], config["learning_rate"], config["class_weights"],
             config["patience"], config["dropout"]) == ("tanh", 1e-5, False, None, 0.0)
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert metrics["epochs_run"] == metrics["best_epoch"] == 6  # no early stopping
+    assert metrics["epochs_run"] == metrics["best_epoch"] == 3  # no early stopping
 
 
 def test_single_class_test_set_gives_null_auroc(tmp_path):
