@@ -101,9 +101,11 @@ def resolve_config(args):
     return config
 
 
-def _make_tracker(val_features, val_labels, patience):
+def _make_tracker(val_features, val_labels, patience, epochs, progress=True):
     """A Keras callback recording validation AUROC per epoch and keeping the best weights
-    (lowest validation loss); it stops training after `patience` epochs without improvement."""
+    (lowest validation loss); it stops training after `patience` epochs without improvement.
+    With `progress`, one line per epoch on stderr (an epoch of the full-size head takes tens
+    of seconds on a laptop CPU)."""
     import keras
 
     class BestValidation(keras.callbacks.Callback):
@@ -111,11 +113,18 @@ def _make_tracker(val_features, val_labels, patience):
             super().__init__()
             self.history = {"loss": [], "val_loss": [], "val_auroc": []}
             self.best_epoch, self.best_loss, self.best_weights = None, np.inf, None
+            self.started = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             self.history["loss"].append(float(logs.get("loss", np.nan)))
             if val_features is None:
+                if progress:
+                    log(f"epoch {epoch + 1}/{epochs}: loss {self.history['loss'][-1]:.4f} "
+                        f"({elapsed_since(self.started)})")
                 return
             logits = self.model.predict(val_features, verbose=0, batch_size=256)
             auc = roc_auc(val_labels, logits[:, 1] - logits[:, 0])
@@ -127,11 +136,17 @@ def _make_tracker(val_features, val_labels, patience):
                 self.best_weights = [w.copy() for w in self.model.get_weights()]
             elif patience is not None and epoch + 1 - self.best_epoch >= patience:
                 self.model.stop_training = True
+            if progress:
+                auc_text = "n/a" if auc is None else f"{auc:.3f}"
+                log(f"epoch {epoch + 1}/{epochs}: loss {self.history['loss'][-1]:.4f}, "
+                    f"validation loss {val_loss:.4f}, validation AUROC {auc_text}"
+                    f"{' (best so far)' if self.best_epoch == epoch + 1 else ''} "
+                    f"({elapsed_since(self.started)})")
 
     return BestValidation()
 
 
-def train_head(training, config, seed=0, verbose=0):
+def train_head(training, config, seed=0, verbose=0, progress=True):
     """Fit the head on the "train" subset, early-stopping on "validation".
 
     Returns (model, info) with info = {"epochs_run", "best_epoch", "history", "n_train",
@@ -158,7 +173,8 @@ def train_head(training, config, seed=0, verbose=0):
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tracker = _make_tracker(x_val if len(y_val) else None, y_val,
-                            config["patience"] if has_val else None)
+                            config["patience"] if has_val else None, config["epochs"],
+                            progress)
     model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
               class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
               validation_data=(x_val, y_val) if len(y_val) else None)
