@@ -27,6 +27,7 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import os
 import time
@@ -197,6 +198,27 @@ def _iter_decoded(paths, image_size, workers, prefetch):
                 future.cancel()
 
 
+def _malloc_trim():
+    """Give freed heap memory back to the OS (glibc); a no-op elsewhere.
+
+    Decode threads and TensorFlow's threads allocate from separate glibc arenas; without a
+    trim their free lists grew the peak RSS by ~100 KB per image over long runs (measured:
+    +69 MiB for 600 more 64 px images), so memory was not "output array + a constant".
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class FeatureModel:
     """The VGG16 conv base at one precision; built on first use so cached runs skip TensorFlow."""
 
@@ -347,6 +369,7 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             stats.computed += n
             bar.update(n)
             batch_positions.clear()
+            _malloc_trim()
             if checkpoint_every and time.monotonic() - last_checkpoint >= checkpoint_every:
                 started = time.monotonic()
                 _write_checkpoint(output_path, names, hashes, features,
