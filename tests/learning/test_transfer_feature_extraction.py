@@ -14,7 +14,7 @@ import pytest
 
 from learning import safe_pickle, vgg
 from learning import transfer_feature_extraction as tfe
-from scraper.cli import UserError, run_main
+from scraper.cli import run_main
 
 DEMO = pathlib.Path(__file__).resolve().parents[2] / "demo" / "nih-24" / "images"
 DEMO_NAMES = sorted(p.name for p in DEMO.glob("*.png"))
