@@ -253,7 +253,10 @@ def plot_training_curve(info, path):
     auc_values = [np.nan if v is None else v for v in history["val_auroc"]]
     if auc_values:
         auc_axis.plot(epochs, auc_values, color="C2", label="validation ROC AUC")
+    from matplotlib.ticker import MaxNLocator
+
     for axis in (loss_axis, auc_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.axvline(info["best_epoch"], color="grey", linestyle=":",
                      label=f"kept epoch {info['best_epoch']}")
         axis.set_xlabel("epoch")
