@@ -3,7 +3,8 @@
 Reads:  training.pickle and testing.pickle from stage 4 ({"format": "cxr-examples/1", ...}).
 Writes: into the <model> directory, each file atomically:
         head.keras         the head (features (N, 7, 7, 512) -> 2 logits [normal, abnormal], no
-                           softmax), built-in layers only: keras.models.load_model needs nothing else
+                           softmax), built-in layers only: keras.models.load_model needs
+                           nothing else
         config.json        {"feature_params", "class_names", "head", "args"}
         metrics.json       test metrics (per-class table, accuracy, ROC AUC + grouped bootstrap
                            95% CI, confusion matrix, majority baseline), sizes, epochs, history

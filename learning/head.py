@@ -40,7 +40,7 @@ INPUT_SCALINGS = ("none", "global", "standardize")
 #   original: tanh, no dropout, Adam 1e-5, 10 epochs, no weights  0.857 +- 0.015
 #   relu, dropout 0.5, global scale, Adam 1e-4, patience 8        0.861 +- 0.018
 #   ... same with tanh (1 seed)                                   0.763 +- 0.079 (unstable)
-#   ... same, per-feature standardisation (1 seed)                0.836 +- 0.025 (overfits in 1-3 epochs)
+#   ... same, per-feature standardisation (1 seed)                0.836 +- 0.025 (overfits fast)
 #   ... same, no input scaling                                    0.869 +- 0.019
 #   ... same, dropout 0.0                                         0.874 +- 0.015
 #   ... same, dropout 0.2  <- chosen                              0.874 +- 0.017 (best epochs 6-38)
@@ -85,7 +85,8 @@ def build_head(feature_shape, activation="relu", dropout=0.5, hidden=2048, input
                scaling_stats=None, input_dropout=0.0):
     """A keras.Model mapping features (N, *feature_shape) -> logits (N, 2).
 
-    Layers: [scale] -> flatten -> [input dropout] -> dense(hidden, activation) -> [dropout] -> dense(2).
+    Layers: [scale] -> flatten -> [input dropout] -> dense(hidden, activation) -> [dropout]
+    -> dense(2).
     """
     import keras
 
