@@ -28,7 +28,6 @@ completeness (sum of attributions = f(x) - f(baseline)); the stage stops if it d
 the heatmaps would then be wrong. With --random-weights the maps mean nothing clinically: the
 terminal and the gallery say so loudly.
 """
-import argparse
 import csv
 import io
 import math
@@ -39,7 +38,7 @@ import time
 import numpy as np
 
 from learning import attribution, gallery, localization, render, sanity
-from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write_json, atomic_write_text, read_json
 from scraper.images import BadImage, image_size as original_image_size, is_image_name
 
@@ -330,8 +329,8 @@ def run_sanity(explainer, methods, kept, rng_seed, batch_size):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = ArgumentParser(
+        prog=PROG,
         description="Stage 6: explain the trained model's decisions on example X-rays with "
                     "DeepLIFT (and other attribution methods): heatmaps, overlays, a gallery "
                     "and localization metrics against expert boxes.")
