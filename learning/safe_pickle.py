@@ -23,12 +23,16 @@ _ALLOWED = {
 _ALLOWED_DTYPE_MODULES = ("numpy.dtypes",)  # numpy 2 pickles dtypes as numpy.dtypes.Float32DType
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _ALLOWED or (module in _ALLOWED_DTYPE_MODULES and
                                           name.endswith("DType")):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        raise ForbiddenGlobal(f"forbidden global {module}.{name}")
 
 
 def dump(obj, path):
@@ -40,10 +44,10 @@ def dump(obj, path):
 def loads(data, what="pickle"):
     try:
         return _AllowListUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as error:
+    except ForbiddenGlobal as error:
         raise UserError(f"refusing to load {what}: {error} (only numpy arrays and plain "
                         f"containers are allowed)") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             ImportError, MemoryError) as error:
         raise UserError(f"{what} is corrupt or not a pipeline pickle ({type(error).__name__}: "
                         f"{error})") from None

@@ -1,0 +1,55 @@
+"""The allow-list unpickler: real pipeline dicts round-trip, crafted pickles never run code."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from learning import safe_pickle
+from scraper.cli import UserError
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_round_trip_keeps_arrays_dtypes_and_containers(tmp_path):
+    obj = {"format": "cxr-features/1", "names": ["a.png", "b.png"],
+           "features": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+           "labels": np.array([0, 1], dtype=np.int64), "half": np.ones(3, np.float16),
+           "params": {"image_size": 224, "ratio": 0.5, "flag": True, "none": None,
+                      "pair": (1, 2), "scalar": np.float32(1.5)}}
+    safe_pickle.dump(obj, tmp_path / "f.pickle")
+    back = safe_pickle.load(tmp_path / "f.pickle", kind="cxr-features/1")
+    np.testing.assert_array_equal(back["features"], obj["features"])
+    assert back["features"].dtype == np.float32 and back["half"].dtype == np.float16
+    assert back["labels"].tolist() == [0, 1]
+    assert back["params"] == obj["params"]
+
+
+def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.pickle").write_bytes(pickle.dumps({"format": "x", "payload": _Exploit()}))
+    with pytest.raises(UserError, match=r"refusing to load .*forbidden global (posix|os)\.system"):
+        safe_pickle.load(tmp_path / "evil.pickle")
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"<html>maintenance</html>", "corrupt or not a pipeline pickle"),
+    (pickle.dumps({"format": "cxr-features/1"})[:-5], "corrupt or not a pipeline pickle"),
+    (b"", "corrupt or not a pipeline pickle"),
+])
+def test_corrupt_data_is_one_clear_error(tmp_path, data, message):
+    (tmp_path / "bad.pickle").write_bytes(data)
+    with pytest.raises(UserError, match=message):
+        safe_pickle.load(tmp_path / "bad.pickle", what="features pickle")
+
+
+def test_wrong_kind_and_missing_file(tmp_path):
+    safe_pickle.dump({"format": "cxr-examples/1"}, tmp_path / "e.pickle")
+    with pytest.raises(UserError, match="expected format 'cxr-features/1', found 'cxr-examples/1'"):
+        safe_pickle.load(tmp_path / "e.pickle", kind="cxr-features/1")
+    with pytest.raises(UserError, match="not found"):
+        safe_pickle.load(tmp_path / "missing.pickle")
