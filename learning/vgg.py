@@ -55,7 +55,7 @@ def build_conv_base(weights_path=None, random_weights=False, seed=0, image_size=
     if not random_weights:
         weights_identity(weights_path)  # clear error if the file is missing
         try:
-            full.load_weights(weights_path)
+            load_weights(full, weights_path)
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{weights_path} is not a VGG16 no-top weights file "
                             f"({type(error).__name__}: {str(error)[:160]})") from None
@@ -65,6 +65,49 @@ def build_conv_base(weights_path=None, random_weights=False, seed=0, image_size=
     elif pooling == "max":
         output = keras.layers.GlobalMaxPooling2D(name="feature_pool")(output)
     return keras.Model(full.input, output, name=f"vgg16_{layer}_{pooling}")
+
+
+def load_weights(model, weights_path):
+    """Load VGG16 weights from Keras' download (legacy HDF5 layout) or a Keras 3 weights file.
+
+    Keras 3's `load_weights` picks the format from the file NAME: a legacy file saved as
+    "vgg16.weights.h5" (the pipeline's default name) would be read as the new format and fail.
+    So the layout is detected from the content: the legacy layout has a root `layer_names`
+    attribute and one group per layer whose `weight_names` list the arrays in layer order
+    (kernel, bias), whatever they are called (the 2016 file says "block1_conv1_W_1:0").
+    """
+    import h5py
+    import numpy as np
+
+    with h5py.File(weights_path, "r") as handle:
+        if "layer_names" not in handle.attrs:
+            legacy = False
+        else:
+            legacy = True
+            names = [_text(n) for n in handle.attrs["layer_names"]]
+            stored = {}
+            for name in names:
+                weight_names = [_text(w) for w in handle[name].attrs.get("weight_names", [])]
+                if weight_names:
+                    stored[name] = [np.asarray(handle[name][w]) for w in weight_names]
+    if not legacy:
+        model.load_weights(weights_path)
+        return
+    expected = [layer for layer in model.layers if layer.weights]
+    missing = [layer.name for layer in expected if layer.name not in stored]
+    if missing:
+        raise ValueError(f"no weights for layer(s) {', '.join(missing[:3])}")
+    for layer in expected:
+        arrays = stored[layer.name]
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [a.shape for a in arrays] != shapes:
+            raise ValueError(f"layer {layer.name}: stored shapes {[a.shape for a in arrays]} "
+                             f"do not fit {shapes}")
+        layer.set_weights(arrays)
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def preprocess(images_uint8):
