@@ -49,46 +49,28 @@ def _archive_defaults():
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") \
-            from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be at least 1")
-    return value
+def _number(kind, minimum, strict):
+    """An argparse type: `kind` (int/float) >= minimum (> minimum if strict), finite."""
+    noun = "count" if kind is int else "number"
+    bound = ("must be positive" if strict else
+             "must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
+        if value != value or value == float("inf") or value < minimum or (
+                strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
+        return value
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number") \
-            from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be 0 or more")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be positive")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be 0 or more")
-    return value
+_positive_int = _number(int, 1, strict=False)
+_non_negative_int = _number(int, 0, strict=False)
+_positive_float = _number(float, 0, strict=True)
+_non_negative_float = _number(float, 0, strict=False)
 
 
 def get_args_parser():

@@ -16,7 +16,9 @@ import os
 import re
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.local_server import LocalHTTPServer, unused_port  # noqa: F401 (re-exported)
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
@@ -29,14 +31,7 @@ class Request:
     sent: int  # body bytes actually written
 
 
-def unused_port():
-    """A TCP port on 127.0.0.1 that nothing listens on (for 'host unreachable' tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class FileServer:
+class FileServer(LocalHTTPServer):
     def __init__(self, files=None, cut_after=None, cut_times=None, ignore_range=False):
         self.files = dict(files or {})
         self.cut_after = cut_after
@@ -44,23 +39,7 @@ class FileServer:
         self.ignore_range = ignore_range
         self.requests = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
-
-    @property
-    def port(self):
-        return self._httpd.server_address[1]
+        self._start_server()
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"

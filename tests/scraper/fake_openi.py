@@ -25,8 +25,10 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_server import LocalHTTPServer, unused_port  # noqa: F401 (re-exported)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openi", "api-search-response.json")
@@ -76,7 +78,7 @@ def make_api_records(n_records, mesh=DEFAULT_MESH, images_per_report=2):
     return records
 
 
-class FakeOpenI:
+class FakeOpenI(LocalHTTPServer):
     def __init__(self, n_records=12, page_limit=None, latency=0.0, mesh=DEFAULT_MESH,
                  images_dir=DEMO_IMAGES, stall_at=None, total=None):
         self.records = make_api_records(n_records, mesh)
@@ -93,24 +95,9 @@ class FakeOpenI:
         self.faults = {}    # path -> [kind, remaining (None = always), retry_after]
         self.requests = []  # (monotonic time at arrival, path, query dict)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._httpd.request_queue_size = 64
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._start_server(poll_interval=0.5)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     # -- configuration -----------------------------------------------------------------------
     def image_path(self, name):
@@ -240,9 +227,3 @@ class FakeOpenI:
 
         return Handler
 
-
-def unused_port():
-    """A port on 127.0.0.1 where nothing listens (for 'server unreachable' tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
