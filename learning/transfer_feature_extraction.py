@@ -23,7 +23,6 @@ Example:
     python -m learning.transfer_feature_extraction demo/nih-24/images /tmp/features.pickle \\
         --random-weights --image-size 64      # offline smoke run, no ImageNet weights
 """
-import argparse
 import collections
 import concurrent.futures
 import contextlib
@@ -35,7 +34,7 @@ import time
 import numpy as np
 
 from learning import safe_pickle, vgg
-from scraper.cli import UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import file_hash, remove_stale_temp_files
 from scraper.images import BadImage, is_image_name
 
@@ -473,11 +472,10 @@ def _fmt_seconds(seconds):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cxr-extract-features",
         description="Stage 3: VGG16 conv features for every image in a folder (incremental: "
-                    "only new or changed images are computed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "only new or changed images are computed).")
     parser.add_argument("images", help="folder of X-ray images (stage 2's images/)")
     parser.add_argument("features", help="output pickle, e.g. data/transfer_features.pickle")
     parser.add_argument("weights", nargs="?", default=None,

@@ -32,15 +32,6 @@ OPTIONS = {
 }
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except None/False/"" ones (their help text says what happens instead)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def _archive_defaults():
     try:  # scraper.archive is optional at import time: only --source archive needs it
         from scraper.archive import ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
@@ -75,8 +66,7 @@ _non_negative_float = _number(float, 0, strict=False)
 
 def get_args_parser():
     parser = ArgumentParser(
-        prog=PROG, description="Stage 2: gather chest X-rays, their labels and report text.",
-        formatter_class=_Formatter)
+        prog=PROG, description="Stage 2: gather chest X-rays, their labels and report text.")
     parser.add_argument("data_dir", help="output directory (images/ and "
                         "images-description.json go here)")
     parser.add_argument("--source", choices=SOURCES, default="openi",
