@@ -13,7 +13,7 @@ Random conv weights (--random-weights): no ImageNet weights offline; speed does 
 the weight values.
 
 Example:
-    python benchmarks/bench_features.py /work/shared/datasets/nih-cxr-1000/images
+    python benchmarks/bench_features.py ../shared/datasets/nih-cxr-1000/images
     python benchmarks/bench_features.py IMAGES --throughput-images 64 --rss-images 50 200
 """
 import argparse

@@ -15,7 +15,7 @@ Random conv weights mean these numbers say how separable the set is with the pip
 machinery (and its shortcuts, e.g. AP vs PA films), not what ImageNet features would reach.
 
 Example:
-    python benchmarks/bench_quality.py /work/shared/datasets/nih-cxr-1000 --work-dir /tmp/bq
+    python benchmarks/bench_quality.py ../shared/datasets/nih-cxr-1000 --work-dir /tmp/bq
 """
 import argparse
 import json
