@@ -26,6 +26,7 @@ sys.path.insert(0, ROOT)
 import requests  # noqa: E402
 
 from scraper import openi  # noqa: E402
+from tests.local_server import max_in_window  # noqa: E402
 from tests.scraper.fake_openi import FakeOpenI  # noqa: E402
 
 
@@ -60,15 +61,6 @@ class ServerProcess:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(5)
-
-
-def max_in_window(times, window=1.0):
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def sequential_client(base_url, data_dir, n_images, page_size=openi.PAGE_SIZE):

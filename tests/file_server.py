@@ -16,9 +16,9 @@ import os
 import re
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler
 
-from tests.local_server import LocalHTTPServer, unused_port  # noqa: F401 (re-exported)
+from tests.local_server import (  # noqa: F401 (unused_port re-exported)
+    LocalHTTPServer, QuietHandler, unused_port)
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
@@ -57,12 +57,7 @@ class FileServer(LocalHTTPServer):
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 body = server.files.get(self.path)
                 range_header = self.headers.get("Range")

@@ -5,7 +5,7 @@ context managers. Nothing here listens anywhere but the loopback address.
 """
 import socket
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def unused_port():
@@ -13,6 +13,24 @@ def unused_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler that keeps test output clean."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+def max_in_window(times, window=1.0):
+    """Most of the sorted `times` (seconds) that fall within any `window`-second span."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 class LocalHTTPServer:

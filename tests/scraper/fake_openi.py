@@ -25,10 +25,10 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import LocalHTTPServer, unused_port  # noqa: F401 (re-exported)
+from tests.local_server import (  # noqa: F401 (unused_port re-exported)
+    LocalHTTPServer, QuietHandler, max_in_window, unused_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openi", "api-search-response.json")
@@ -133,12 +133,7 @@ class FakeOpenI(LocalHTTPServer):
         """Most requests that arrived within any `window` seconds (server clock)."""
         with self._lock:
             times = sorted(t for t, _, _ in self.requests)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while t - times[start] >= window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(times, window)
 
     # -- serving -----------------------------------------------------------------------------
     def _take_fault(self, path):
@@ -169,12 +164,7 @@ class FakeOpenI(LocalHTTPServer):
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 arrived = time.monotonic()
                 parts = urlsplit(self.path)
