@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 from learning import safe_pickle
-from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
+from learning.head import (INPUT_SCALINGS, PRESETS, augment_grid, block5_weights,
+                           build_from_config, input_scaling_stats, needs_conv_weights)
 from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write, atomic_write_json
@@ -147,9 +148,64 @@ def _make_tracker(val_features, val_labels, patience, epochs, progress=True):
     return BestValidation()
 
 
-def train_head(training, config, seed=0, verbose=0, progress=True):
+def _augmented_batches(x, y, weights, batch_size, seed):
+    """A keras PyDataset of shuffled (x, y, sample weight) batches whose feature grids are
+    flipped / shifted afresh each epoch (head.augment_grid); for config["grid_augment"]."""
+    import keras
+
+    class Augmented(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+            self.sample_weight = (np.ones(len(y), np.float32) if weights is None else
+                                  np.asarray([weights[int(c)] for c in y], np.float32))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, index):
+            idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            return augment_grid(x[idx], self.rng), y[idx], self.sample_weight[idx]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return Augmented()
+
+
+def resolve_conv_weights(config, feature_params, weights_path=None):
+    """Block5 init for a "block5" head, from the same VGG16 weights as stage 3's features.
+
+    Features from random weights ("random:seed=N") get the same seeded random block5; real
+    features need `weights_path` (--weights) whose hash matches the features'. None for heads
+    that start from scratch.
+    """
+    if not needs_conv_weights(config):
+        return None
+    params = feature_params or {}
+    if params.get("layer") != "block4_pool" or params.get("pooling") != "none":
+        raise UserError(f"the {config['head']!r} head fine-tunes block5 on block4_pool feature "
+                        f"grids; these features are layer {params.get('layer')!r}, pooling "
+                        f"{params.get('pooling')!r} (run stage 3 with --layer block4_pool)")
+    identity = str(params.get("weights", ""))
+    if identity.startswith("random:seed="):
+        return block5_weights(random_weights=True, seed=int(identity.split("=", 1)[1]))
+    if not weights_path:
+        raise UserError(f"the {config['head']!r} head starts block5 from the VGG16 weights the "
+                        f"features came from ({identity}); pass them with --weights PATH")
+    from learning.vgg import weights_identity
+
+    if weights_identity(weights_path) != identity:
+        raise UserError(f"--weights {weights_path} is not the file the features came from "
+                        f"(features: {identity}); pass stage 3's weights file")
+    return block5_weights(weights_path)
+
+
+def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=None):
     """Fit the head on the "train" subset, early-stopping on "validation".
 
+    conv_weights: block5's initial weights for a "block5" head (resolve_conv_weights).
     Returns (model, info) with info = {"epochs_run", "best_epoch", "history", "n_train",
     "n_validation", "class_weights", "scaling"}.
     """
@@ -167,18 +223,21 @@ def train_head(training, config, seed=0, verbose=0, progress=True):
         class_weights(y_train)  # still refuse a one-class training subset
     has_val = len(y_val) > 0 and config["patience"] is not None
     stats = input_scaling_stats(x_train, config["input_scaling"])
-    model = build_head(x_train.shape[1:], activation=config["activation"],
-                       dropout=config["dropout"], hidden=config["hidden"],
-                       input_scaling=config["input_scaling"], scaling_stats=stats,
-                       input_dropout=config.get("input_dropout", 0.0))
+    model = build_from_config(x_train.shape[1:], config, stats, conv_weights)
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tracker = _make_tracker(x_val if len(y_val) else None, y_val,
                             config["patience"] if has_val else None, config["epochs"],
                             progress)
-    model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
-              class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
-              validation_data=(x_val, y_val) if len(y_val) else None)
+    validation = (x_val, y_val) if len(y_val) else None
+    if config.get("grid_augment"):
+        batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed)
+        model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker],
+                  validation_data=validation)
+    else:
+        model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
+                  class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
+                  validation_data=validation)
     epochs_run = len(tracker.history["loss"])
     best_epoch = epochs_run
     if has_val and tracker.best_weights is not None:

@@ -1,0 +1,446 @@
+"""Localization benchmark: do the heatmaps point at the expert boxes better than no model at all?
+
+Data: a folder dataset with images/, labels.csv (image, abnormal, patient_id, ...) and
+bboxes.csv (image, finding, x, y, w, h in image pixels), e.g. nih-cxr-1000 (1,000 images,
+49 expert boxes on 44 images of 29 patients).
+
+Protocol
+  * Every patient with an expert box is held out of training (all their images: 77 on
+    nih-cxr-1000, all abnormal). The 44 boxed images are the localization set.
+  * The other patients are split by patient, stratified by label (stage 4's
+    stratified_group_split, split seed 0, fixed): 15 % "test-rest", then 10 % of the remainder
+    "validation" (early stopping: lowest validation loss), the rest "train".
+  * Test set for AUROC = the boxed patients' images + test-rest, so both classes are present
+    (the boxed patients alone are all abnormal). AUROC's 95 % CI resamples patients
+    (learning.metrics.grouped_bootstrap_auc).
+  * Each configuration trains a head (learning.fully_connected_layers_training.train_head, the
+    code stage 5 runs) on cached VGG16 features (real ImageNet weights; the features of stage 3)
+    and explains the 44 boxed images with one or more attribution methods. Maps are resized to
+    224 x 224 and scored with learning.localization: pointing game, inside share (positive
+    attribution inside the boxes / all positive attribution), IoBB@0.5; each mean with a 95 %
+    percentile bootstrap CI over the 44 images (localization.bootstrap_ci).
+  * Baselines with no model, scored the same way: the centred Gaussian and the lung-field prior
+    (localization.lung_prior_map, fixed a priori).
+  * Maps marked "x lung prior" are ANATOMICALLY CONSTRAINED: the model's map multiplied by the
+    lung-field prior. They are reported next to the unconstrained map, never instead of it.
+  * Screening runs one seed; the finalists run >= 3 seeds (mean and spread). The 44 images are
+    a development set: configurations are chosen on aggregate numbers only.
+
+Feature caches (in <cache>, never in the repository): b4p-224.pickle (stage-3 block4_pool
+features, computed with the given weights when missing), b5c3-224.pickle (frozen ImageNet
+block5_conv3 computed from b4p: the v1 features block5_pool are its 2x2 max pool).
+Results are appended to <cache>/bench-localization.jsonl (one line per configuration, seed and
+method); a run skips what is already there, so the benchmark can be run in pieces.
+
+Example (screen, then confirm):
+    python benchmarks/bench_localization.py ../shared/datasets/nih-cxr-1000 vgg16-imagenet.h5 \
+        feature-cache --configs v1,cam,block5 --seeds 0
+    python benchmarks/bench_localization.py ../shared/datasets/nih-cxr-1000 vgg16-imagenet.h5 \
+        feature-cache --configs block5-aug --seeds 0,1,2 --report
+
+MEASURED (real ImageNet weights, nih-cxr-1000, 2 CPU cores; filled in below as runs finish)
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from learning import localization, safe_pickle  # noqa: E402
+from learning.head import PRESETS, block5_weights  # noqa: E402
+from learning.learning_examples_preparing import (  # noqa: E402
+    load_features, stratified_group_split)
+from learning.metrics import grouped_bootstrap_auc, roc_auc  # noqa: E402
+from scraper.cli import UserError, elapsed_since, exit_with, log  # noqa: E402
+from scraper.fileio import atomic_write_json  # noqa: E402
+
+MAP_SIZE = 224
+# name -> (features, head preset, overrides of the preset). Features: "b4p" = block4_pool
+# (14x14x512), "b5p" = block5_pool (7x7x512, v1), "b5c3" = frozen block5_conv3 (14x14x512).
+CONFIGS = {
+    "v1": ("b5p", "default", {}),
+    "cam-b5c3": ("b5c3", "cam", {}),
+    "cam": ("b4p", "cam", {}),
+    "cam-aug": ("b4p", "cam", {"grid_augment": True, "ring_mask": True}),
+    "cam-ring": ("b4p", "cam", {"ring_mask": True}),
+    "block5": ("b4p", "block5", {}),
+    "block5-aug": ("b4p", "block5", {"grid_augment": True, "ring_mask": True}),
+    "block5-ring": ("b4p", "block5", {"ring_mask": True}),
+}
+# Methods: grad-cam / grad-cam++ on the last conv (in the head, or block5_conv3 for v1),
+# occlusion-grid (one feature-grid cell set to zero at a time), deeplift-{black,blur,mean} and
+# integrated-gradients on the full pixels -> logits model (learning.attribution, as stage 6).
+METHODS = ("grad-cam", "grad-cam++", "occlusion-grid", "deeplift-black", "deeplift-blur",
+           "deeplift-mean", "integrated-gradients")
+DEFAULT_METHODS = "grad-cam,deeplift-black"
+
+
+# ----------------------------------------------------------------------------- data
+
+def read_dataset(dataset):
+    """(rows of labels.csv, {image: [boxes in image pixels]})."""
+    with open(os.path.join(dataset, "labels.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    boxes = {}
+    with open(os.path.join(dataset, "bboxes.csv"), newline="") as handle:
+        for row in csv.DictReader(handle):
+            boxes.setdefault(row["image"], []).append(
+                {"finding": row["finding"], **{k: float(row[k]) for k in "xywh"}})
+    return rows, boxes
+
+
+def make_split(rows, boxed_images, seed=0, test_fraction=0.15, validation_fraction=0.1):
+    """{image: "boxed" | "test-rest" | "validation" | "train"}, all by patient (see docstring)."""
+    boxed_patients = {r["patient_id"] for r in rows if r["image"] in boxed_images}
+    rest = [r for r in rows if r["patient_id"] not in boxed_patients]
+    labels = np.array([int(r["abnormal"]) for r in rest])
+    groups = [r["patient_id"] for r in rest]
+    test = stratified_group_split(labels, groups, test_fraction, seed)
+    keep = np.flatnonzero(~test)
+    validation = stratified_group_split(labels[keep], [groups[i] for i in keep],
+                                        validation_fraction, seed + 1)
+    part = {r["image"]: "boxed" for r in rows if r["patient_id"] in boxed_patients}
+    for i, r in enumerate(rest):
+        part[r["image"]] = "test-rest" if test[i] else "train"
+    for i in keep[validation]:
+        part[rest[i]["image"]] = "validation"
+    return part
+
+
+def feature_cache(dataset, weights, cache, size=MAP_SIZE):
+    """{"b4p": (names, (N, 14, 14, 512)), "b5c3": ..., "b5p": ...} from / into the cache."""
+    b4p_path = os.path.join(cache, f"b4p-{size}.pickle")
+    if not os.path.isfile(b4p_path):
+        from learning.transfer_feature_extraction import extract_features
+
+        log(f"[bench] computing block4_pool features at {size} px into {b4p_path}")
+        extract_features(os.path.join(dataset, "images"), b4p_path, weights, image_size=size,
+                         layer="block4_pool", progress=False)
+    names, b4p, params = load_features(b4p_path)
+    b5c3_path = os.path.join(cache, f"b5c3-{size}.pickle")
+    if os.path.isfile(b5c3_path):
+        b5c3 = safe_pickle.load(b5c3_path, "block5_conv3 cache")["features"]
+    else:
+        b5c3 = frozen_block5(b4p, weights)
+        safe_pickle.dump({"names": names, "features": b5c3, "params": params}, b5c3_path)
+    # block5_pool = 2x2 max pool of block5_conv3: (N, 14, 14, 512) -> (N, 7, 7, 512)
+    n, h, w, c = b5c3.shape
+    b5p = b5c3.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return {"b4p": b4p, "b5c3": b5c3, "b5p": b5p}, names, params
+
+
+def frozen_block5(b4p, weights):
+    """ImageNet block5_conv1-3 applied to block4_pool features: (N, 14, 14, 512)."""
+    import keras
+
+    inputs = keras.Input(b4p.shape[1:])
+    x = inputs
+    for name, (kernel, bias) in zip(("c1", "c2", "c3"), block5_weights(weights)):
+        layer = keras.layers.Conv2D(512, 3, padding="same", activation="relu", name=name)
+        x = layer(x)
+        layer.set_weights([kernel, bias])
+    model = keras.Model(inputs, x)
+    return np.asarray(model.predict(b4p, batch_size=32, verbose=0), np.float32)
+
+
+# ----------------------------------------------------------------------------- maps
+
+def conv_chain(head, feature_kind):
+    """(features -> last conv output, last conv output -> logits) as keras models.
+
+    For the grid heads the last conv is in the head; for v1 (block5_pool features) it is the
+    frozen block5_conv3, whose output feeds a 2x2 max pool and then the head.
+    """
+    import keras
+
+    if feature_kind == "b5p":
+        grid = keras.Input((14, 14, 512))
+        pooled = keras.layers.MaxPooling2D(2)(grid)
+        return None, keras.Model(grid, head(pooled))
+    conv = [layer for layer in head.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    upper = keras.Model(conv.output, head.output)
+    lower = keras.Model(head.input, conv.output)
+    return lower, upper
+
+
+def grid_maps(head, feature_kind, features, plus_plus=False):
+    """Grad-CAM (or Grad-CAM++) on the last conv for the logit difference: (N, h, w) >= 0."""
+    import tensorflow as tf
+
+    lower, upper = conv_chain(head, feature_kind)
+    grid = features if lower is None else np.asarray(lower(features))
+    grid = tf.convert_to_tensor(grid, tf.float32)  # (N, h, w, C)
+    with tf.GradientTape() as tape:
+        tape.watch(grid)
+        logits = upper(grid, training=False)
+        score = logits[:, 1] - logits[:, 0]
+    grads = tape.gradient(score, grid).numpy()  # (N, h, w, C)
+    activations = grid.numpy()
+    if plus_plus:
+        # Chattopadhay et al. 2018, exponential-output closed form: alpha = g^2 / (2 g^2 +
+        # sum(A) g^3); weights = sum over cells of alpha * relu(g).
+        g2, g3 = grads ** 2, grads ** 3
+        denominator = 2 * g2 + activations.sum(axis=(1, 2), keepdims=True) * g3
+        alpha = np.where(denominator != 0, g2 / np.where(denominator != 0, denominator, 1), 0)
+        weights = (alpha * np.maximum(grads, 0)).sum(axis=(1, 2), keepdims=True)
+    else:
+        weights = grads.mean(axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
+    return np.maximum((weights * activations).sum(-1), 0)
+
+
+def occlusion_grid(head, features):
+    """Drop of the logit difference when one feature-grid cell is zeroed: (N, h, w)."""
+    n, h, w, _ = features.shape
+    reference = _difference(head, features)
+    result = np.zeros((n, h, w), np.float32)
+    for i in range(h):
+        for j in range(w):
+            occluded = features.copy()
+            occluded[:, i, j] = 0
+            result[:, i, j] = reference - _difference(head, occluded)
+    return result
+
+
+def _difference(head, features):
+    logits = np.asarray(head.predict(features, batch_size=64, verbose=0), np.float64)
+    return logits[:, 1] - logits[:, 0]
+
+
+def pixel_maps(head, feature_kind, weights, image_paths, method):
+    """DeepLIFT (black / blur / mean baseline) or IG on the full image -> logit difference
+    model, as stage 6 computes them: (N, 224, 224) signed maps, and completeness errors."""
+    from learning import attribution
+    from learning.vgg import build_conv_base, load_image, preprocess
+
+    layer = "block5_pool" if feature_kind == "b5p" else "block4_pool"
+    base = build_conv_base(weights, image_size=MAP_SIZE, layer=layer)
+    target = attribution.build_target_model(attribution.build_full_model(base, head),
+                                            "difference")
+    kind = "integrated-gradients" if method == "integrated-gradients" else "deeplift"
+    baseline = "black" if kind != "deeplift" else method.split("-", 1)[1]
+    attributor = attribution.Attributor(target, (kind,), ig_steps=16)
+    maps, deltas = [], []
+    for start in range(0, len(image_paths), 8):
+        images = np.stack([load_image(p, MAP_SIZE) for p in image_paths[start:start + 8]])
+        x = preprocess(images)
+        b = attribution.preprocess_float(attribution.make_baselines(images, baseline, MAP_SIZE))
+        raw, delta, _ = attributor.attribute(kind, x, b)
+        maps.append(raw[..., 0])
+        deltas.append(delta)
+    return np.concatenate(maps), np.concatenate(deltas)
+
+
+def resize_maps(maps, size=MAP_SIZE):
+    """(N, h, w) -> (N, size, size), bilinear (as attribution.grad_cam upsamples)."""
+    import tensorflow as tf
+
+    maps = np.asarray(maps, np.float32)
+    if maps.shape[1:] == (size, size):
+        return maps
+    return tf.image.resize(maps[..., None], (size, size), method="bilinear")[..., 0].numpy()
+
+
+def score_maps(maps, boxes_list, n_resamples=1000, seed=0):
+    """(N, 224, 224) maps vs boxes in 224-px coordinates -> (summary, ci summary)."""
+    per_image = [localization.image_metrics(m, b) for m, b in zip(maps, boxes_list)]
+    return (localization.summarize(per_image),
+            localization.summarize_with_ci(per_image, n_resamples=n_resamples, seed=seed))
+
+
+# ----------------------------------------------------------------------------- one run
+
+def train_config(name, features, labels, part, names, seed, weights):
+    """Train configuration `name` with `seed`; returns (head, feature kind, info, seconds)."""
+    from learning.fully_connected_layers_training import train_head
+
+    kind, preset, overrides = CONFIGS[name]
+    config = dict(PRESETS[preset], head=preset, **overrides)
+    subset = [part[n] for n in names]
+    keep = np.array([s in ("train", "validation") for s in subset])
+    training = {"features": features[kind][keep], "labels": labels[keep],
+                "subset": [s for s in subset if s in ("train", "validation")]}
+    conv_weights = block5_weights(weights) if preset == "block5" else None
+    start = time.monotonic()
+    head, info = train_head(training, config, seed, progress=False, conv_weights=conv_weights)
+    return head, kind, info, time.monotonic() - start
+
+
+def test_auroc(head, features, labels, groups, part, names, n_resamples, seed):
+    """AUROC [grouped CI] on boxed + test-rest images (both classes)."""
+    test = np.array([part[n] in ("boxed", "test-rest") for n in names])
+    logits = np.asarray(head.predict(features[test], batch_size=64, verbose=0), np.float64)
+    score = logits[:, 1] - logits[:, 0]
+    ci = grouped_bootstrap_auc(labels[test], score, np.asarray(groups)[test], n_resamples, seed)
+    return {"auroc": roc_auc(labels[test], score), "low": ci["low"], "high": ci["high"],
+            "n": int(test.sum()), "n_patients": ci["n_groups"]}
+
+
+def explain(method, head, kind, features, weights, boxed_index, image_paths):
+    """Maps (44, 224, 224) of one method on the boxed images, + completeness errors or None."""
+    feats = features[kind][boxed_index]
+    if method in ("grad-cam", "grad-cam++"):
+        grid = features["b5c3"][boxed_index] if kind == "b5p" else feats
+        return resize_maps(grid_maps(head, kind, grid, method == "grad-cam++")), None
+    if method == "occlusion-grid":
+        return resize_maps(occlusion_grid(head, feats)), None
+    maps, deltas = pixel_maps(head, kind, weights, image_paths, method)
+    return maps, deltas
+
+
+def record(results_path, entry):
+    with open(results_path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def load_results(results_path):
+    if not os.path.isfile(results_path):
+        return []
+    with open(results_path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# ----------------------------------------------------------------------------- report
+
+def ci_text(ci):
+    return localization.format_ci(ci)
+
+
+def print_baselines(baselines):
+    for key, title in (("centred_gaussian", "centred Gaussian (no model)"),
+                       ("lung_prior", "lung-field prior (no model)")):
+        ci = baselines[key]["ci"]
+        print(f"{title:<48}{'-':<22}{ci_text(ci['pointing']):<22}"
+              f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}")
+
+
+def print_table(entries):
+    """One row per (config, method, seed), then mean +- std over seeds per (config, method)."""
+    print(f"{'configuration / method / seed':<48}{'test AUROC [CI]':<22}{'pointing [CI]':<22}"
+          f"{'inside share [CI]':<22}IoBB@0.5 [CI]")
+    groups = {}
+    for e in entries:
+        label = f"{e['config']} / {e['method']} / s{e['seed']}"
+        a = e["auroc"]
+        auc = f"{a['auroc']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
+        ci = e["ci"]
+        print(f"{label:<48}{auc:<22}{ci_text(ci['pointing']):<22}"
+              f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}")
+        groups.setdefault((e["config"], e["method"]), []).append(e)
+    print("\nmean +- std over seeds (n seeds)")
+    for (config, method), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        cells = []
+        for key in ("auroc",):
+            values = [r["auroc"]["auroc"] for r in runs]
+            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}")
+        for key in ("pointing", "inside_share", "iobb@0.5"):
+            values = [r["ci"][key]["mean"] for r in runs]
+            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}")
+        print(f"{config + ' / ' + method:<40}({len(runs)}) " + "   ".join(cells))
+
+
+# ----------------------------------------------------------------------------- main
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Localization of the pipeline's heatmaps vs two no-model baselines, with an "
+                    "ablation of head, features, attribution method and regularisation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("dataset", help="folder with images/, labels.csv and bboxes.csv")
+    parser.add_argument("weights", help="VGG16 no-top weights (ImageNet, Keras layout)")
+    parser.add_argument("cache", help="folder for feature caches and the results file")
+    parser.add_argument("--configs", default="v1,cam,block5",
+                        help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated model seeds")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--save-maps", action="store_true",
+                        help="also keep the maps (npz in the cache) for seed ensembles")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the table of what the results file holds")
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    start = time.monotonic()
+    configs = [c for c in args.configs.split(",") if c]
+    methods = [m for m in args.methods.split(",") if m]
+    for value, allowed, what in ((configs, CONFIGS, "configuration"), (methods, METHODS,
+                                                                        "method")):
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise UserError(f"invalid {what} {bad[0]!r}; allowed: {', '.join(allowed)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    os.makedirs(args.cache, exist_ok=True)
+    results_path = os.path.join(args.cache, "bench-localization.jsonl")
+    rows, boxes = read_dataset(args.dataset)
+    boxed_images = sorted(boxes)
+    boxes_224 = [localization.scale_boxes(boxes[n], (512, 512), (MAP_SIZE, MAP_SIZE))
+                 for n in boxed_images]  # nih-cxr-1000 images are 512 x 512
+    baselines = localization.baseline_summaries(dict(zip(boxed_images, boxes_224)),
+                                                (MAP_SIZE, MAP_SIZE), args.bootstrap)
+    if args.report:
+        print_table(load_results(results_path))
+        print_baselines(baselines)
+        return 0
+    part = make_split(rows, set(boxed_images))
+    features, names, _ = feature_cache(args.dataset, args.weights, args.cache)
+    by_name = {r["image"]: r for r in rows}
+    labels = np.array([int(by_name[n]["abnormal"]) for n in names])
+    groups = [by_name[n]["patient_id"] for n in names]
+    index = {n: i for i, n in enumerate(names)}
+    boxed_index = np.array([index[n] for n in boxed_images])
+    image_paths = [os.path.join(args.dataset, "images", n) for n in boxed_images]
+    counts = {p: sum(v == p for v in part.values()) for p in ("train", "validation",
+                                                               "test-rest", "boxed")}
+    log(f"[bench] split by patient: {counts}; {len(boxed_images)} boxed images")
+    done = {(e["config"], e["seed"], e["method"]) for e in load_results(results_path)}
+    for config in configs:
+        for seed in seeds:
+            todo = [m for m in methods if (config, seed, m) not in done]
+            if not todo:
+                continue
+            head, kind, info, seconds = train_config(config, features, labels, part, names,
+                                                     seed, args.weights)
+            auroc = test_auroc(head, features[kind], labels, groups, part, names,
+                               args.bootstrap, seed)
+            log(f"[bench] {config} seed {seed}: trained {info['epochs_run']} epochs (kept "
+                f"{info['best_epoch']}) in {seconds:.0f} s; test AUROC {auroc['auroc']:.3f}")
+            for method in todo:
+                step = time.monotonic()
+                maps, deltas = explain(method, head, kind, features, args.weights,
+                                       boxed_index, image_paths)
+                if args.save_maps:
+                    np.savez_compressed(os.path.join(
+                        args.cache, f"maps-{config}-{method}-s{seed}.npz"), maps=maps)
+                for variant, variant_maps in (("", maps), (" x lung prior", maps * np.maximum(
+                        localization.lung_prior_map((MAP_SIZE, MAP_SIZE)), 0))):
+                    summary, ci = score_maps(variant_maps, boxes_224, args.bootstrap, seed)
+                    entry = {"config": config, "seed": seed, "method": method + variant,
+                             "auroc": auroc, "ci": ci, "summary": summary,
+                             "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+                             "train_seconds": round(seconds, 1),
+                             "explain_seconds": round(time.monotonic() - step, 1),
+                             "max_completeness_error": None if deltas is None
+                             else float(np.max(deltas))}
+                    record(results_path, entry)
+                    log(f"[bench] {config} s{seed} {method + variant}: pointing "
+                        f"{ci_text(ci['pointing'])}, inside {ci_text(ci['inside_share'])}, "
+                        f"IoBB@0.5 {ci_text(ci['iobb@0.5'])} ({elapsed_since(step)})")
+    print_table([e for e in load_results(results_path) if e["config"] in configs])
+    print_baselines(baselines)
+    atomic_write_json(os.path.join(args.cache, "bench-localization-baselines.json"), baselines)
+    log(f"[bench] done in {elapsed_since(start)}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main, "bench_localization")
