@@ -68,6 +68,11 @@ CONFIGS = {
     "cam": ("b4p", "cam", {}),
     "cam-aug": ("b4p", "cam", {"grid_augment": True, "ring_mask": True}),
     "cam-ring": ("b4p", "cam", {"ring_mask": True}),
+    "cam-aug-s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "grid_shift": 2}),
+    "cam-aug-r2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2}),
+    "cam-aug-r2s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2, "grid_shift": 2}),
+    "cam-aug-small": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "hidden": 32,
+                                     "dropout": 0.5}),
     "block5": ("b4p", "block5", {}),
     "block5-aug": ("b4p", "block5", {"grid_augment": True, "ring_mask": True}),
     "block5-ring": ("b4p", "block5", {"ring_mask": True}),
@@ -270,14 +275,41 @@ def train_config(name, features, labels, part, names, seed, weights):
     return head, kind, info, time.monotonic() - start
 
 
-def test_auroc(head, features, labels, groups, part, names, n_resamples, seed):
-    """AUROC [grouped CI] on boxed + test-rest images (both classes)."""
+def test_scores(head, features, part, names):
+    """(test mask over names, logit differences of the test images): boxed + test-rest."""
     test = np.array([part[n] in ("boxed", "test-rest") for n in names])
     logits = np.asarray(head.predict(features[test], batch_size=64, verbose=0), np.float64)
-    score = logits[:, 1] - logits[:, 0]
+    return test, logits[:, 1] - logits[:, 0]
+
+
+def test_auroc(test, score, labels, groups, n_resamples, seed):
+    """AUROC [grouped CI] on the test images (both classes)."""
     ci = grouped_bootstrap_auc(labels[test], score, np.asarray(groups)[test], n_resamples, seed)
     return {"auroc": roc_auc(labels[test], score), "low": ci["low"], "high": ci["high"],
             "n": int(test.sum()), "n_patients": ci["n_groups"]}
+
+
+def ensemble(args, config, seeds, methods, labels, groups, boxes_224, results_path):
+    """Seed ensemble: mean of the seeds' maps (each scaled to max 1) and of their test scores.
+
+    Needs the maps of every seed (--save-maps); records method "<method> seed-ensemble"."""
+    prefix = os.path.join(args.cache, f"{{}}-{config}-{{}}-s{{}}.npz")
+    tests = [np.load(prefix.format("scores", "test", s)) for s in seeds]
+    test = tests[0]["test"]
+    score = np.mean([t["score"] for t in tests], axis=0)
+    auroc = test_auroc(test, score, labels, groups, args.bootstrap, 0)
+    for method in methods:
+        stack = np.stack([np.load(prefix.format("maps", method, s))["maps"] for s in seeds])
+        stack = np.maximum(stack, 0)  # (seeds, N, 224, 224) positive evidence
+        peak = stack.max(axis=(2, 3), keepdims=True)
+        maps = (stack / np.where(peak > 0, peak, 1)).mean(axis=0)
+        summary, ci = score_maps(maps, boxes_224, args.bootstrap, 0)
+        seed_text = "+".join(str(s) for s in seeds)
+        record(results_path, {"config": config, "seed": seed_text,
+                              "method": f"{method} seed-ensemble", "auroc": auroc, "ci": ci,
+                              "summary": summary})
+        log(f"[bench] {config} ensemble {seed_text} {method}: pointing "
+            f"{ci_text(ci['pointing'])}, inside {ci_text(ci['inside_share'])}")
 
 
 def explain(method, head, kind, features, weights, boxed_index, image_paths):
@@ -363,6 +395,8 @@ def get_args_parser():
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--save-maps", action="store_true",
                         help="also keep the maps (npz in the cache) for seed ensembles")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score the mean map over --seeds (needs their --save-maps)")
     parser.add_argument("--report", action="store_true",
                         help="only print the table of what the results file holds")
     return parser
@@ -405,13 +439,18 @@ def main(argv=None):
     done = {(e["config"], e["seed"], e["method"]) for e in load_results(results_path)}
     for config in configs:
         for seed in seeds:
-            todo = [m for m in methods if (config, seed, m) not in done]
+            todo = [m for m in methods if (config, seed, m) not in done or (
+                args.save_maps and not os.path.isfile(os.path.join(
+                    args.cache, f"maps-{config}-{m}-s{seed}.npz")))]
             if not todo:
                 continue
             head, kind, info, seconds = train_config(config, features, labels, part, names,
                                                      seed, args.weights)
-            auroc = test_auroc(head, features[kind], labels, groups, part, names,
-                               args.bootstrap, seed)
+            test, score = test_scores(head, features[kind], part, names)
+            auroc = test_auroc(test, score, labels, groups, args.bootstrap, seed)
+            if args.save_maps:
+                np.savez_compressed(os.path.join(args.cache, f"scores-{config}-test-s{seed}.npz"),
+                                    test=test, score=score)
             log(f"[bench] {config} seed {seed}: trained {info['epochs_run']} epochs (kept "
                 f"{info['best_epoch']}) in {seconds:.0f} s; test AUROC {auroc['auroc']:.3f}")
             for method in todo:
@@ -431,10 +470,14 @@ def main(argv=None):
                              "explain_seconds": round(time.monotonic() - step, 1),
                              "max_completeness_error": None if deltas is None
                              else float(np.max(deltas))}
-                    record(results_path, entry)
+                    if (config, seed, method + variant) not in done:
+                        record(results_path, entry)
                     log(f"[bench] {config} s{seed} {method + variant}: pointing "
                         f"{ci_text(ci['pointing'])}, inside {ci_text(ci['inside_share'])}, "
                         f"IoBB@0.5 {ci_text(ci['iobb@0.5'])} ({elapsed_since(step)})")
+    if args.ensemble:
+        for config in configs:
+            ensemble(args, config, seeds, methods, labels, groups, boxes_224, results_path)
     print_table([e for e in load_results(results_path) if e["config"] in configs])
     print_baselines(baselines)
     atomic_write_json(os.path.join(args.cache, "bench-localization-baselines.json"), baselines)

@@ -276,7 +276,11 @@ def grad_cam(model, x):
     import tensorflow as tf
 
     layer = last_conv_layer(model)
-    cam_model = keras.Model(model.input, [layer.output, model.output])
+    if any(top is layer for top in model.layers):
+        cam_model = keras.Model(model.input, [layer.output, model.output])
+    else:  # the conv sits inside the nested head (e.g. a block5 / CAM head): walk the chain
+        def cam_model(inputs, training=False):
+            return _run_chain(model, inputs, layer)
     n_outputs = model.output.shape[-1]
     size = tuple(np.shape(x)[1:3])
     result = np.empty(np.shape(x)[:3] + (n_outputs,), np.float32)
@@ -290,6 +294,28 @@ def grad_cam(model, x):
         cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
         result[..., o] = tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
     return result
+
+
+def _run_chain(model, x, stop_layer):
+    """(output of stop_layer, model output) by calling the layers of a chain model in order,
+    walking into nested models; fails clearly on a model that is not a chain."""
+    import keras
+
+    found = None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            inner, x = _run_chain(layer, x, stop_layer)
+            found = inner if inner is not None else found
+            continue
+        if len(layer._inbound_nodes) > 1 or len(getattr(layer._inbound_nodes[0],
+                                                         "input_tensors", [None])) != 1:
+            raise UserError(f"grad-cam: layer {layer.name} is not part of a simple chain")
+        x = layer(x, training=False)
+        if layer is stop_layer:
+            found = x
+    return found, x
 
 
 def saliency(model, x):

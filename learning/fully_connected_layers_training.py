@@ -148,7 +148,7 @@ def _make_tracker(val_features, val_labels, patience, epochs, progress=True):
     return BestValidation()
 
 
-def _augmented_batches(x, y, weights, batch_size, seed):
+def _augmented_batches(x, y, weights, batch_size, seed, max_shift=1):
     """A keras PyDataset of shuffled (x, y, sample weight) batches whose feature grids are
     flipped / shifted afresh each epoch (head.augment_grid); for config["grid_augment"]."""
     import keras
@@ -166,7 +166,8 @@ def _augmented_batches(x, y, weights, batch_size, seed):
 
         def __getitem__(self, index):
             idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            return augment_grid(x[idx], self.rng), y[idx], self.sample_weight[idx]
+            return (augment_grid(x[idx], self.rng, max_shift), y[idx],
+                    self.sample_weight[idx])
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(x))
@@ -231,7 +232,8 @@ def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=
                             progress)
     validation = (x_val, y_val) if len(y_val) else None
     if config.get("grid_augment"):
-        batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed)
+        batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed,
+                                     config.get("grid_shift", 1))
         model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker],
                   validation_data=validation)
     else:
@@ -351,6 +353,9 @@ def get_args_parser():
     parser.add_argument("--patience", type=int, default=None,
                         help="early-stopping patience in epochs on the validation loss; "
                              "0 disables (preset)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="VGG16 weights file of stage 3 (the block5 head starts its block5 "
+                             "from them; features from --random-weights reuse stage 3's seed)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
     parser.add_argument("--seed", type=int, default=0,
@@ -358,12 +363,17 @@ def get_args_parser():
     return parser
 
 
-def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None):
-    """Train, evaluate and write the model directory; returns (metrics dict, model)."""
+def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
+        weights_path=None):
+    """Train, evaluate and write the model directory; returns (metrics dict, model).
+
+    weights_path: stage 3's VGG16 weights, read only by heads that start from them (block5).
+    """
     training = load_examples(training_path, "training")
     testing = load_examples(testing_path, "testing")
     check_compatible(training, testing, training_path, testing_path)
-    model, info = train_head(training, config, seed)
+    conv_weights = resolve_conv_weights(config, training.get("feature_params"), weights_path)
+    model, info = train_head(training, config, seed, conv_weights=conv_weights)
     logits = predict_logits(model, testing["features"])
     train_labels = training["labels"][np.asarray(training["subset"], dtype=object) == "train"]
     test_metrics = evaluate(testing["labels"], logits, testing["groups"], train_labels,
@@ -382,6 +392,8 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
     save_model(model, model_dir)
     head_config = {k: v for k, v in config.items() if k != "why"}
     head_config["class_weights_used"] = info["class_weights"]
+    if conv_weights is not None:  # where block5 started from (the features' weights)
+        head_config["conv_init"] = (training.get("feature_params") or {}).get("weights")
     atomic_write_json(os.path.join(model_dir, "config.json"), {
         "feature_params": training.get("feature_params"), "class_names": list(CLASS_NAMES),
         "head": head_config, "args": args or {}, "split_params": training.get("split_params"),
@@ -399,7 +411,7 @@ def main(argv=None):
     if args.bootstrap < 1:
         raise UserError(f"invalid --bootstrap {args.bootstrap}: must be >= 1")
     metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
-                     args.bootstrap, vars(args))
+                     args.bootstrap, vars(args), args.weights)
     print(format_report(metrics["test"]))
     log(f"cxr-train: head {config['head']!r} trained on {fmt_count(metrics['n_train'])} images "
         f"(validation {fmt_count(metrics['n_validation'])}), {metrics['epochs_run']} epochs run, "

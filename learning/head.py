@@ -21,7 +21,7 @@ Presets (`--head`):
 
 Regularisation against shortcuts (training only, so the saved model is unchanged by it):
 "grid_augment" flips feature grids horizontally and shifts them by up to one cell (zero fill),
-see `augment_grid`; "ring_mask" (part of the model) zeroes the outer ring of grid cells, where
+see `augment_grid`; "ring_mask" = r (part of the model) zeroes the outer r rings of grid cells, where
 film borders, collimation edges and burned-in markers sit, with built-in Cropping2D +
 ZeroPadding2D layers (DeepLIFT treats both as linear).
 """
@@ -196,9 +196,9 @@ def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling=
     elif input_scaling != "none":
         raise ValueError(f"input scaling {input_scaling!r} is not supported by the {kind!r} "
                          f"head; allowed: none, global")
-    if ring_mask:  # zero the outer ring of cells: (N, h, w, C) -> (N, h - 2, w - 2, C) -> back
-        x = keras.layers.Cropping2D(1, name="ring_crop")(x)
-        x = keras.layers.ZeroPadding2D(1, name="ring_pad")(x)
+    if ring_mask:  # zero the outer ring(s) of cells: (N, h, w, C) -> (N, h - 2r, w - 2r, C) -> back
+        x = keras.layers.Cropping2D(int(ring_mask), name="ring_crop")(x)
+        x = keras.layers.ZeroPadding2D(int(ring_mask), name="ring_pad")(x)
     if kind == "cam":
         x = keras.layers.Conv2D(hidden, 1, activation="relu", name="cam_conv")(x)  # (N, h, w, K)
     elif kind == "block5":
