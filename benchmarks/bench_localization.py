@@ -70,6 +70,8 @@ CONFIGS = {
     "cam-ring": ("b4p", "cam", {"ring_mask": True}),
     "cam-aug-s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "grid_shift": 2}),
     "cam-aug-r2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2}),
+    "cam-aug-r3": ("b4p", "cam", {"grid_augment": True, "ring_mask": 3}),
+    "cam-r2": ("b4p", "cam", {"ring_mask": 2}),
     "cam-aug-r2s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2, "grid_shift": 2}),
     "cam-aug-small": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "hidden": 32,
                                      "dropout": 0.5}),
@@ -251,10 +253,21 @@ def resize_maps(maps, size=MAP_SIZE):
 
 
 def score_maps(maps, boxes_list, n_resamples=1000, seed=0):
-    """(N, 224, 224) maps vs boxes in 224-px coordinates -> (summary, ci summary)."""
+    """(N, 224, 224) maps vs boxes in 224-px coordinates -> (summary, ci summary).
+
+    The ci summary also holds "minus_lung_prior": per-image differences map - lung prior
+    (paired: the same images), each with a bootstrap CI; an interval above 0 means the map
+    beats the prior on these images."""
     per_image = [localization.image_metrics(m, b) for m, b in zip(maps, boxes_list)]
-    return (localization.summarize(per_image),
-            localization.summarize_with_ci(per_image, n_resamples=n_resamples, seed=seed))
+    prior = localization.lung_prior_map((MAP_SIZE, MAP_SIZE))
+    per_prior = [localization.image_metrics(prior, b) for b in boxes_list]
+    ci = localization.summarize_with_ci(per_image, n_resamples=n_resamples, seed=seed)
+    ci["minus_lung_prior"] = {
+        key: localization.bootstrap_ci([float(m[key]) - float(p[key])
+                                        for m, p in zip(per_image, per_prior)],
+                                       n_resamples, seed)
+        for key in localization.CI_METRICS}
+    return localization.summarize(per_image), ci
 
 
 # ----------------------------------------------------------------------------- one run
@@ -360,8 +373,11 @@ def print_table(entries):
         a = e["auroc"]
         auc = f"{a['auroc']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
         ci = e["ci"]
+        paired = ci.get("minus_lung_prior")
+        versus = ("" if not paired else f"   vs prior: pointing {ci_text(paired['pointing'])}"
+                  f", inside {ci_text(paired['inside_share'])}")
         print(f"{label:<48}{auc:<22}{ci_text(ci['pointing']):<22}"
-              f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}")
+              f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}{versus}")
         groups.setdefault((e["config"], e["method"]), []).append(e)
     print("\nmean +- std over seeds (n seeds)")
     for (config, method), runs in groups.items():

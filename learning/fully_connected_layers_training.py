@@ -337,7 +337,11 @@ def get_args_parser():
                     f"{PRESETS['default']['dropout']}, Adam {PRESETS['default']['learning_rate']}"
                     f", up to {PRESETS['default']['epochs']} epochs, patience "
                     f"{PRESETS['default']['patience']}, class weights; original = tanh, no "
-                    f"dropout, Adam 1e-5, 10 epochs, no class weights, no early stopping.")
+                    f"dropout, Adam 1e-5, 10 epochs, no class weights, no early stopping "
+                    f"(both flatten a block5_pool grid); cam = 1x1 conv + global average "
+                    f"pooling on a feature grid (block4_pool), grid augmentation and ring mask "
+                    f"as measured by benchmarks/bench_localization.py; block5 = fine-tunes "
+                    f"VGG16's block5 on block4_pool features (needs --weights).")
     parser.add_argument("training", help="training.pickle from stage 4")
     parser.add_argument("testing", help="testing.pickle from stage 4")
     parser.add_argument("model", help="output directory (head.keras, config.json, metrics.json, "
