@@ -71,6 +71,7 @@ CONFIGS = {
     "cam-aug-s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "grid_shift": 2}),
     "cam-aug-r2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2}),
     "cam-aug-r3": ("b4p", "cam", {"grid_augment": True, "ring_mask": 3}),
+    "cam-aug-r3s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 3, "grid_shift": 2}),
     "cam-r2": ("b4p", "cam", {"ring_mask": 2}),
     "cam-aug-r2s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2, "grid_shift": 2}),
     "cam-aug-small": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "hidden": 32,
@@ -355,9 +356,25 @@ def ci_text(ci):
     return localization.format_ci(ci)
 
 
+def crop_baselines(boxes_224, n_resamples, rings=(1, 2, 3)):
+    """The no-model control of the ring mask: a map uniform over the cells a ring-r head can
+    see (pointing is undefined for a flat map, so only inside share and IoBB count)."""
+    cell = MAP_SIZE // 14  # pixels per block4_pool cell at 224 px
+    result = {}
+    for ring in rings:
+        flat = np.zeros((MAP_SIZE, MAP_SIZE))
+        flat[ring * cell:MAP_SIZE - ring * cell, ring * cell:MAP_SIZE - ring * cell] = 1.0
+        _, ci = score_maps(np.broadcast_to(flat, (len(boxes_224),) + flat.shape), boxes_224,
+                           n_resamples)
+        ci["pointing"] = {"mean": None}
+        result[f"uniform inside ring {ring} (no model)"] = {"ci": ci}
+    return result
+
+
 def print_baselines(baselines):
-    for key, title in (("centred_gaussian", "centred Gaussian (no model)"),
-                       ("lung_prior", "lung-field prior (no model)")):
+    for key, title in [("centred_gaussian", "centred Gaussian (no model)"),
+                       ("lung_prior", "lung-field prior (no model)")] + [
+            (k, k) for k in baselines if k.startswith("uniform")]:
         ci = baselines[key]["ci"]
         print(f"{title:<48}{'-':<22}{ci_text(ci['pointing']):<22}"
               f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}")
@@ -437,6 +454,7 @@ def main(argv=None):
                  for n in boxed_images]  # nih-cxr-1000 images are 512 x 512
     baselines = localization.baseline_summaries(dict(zip(boxed_images, boxes_224)),
                                                 (MAP_SIZE, MAP_SIZE), args.bootstrap)
+    baselines.update(crop_baselines(boxes_224, args.bootstrap))
     if args.report:
         print_table(load_results(results_path))
         print_baselines(baselines)
@@ -458,6 +476,9 @@ def main(argv=None):
             todo = [m for m in methods if (config, seed, m) not in done or (
                 args.save_maps and not os.path.isfile(os.path.join(
                     args.cache, f"maps-{config}-{m}-s{seed}.npz")))]
+            scores_file = os.path.join(args.cache, f"scores-{config}-test-s{seed}.npz")
+            if args.save_maps and not os.path.isfile(scores_file):
+                todo = list(methods)  # the ensemble needs this seed's test scores too
             if not todo:
                 continue
             head, kind, info, seconds = train_config(config, features, labels, part, names,
@@ -465,8 +486,7 @@ def main(argv=None):
             test, score = test_scores(head, features[kind], part, names)
             auroc = test_auroc(test, score, labels, groups, args.bootstrap, seed)
             if args.save_maps:
-                np.savez_compressed(os.path.join(args.cache, f"scores-{config}-test-s{seed}.npz"),
-                                    test=test, score=score)
+                np.savez_compressed(scores_file, test=test, score=score)
             log(f"[bench] {config} seed {seed}: trained {info['epochs_run']} epochs (kept "
                 f"{info['best_epoch']}) in {seconds:.0f} s; test AUROC {auroc['auroc']:.3f}")
             for method in todo:

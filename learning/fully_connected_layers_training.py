@@ -346,7 +346,7 @@ def get_args_parser():
     parser.add_argument("testing", help="testing.pickle from stage 4")
     parser.add_argument("model", help="output directory (head.keras, config.json, metrics.json, "
                                       "roc.png, training_curve.png)")
-    parser.add_argument("--head", choices=sorted(PRESETS), default="default",
+    parser.add_argument("--head", choices=sorted(PRESETS), default="cam",
                         help="preset of architecture and training choices")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (preset)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (preset)")

@@ -177,6 +177,15 @@ def build_from_config(feature_shape, config, scaling_stats=None, conv_weights=No
                            ring_mask=config.get("ring_mask", False))
 
 
+def ring_cells(ring_mask, grid_shape):
+    """Rings to zero on a grid of grid_shape (h, w): ring_mask counts cells of the 14x14
+    block4_pool grid of a 224-px image and scales with the grid (28x28 at 448 px: twice as
+    many); at least one cell always stays. 0 / False: no mask."""
+    side = min(grid_shape)
+    ring = int(round(float(ring_mask or 0) * side / 14.0))
+    return max(0, min(ring, (side - 1) // 2))
+
+
 def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling="none",
                     scaling_stats=None, conv_weights=None, ring_mask=False):
     """Grid features (N, h, w, C) -> logits (N, 2) through conv layers and global average
@@ -196,9 +205,10 @@ def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling=
     elif input_scaling != "none":
         raise ValueError(f"input scaling {input_scaling!r} is not supported by the {kind!r} "
                          f"head; allowed: none, global")
-    if ring_mask:  # zero the outer ring(s) of cells: (N, h, w, C) -> (N, h - 2r, w - 2r, C) -> back
-        x = keras.layers.Cropping2D(int(ring_mask), name="ring_crop")(x)
-        x = keras.layers.ZeroPadding2D(int(ring_mask), name="ring_pad")(x)
+    ring = ring_cells(ring_mask, feature_shape[:2])
+    if ring:  # zero the outer ring(s) of cells: (N, h, w, C) -> (N, h - 2r, w - 2r, C) -> back
+        x = keras.layers.Cropping2D(ring, name="ring_crop")(x)
+        x = keras.layers.ZeroPadding2D(ring, name="ring_pad")(x)
     if kind == "cam":
         x = keras.layers.Conv2D(hidden, 1, activation="relu", name="cam_conv")(x)  # (N, h, w, K)
     elif kind == "block5":

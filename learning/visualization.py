@@ -343,7 +343,8 @@ def get_args_parser():
                         help="images-description.json (default: <images>/../images-description.json)")
     parser.add_argument("--method", action="append", default=None,
                         help=f"attribution method(s), comma list or repeated: "
-                             f"{', '.join(attribution.METHODS)} (default: deeplift)")
+                             f"{', '.join(attribution.METHODS)} (default: grad-cam, the "
+                             f"best measured on the cam head; deeplift stays available)")
     parser.add_argument("--postprocess", default="difference", choices=attribution.POSTPROCESS,
                         help="what is explained and shown: difference = attribution of "
                              "logit(abnormal)-logit(normal) (what moves p(abnormal)); original = "
@@ -376,7 +377,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.monotonic()
     attribution.silence_tensorflow()
-    methods = attribution.parse_methods(args.method)
+    methods = attribution.parse_methods(args.method or ["grad-cam"])
     for flag in ("batch_size", "ig_steps", "display_size", "sanity_images"):
         if getattr(args, flag) < 1:
             raise UserError(f"invalid --{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")

@@ -68,7 +68,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["feature_params"] == FEATURE_PARAMS
     assert config["class_names"] == ["normal", "abnormal"]
-    assert config["head"]["head"] == "default" and config["head"]["activation"] == "relu"
+    assert config["head"]["head"] == "cam" and config["head"]["activation"] == "relu"
     assert config["args"]["epochs"] == 3
     # Stage 6 loads the head with no custom objects; it outputs 2 logits, not probabilities.
     head = keras.models.load_model(model_dir / "head.keras")

@@ -210,3 +210,10 @@ def test_grid_head_needs_a_grid():
 
         resolve_conv_weights(dict(PRESETS["block5"], head="block5"),
                              dict(BLOCK4_PARAMS, layer="block5_pool"))
+
+
+def test_ring_mask_scales_with_the_grid_and_keeps_a_centre():
+    from learning.head import ring_cells
+
+    assert [ring_cells(2, (14, 14)), ring_cells(2, (28, 28)), ring_cells(3, (14, 14))] == [2, 4, 3]
+    assert [ring_cells(2, (4, 4)), ring_cells(3, (2, 2)), ring_cells(0, (14, 14))] == [1, 0, 0]
