@@ -76,6 +76,8 @@ CONFIGS = {
     "cam-aug-r2s2": ("b4p", "cam", {"grid_augment": True, "ring_mask": 2, "grid_shift": 2}),
     "cam-aug-small": ("b4p", "cam", {"grid_augment": True, "ring_mask": 1, "hidden": 32,
                                      "dropout": 0.5}),
+    "block5-aug-r3": ("b4p", "block5", {"grid_augment": True, "ring_mask": 3, "epochs": 10,
+                                        "patience": 3}),
     "block5": ("b4p", "block5", {}),
     "block5-aug": ("b4p", "block5", {"grid_augment": True, "ring_mask": True}),
     "block5-ring": ("b4p", "block5", {"ring_mask": True}),

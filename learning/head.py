@@ -11,9 +11,13 @@ Presets (`--head`):
   class weights, no early stopping.
 - "default": the same capacity with choices measured on the nih-cxr-1000 validation subset
   (see PRESETS["default"]["why"] and README's "Head" note).
-- "cam": a class-activation-map head for a feature grid: [scale] -> 1x1 conv (relu) ->
-  global average pooling -> dense 2. Its 1x1 conv is the last conv layer, so Grad-CAM maps
-  sit on the feature grid (14x14 on block4_pool at 224 px).
+- "cam" (the pipeline's default): a class-activation-map head for a feature grid: [scale] ->
+  ring mask (3 cells of the 14x14 grid) -> 1x1 conv (128, relu) -> global average pooling ->
+  dropout -> dense 2, trained with grid flips/shifts. Its 1x1 conv is the last conv layer, so
+  Grad-CAM maps sit on the feature grid (14x14 on block4_pool at 224 px). Chosen by
+  benchmarks/bench_localization.py (see its MEASURED table): with ImageNet weights its Grad-CAM
+  puts more attribution inside expert boxes than a lung-field prior, but its pointing game
+  does not beat that prior.
 - "block5": fine-tunes VGG16's block5 (block5_conv1-3, initialised from the same VGG16 weights
   as stage 3, or the same seeded random ones) on block4_pool features -> global average
   pooling -> dropout -> dense 2. Stage 3 still computes the features (up to block4_pool);
@@ -43,9 +47,10 @@ PRESETS = {
     "cam": {
         "kind": "cam", "activation": "relu", "dropout": 0.2, "input_dropout": 0.0,
         "input_scaling": "global", "epochs": 40, "batch_size": 32, "learning_rate": 1e-3,
-        "class_weights": True, "patience": 8, "hidden": 128, "grid_augment": False,
-        "ring_mask": False,
-        "why": "CAM head (1x1 conv, GAP): maps on the feature grid; see bench_localization.py",
+        "class_weights": True, "patience": 8, "hidden": 128, "grid_augment": True,
+        "grid_shift": 1, "ring_mask": 3,
+        "why": "best localization measured (benchmarks/bench_localization.py, cam-aug-r3): "
+               "grid flips/shifts and a 3-cell ring mask against film-border shortcuts",
     },
     "block5": {
         "kind": "block5", "activation": "relu", "dropout": 0.2, "input_dropout": 0.0,
