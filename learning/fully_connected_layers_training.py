@@ -26,7 +26,8 @@ import numpy as np
 
 from learning import safe_pickle
 from learning.head import (INPUT_SCALINGS, PRESETS, augment_grid, block5_weights,
-                           build_from_config, input_scaling_stats, needs_conv_weights)
+                           build_from_config, grid_cells, input_scaling_stats,
+                           needs_conv_weights)
 from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write, atomic_write_json
@@ -233,7 +234,8 @@ def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=
     validation = (x_val, y_val) if len(y_val) else None
     if config.get("grid_augment"):
         batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed,
-                                     config.get("grid_shift", 1))
+                                     grid_cells(config.get("grid_shift", 1),
+                                                min(x_train.shape[1:3])))
         model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker],
                   validation_data=validation)
     else:

@@ -91,7 +91,8 @@ def block5_weights(weights_path=None, random_weights=False, seed=0):
 def augment_grid(features, rng, max_shift=1):
     """Random horizontal flip (p = 0.5) and shift by up to `max_shift` cells (zero fill) of
     each feature grid (N, h, w, C) -> a new array; for training only (a shortcut regulariser:
-    side markers and border positions stop being fixed cues)."""
+    side markers and border positions stop being fixed cues). config["grid_shift"] counts
+    cells of the 14x14 grid; stage 5 scales it with grid_cells."""
     out = np.array(features, copy=True)
     flip = rng.random(len(out)) < 0.5
     out[flip] = out[flip, :, ::-1]
@@ -187,8 +188,12 @@ def ring_cells(ring_mask, grid_shape):
     block4_pool grid of a 224-px image and scales with the grid (28x28 at 448 px: twice as
     many); at least one cell always stays. 0 / False: no mask."""
     side = min(grid_shape)
-    ring = int(round(float(ring_mask or 0) * side / 14.0))
-    return max(0, min(ring, (side - 1) // 2))
+    return max(0, min(grid_cells(ring_mask, side), (side - 1) // 2))
+
+
+def grid_cells(cells_at_14, side):
+    """A number of cells of the 14x14 grid (224 px, block4_pool) on a grid of `side` cells."""
+    return int(round(float(cells_at_14 or 0) * side / 14.0))
 
 
 def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling="none",

@@ -50,7 +50,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
 
     training, testing = pickles
     model_dir = tmp_path / "model"
-    assert train(training, testing, model_dir) == 0
+    assert train(training, testing, model_dir, "--head", "default") == 0
     assert sorted(os.listdir(model_dir)) == ["config.json", "head.keras", "metrics.json",
                                              "roc.png", "training_curve.png"]
     out = capsys.readouterr().out
@@ -68,7 +68,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["feature_params"] == FEATURE_PARAMS
     assert config["class_names"] == ["normal", "abnormal"]
-    assert config["head"]["head"] == "cam" and config["head"]["activation"] == "relu"
+    assert config["head"]["head"] == "default" and config["head"]["activation"] == "relu"
     assert config["args"]["epochs"] == 3
     # Stage 6 loads the head with no custom objects; it outputs 2 logits, not probabilities.
     head = keras.models.load_model(model_dir / "head.keras")

@@ -217,3 +217,23 @@ def test_ring_mask_scales_with_the_grid_and_keeps_a_centre():
 
     assert [ring_cells(2, (14, 14)), ring_cells(2, (28, 28)), ring_cells(3, (14, 14))] == [2, 4, 3]
     assert [ring_cells(2, (4, 4)), ring_cells(3, (2, 2)), ring_cells(0, (14, 14))] == [1, 0, 0]
+
+
+def test_cam_head_the_stage5_default_learns_separable_grids(tmp_path):
+    """cxr-train with no --head trains the cam head (ring mask, grid augmentation) and it
+    separates synthetic 4x4 grids whose abnormal cells carry a raised channel."""
+    from learning import safe_pickle
+    from tests.learning.test_fully_connected_layers_training import make_split
+
+    training, testing = tmp_path / "training.pickle", tmp_path / "testing.pickle"
+    safe_pickle.dump(make_split("training", 80, 0, lambda i: "validation" if i % 10 == 0
+                                else "train", shape=(4, 4, 8)), training)
+    safe_pickle.dump(make_split("testing", 20, 1, lambda i: "test", shape=(4, 4, 8)), testing)
+    from learning.fully_connected_layers_training import main
+
+    assert run_main(main, "cxr-train", [str(training), str(testing), str(tmp_path / "m"),
+                                        "--epochs", "15", "--bootstrap", "50"]) == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "m" / "config.json").read_text())["head"]
+    assert (config["head"], config["ring_mask"], config["grid_augment"]) == ("cam", 3, True)
+    assert metrics["test"]["roc_auc"] > 0.9
