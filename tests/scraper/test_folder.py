@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -26,6 +27,11 @@ def nih(n, size=64):
 
 def records_by_name(data):
     return {r["name"]: r for r in load_descriptions(os.path.join(data, "images-description.json"))}
+
+
+def records_by_source(data, images_dir):
+    """{path relative to images_dir: record} (class-folder names no longer show the path)."""
+    return {os.path.relpath(r["url"], images_dir): r for r in records_by_name(data).values()}
 
 
 def failures_of(data):
@@ -71,23 +77,26 @@ def test_class_folders_with_mixed_formats_and_junk(class_tree, tmp_path, capsys)
     summary = import_folder(data, class_tree, normal_class="normal", progress=False)
     assert (summary.saved, summary.present, summary.failed, summary.skipped,
             summary.unlabelled) == (4, 0, 1, 4, 0)
-    assert sorted(os.listdir(data / "images")) == [
-        "abnormal__1.jpg", "abnormal__3.png", "normal__1.jpg", "normal__2.png"]
-    records = records_by_name(data)
-    assert {n: r["label"] for n, r in records.items()} == {
-        "abnormal__1.jpg": "abnormal", "abnormal__3.png": "abnormal",
-        "normal__1.jpg": "normal", "normal__2.png": "normal"}
-    first = records["normal__1.jpg"]
+    # names are the files' own, never the class; the two 1.jpg get salted-hash suffixes
+    names = sorted(os.listdir(data / "images"))
+    assert names[2:] == ["2.png", "3.png"]
+    assert all(re.fullmatch(r"1-[0-9a-f]{8}\.jpg", n) for n in names[:2]) and names[0] != names[1]
+    assert not any("normal" in n or "abnormal" in n for n in names)
+    records = records_by_source(data, class_tree)
+    assert {p: (r["label"], r["name"] in names) for p, r in records.items()} == {
+        "abnormal/1.jpg": ("abnormal", True), "abnormal/3.png": ("abnormal", True),
+        "normal/1.jpg": ("normal", True), "normal/2.png": ("normal", True)}
+    first = records["normal/2.png"]
     assert first == {
-        "name": "normal__1.jpg", "url": str(class_tree / "normal" / "1.jpg"), "type": "label",
-        "items": ["normal"], "image": "images/normal__1.jpg", "label": "normal",
-        "report_id": "normal__1", "findings": "", "impression": "", "caption": "", "view": None,
+        "name": "2.png", "url": str(class_tree / "normal" / "2.png"), "type": "label",
+        "items": ["normal"], "image": "images/2.png", "label": "normal",
+        "report_id": "2", "findings": "", "impression": "", "caption": "", "view": None,
         "boxes": [], "source": "folder", "license": ""}
     # the copies are the user's bytes, and every mode loads as (H, W, 3) uint8
-    assert (data / "images" / "abnormal__3.png").read_bytes() == \
+    assert (data / "images" / "3.png").read_bytes() == \
         (class_tree / "abnormal" / "3.png").read_bytes()
-    assert load_rgb(data / "images" / "abnormal__3.png").shape == (64, 64, 3)
-    assert load_rgb(data / "images" / "normal__2.png").dtype == np.uint8
+    assert load_rgb(data / "images" / "3.png").shape == (64, 64, 3)
+    assert load_rgb(data / "images" / "2.png").dtype == np.uint8
     failures = failures_of(data)
     assert [(f["name"], f["reason"].split(" (")[0]) for f in failures] == [
         ("abnormal__broken.png", "not a decodable image")]
@@ -108,8 +117,8 @@ def test_rerun_copies_nothing_and_picks_up_changes(class_tree, tmp_path):
     nih(5).save(class_tree / "normal" / "1.jpg")
     summary = import_folder(data, class_tree, normal_class="normal", progress=False)
     assert (summary.saved, summary.present) == (1, 3)
-    assert (data / "images" / "normal__1.jpg").read_bytes() == \
-        (class_tree / "normal" / "1.jpg").read_bytes()
+    name = records_by_source(data, class_tree)["normal/1.jpg"]["name"]
+    assert (data / "images" / name).read_bytes() == (class_tree / "normal" / "1.jpg").read_bytes()
 
 
 def test_copy_when_hard_links_are_impossible(class_tree, tmp_path, monkeypatch):
@@ -118,7 +127,7 @@ def test_copy_when_hard_links_are_impossible(class_tree, tmp_path, monkeypatch):
     monkeypatch.setattr(folder.os, "link", no_link)
     data = tmp_path / "data"
     assert import_folder(data, class_tree, normal_class="normal", progress=False).saved == 4
-    copy, source = data / "images" / "normal__2.png", class_tree / "normal" / "2.png"
+    copy, source = data / "images" / "2.png", class_tree / "normal" / "2.png"
     assert copy.read_bytes() == source.read_bytes()
     assert copy.stat().st_ino != source.stat().st_ino
     assert [n for n in os.listdir(data / "images") if n.startswith(".")] == []
@@ -217,7 +226,7 @@ def test_output_inside_the_input_folder_is_not_reimported(tmp_path):
     nih(0).save(src / "a.png")
     import_folder(src / "data", src, progress=False)
     summary = import_folder(src / "data", src, progress=False)
-    assert (summary.saved, summary.present, summary.skipped) == (0, 1, 1)  # the json is junk
+    assert (summary.saved, summary.present, summary.skipped) == (0, 1, 2)  # json, salt: junk
     assert sorted(os.listdir(src / "data" / "images")) == ["a.png"]
 
 
