@@ -238,9 +238,10 @@ def _voi_lut_unit(values, ds):
     first = int(descriptor[1])
     if first >= 32768 and ds.get("PixelRepresentation", 0) == 1:
         first -= 65536  # first mapped value is signed for signed pixels
-    table = apply_voi(np.arange(first, first + entries, dtype=np.float64), ds).astype(np.float64)
+    # pydicom's LUT lookup wants integers (a LUT maps integer input values).
+    table = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
     low, high = float(table.min()), float(table.max())
-    mapped = apply_voi(values, ds).astype(np.float64)
+    mapped = apply_voi(np.round(values).astype(np.int64), ds).astype(np.float64)
     return np.clip((mapped - low) / (high - low), 0, 1) if high > low else mapped * 0
 
 

@@ -481,7 +481,9 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
                          disable=not progress, leave=False):
         source, name = sources[relative], names[relative]
         if name in owner:
-            fail(relative, f"output name {name!r} collides with {owner[name]!r}; rename one")
+            fail(relative, f"the same DICOM image (SOPInstanceUID) as {owner[name]}: a duplicate"
+                 if source.header is not None else
+                 f"output name {name!r} collides with {owner[name]!r}; rename one", source.header)
             continue
         owner[name] = relative
         target = os.path.join(out_dir, name)
