@@ -400,9 +400,11 @@ def shared_prefixes(relatives):
 
 def warn_shared_prefixes(relatives):
     """Say so when ungrouped images share patient-like name prefixes (one patient, many films)."""
-    shared = shared_prefixes(relatives)
-    if not shared or max(shared.values()) > len(relatives) / 2:
-        return  # nothing shared, or one prefix for most images: a naming scheme, not patients
+    # A prefix on more than a tenth of the images is a naming scheme ('NORMAL2-'), not a patient.
+    cap = max(3, len(relatives) // 10)
+    shared = {p: n for p, n in shared_prefixes(relatives).items() if n <= cap}
+    if not shared:
+        return
     example, count = max(shared.items(), key=lambda item: (item[1], item[0]))
     letters = re.match(r"[A-Za-z]*", example).group(0)
     suggestion = f"^({letters}\\d+){example[-1]}" if letters + re.sub(
