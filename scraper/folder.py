@@ -450,7 +450,9 @@ def import_dicom(source, target, previous=None):
     info = os.stat(source.real)
     record.update(source_size=info.st_size, source_mtime_ns=info.st_mtime_ns)
     with atomic_write(target) as handle:
-        Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(handle, format="PNG")
+        # zlib level 3: a quarter of the default's (6) encode time for ~15 % larger files
+        Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(handle, format="PNG",
+                                                                     compress_level=3)
     return record, True
 
 
