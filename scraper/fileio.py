@@ -31,7 +31,6 @@ TMP_SUFFIX = ".part"
 TMP_MARKER = ".cxr-tmp-"  # mkstemp adds 8 random characters after it
 _OUR_TEMP = re.compile(r"^\..+" + re.escape(TMP_MARKER) + r"[A-Za-z0-9_]{8}" +
                        re.escape(TMP_SUFFIX) + "$")
-STALE_TEMP_SECONDS = 60  # a temp file younger than this may still be in its first instants
 LOCK_FILE = ".cxr-lock"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -43,11 +42,8 @@ def atomic_write(path, mode="wb", encoding=None):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TMP_MARKER,
-                               suffix=TMP_SUFFIX, dir=directory)
+    fd, tmp = _locked_temp(path, directory)
     try:
-        # Held until the file is closed: a clean-up by another run sees the file is in use.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
@@ -58,6 +54,23 @@ def atomic_write(path, mode="wb", encoding=None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _locked_temp(path, directory):
+    """(fd, name) of a new temp file beside `path`, locked (flock) until closed, so another
+    run's `remove_stale_temp_files` leaves it alone. Should a clean-up slip in between the
+    creation and the lock, the name no longer leads to our file: make another."""
+    for _ in range(10):
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TMP_MARKER,
+                                   suffix=TMP_SUFFIX, dir=directory)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a clean-up holds it, briefly
+        try:
+            if os.path.samestat(os.stat(tmp, follow_symlinks=False), os.fstat(fd)):
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise UserError(f"cannot keep a temp file beside {path}: something keeps deleting them")
 
 
 def atomic_write_bytes(path, data):
@@ -91,7 +104,7 @@ def read_json(path, what="JSON file"):
 def file_hash(path, algorithm="sha256", chunk_size=1 << 20):
     """Hex digest of a file, read in chunks (weights files are hundreds of MB)."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -102,12 +115,12 @@ def is_our_temp_name(name):
     return bool(_OUR_TEMP.match(name))
 
 
-def remove_stale_temp_files(directory, min_age=STALE_TEMP_SECONDS):
+def remove_stale_temp_files(directory, min_age=0.0):
     """Delete temp files a killed run left behind in `directory`; returns how many.
 
     Only files named by `atomic_write` are touched (a user's own '.notes.part' stays), only
-    when older than `min_age` seconds, and only when no process holds their lock (a running
-    writer, in this program or another run, keeps its temp file).
+    when older than `min_age` seconds, and only when no process holds their lock: a running
+    writer, in this program or another run, keeps its temp file (a killed one's lock is gone).
     """
     removed = 0
     now = time.time()
@@ -290,7 +303,10 @@ def folder_lock(directory, prog):
     could hang behind a stuck run). The lock dies with its process: a killed run leaves none.
     """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{directory} is a file, expected a folder") from None
     path = os.path.join(directory, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),

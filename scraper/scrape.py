@@ -21,6 +21,8 @@ import importlib
 from scraper import openi
 from scraper.cli import (ArgumentParser, UserError, exit_with, non_negative_float, non_negative_int,
                          positive_float, positive_int)
+from scraper.fileio import folder_lock
+from scraper.images import add_max_pixels_argument, set_max_pixels
 
 PROG = "cxr-scrape"
 SOURCES = ("openi", "archive", "folder")
@@ -51,6 +53,7 @@ def get_args_parser():
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="at most this many images (openi, archive); default: all")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
 
     group = parser.add_argument_group("--source openi")
     group.add_argument("--base-url", default=openi.DEFAULT_BASE_URL,
@@ -105,7 +108,8 @@ def explicit_options(parser, argv):
 
 def check_options(args, given):
     """One clear line for flags that do not fit together."""
-    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress"}
+    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress",
+                                           "max_image_pixels"}
     for dest in sorted(given - allowed):
         owners = [s for s in SOURCES if dest in OPTIONS[s]]
         flag = "--" + dest.replace("_", "-")
@@ -149,7 +153,9 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     check_options(args, explicit_options(parser, argv))
-    run(args)
+    set_max_pixels(args.max_image_pixels)
+    with folder_lock(args.data_dir, PROG):  # one writer per data folder
+        run(args)
     return 0
 
 
