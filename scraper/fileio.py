@@ -204,10 +204,16 @@ def read_regular(path, max_bytes, what="file"):
         if size > max_bytes:
             raise TooLarge(f"{what} is {size:,} bytes, more than the {max_bytes:,} allowed: "
                            f"{path}")
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew while we read it
-        raise TooLarge(f"{what} is more than the {max_bytes:,} bytes allowed: {path}")
-    return data
+        # read(n) allocates n bytes up front: ask for the size stat gave, then read on in
+        # small chunks in case the file grew meanwhile.
+        parts = [handle.read(size)]
+        total = len(parts[0])
+        while chunk := handle.read(1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLarge(f"{what} is more than the {max_bytes:,} bytes allowed: {path}")
+            parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def open_nofollow(path, append=False):
