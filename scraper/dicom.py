@@ -34,7 +34,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 from scraper.fileio import atomic_write_text
-from scraper.images import BadImage
+from scraper.images import BadImage, max_pixels
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
 # Projection radiography (DICOM PS3.3 C.7.3.1.1.1): imported without a word.
@@ -43,7 +43,6 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 # and warned about (a CT slice saved as SC would pass; the warning says so).
 TOLERATED_MODALITIES = ("OT", "SC", "")
 MAX_DICOM_BYTES = 512 << 20      # an uncompressed 4k x 4k 16-bit radiograph is 32 MB
-MAX_PIXELS = 30_000_000          # chest radiographs are at most about 4300 x 4300
 PERCENTILES = (0.5, 99.5)        # robust window when the header gives none
 SALT_FILE = ".id-salt"
 GROUP_KEYS = {"patient": "PatientID", "study": "StudyInstanceUID"}
@@ -128,9 +127,10 @@ def check_importable(header):
         raise DicomError(f"modality {modality} is not a projection radiograph (imported: "
                          f"{', '.join(RADIOGRAPH_MODALITIES)}; OT/SC with a warning)")
     rows, columns = _int(header.get("Rows"), 0), _int(header.get("Columns"), 0)
-    if rows * columns > MAX_PIXELS:
+    if rows * columns > max_pixels():  # the images' shared limit, --max-image-pixels
         raise DicomError(f"image is {columns:,} x {rows:,} = {rows * columns:,} pixels, more "
-                         f"than the {MAX_PIXELS:,} allowed")
+                         f"than the {max_pixels():,} allowed (raise --max-image-pixels if it "
+                         f"is real)")
     if modality in TOLERATED_MODALITIES:
         return f"modality {modality or 'missing'}"
     return None

@@ -266,3 +266,19 @@ def test_a_salt_per_data_folder(src, tmp_path):
     second = import_folder(tmp_path / "d2", src, progress=False) and one_record(tmp_path / "d2")
     assert first["report_id"] != second["report_id"] and first["name"] != second["name"]
     assert json.loads(json.dumps(first["dicom"])) == first["dicom"]
+
+
+def test_the_shared_pixel_limit_applies_before_decoding(src, tmp_path):
+    from scraper.images import max_pixels, set_max_pixels
+    write_dicom(src / "big.dcm", xray(0))
+    write_dicom(src / "ok.dcm", xray(1)[:50, :50])
+    before = max_pixels()
+    set_max_pixels(10_000)
+    try:
+        data, _, summary = imported(tmp_path, None)
+    finally:
+        set_max_pixels(before)
+    assert (summary.saved, summary.failed) == (1, 1)
+    assert failures_of(data)[0]["reason"] == (
+        "image is 128 x 128 = 16,384 pixels, more than the 10,000 allowed (raise "
+        "--max-image-pixels if it is real)")
