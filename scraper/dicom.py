@@ -27,13 +27,14 @@ import hmac
 import os
 import secrets
 import struct
+import warnings
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from scraper.fileio import atomic_write_text
+from scraper.fileio import atomic_write_text, read_regular
 from scraper.images import BadImage, max_pixels
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
@@ -42,7 +43,8 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 # Secondary captures and "other" are common for research exports of X-rays: imported, counted
 # and warned about (a CT slice saved as SC would pass; the warning says so).
 TOLERATED_MODALITIES = ("OT", "SC", "")
-MAX_DICOM_BYTES = 512 << 20      # an uncompressed 4k x 4k 16-bit radiograph is 32 MB
+MAX_DICOM_BYTES = 256 << 20      # an uncompressed 4k x 4k 16-bit radiograph is 32 MB
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: the index of a CD/export, no image
 PERCENTILES = (0.5, 99.5)        # robust window when the header gives none
 SALT_FILE = ".id-salt"
 GROUP_KEYS = {"patient": "PatientID", "study": "StudyInstanceUID"}
@@ -96,7 +98,9 @@ def read_header(path):
             raise DicomError("not a DICOM file (no 'DICM' preamble and no DICOM header)")
         return None
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, force=kind == "bare")
+        with warnings.catch_warnings():  # pydicom warns per odd element; the reason is enough
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=kind == "bare")
         # force=True parses anything; a real image header has these.
         if kind == "bare" and not ("SOPClassUID" in header or "Rows" in header):
             return None
@@ -145,6 +149,20 @@ def _int(value, default):
 
 def convert(path, bare=False):
     """DICOM file -> (uint8 array (H, W), pixel record dict, full dataset). Raises DicomError."""
+    with warnings.catch_warnings():  # one reason per file, not pydicom's running commentary
+        warnings.simplefilter("ignore")
+        return _convert(path, bare)
+
+
+def is_media_directory(header):
+    """True for a DICOMDIR (an export's index file): skipped like junk, not a failure."""
+    meta = getattr(header, "file_meta", None)
+    classes = {str(header.get("SOPClassUID", "")),
+               str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""}
+    return MEDIA_DIRECTORY in classes
+
+
+def _convert(path, bare):
     try:
         ds = pydicom.dcmread(path, force=bare)
     except _READ_ERRORS as error:
@@ -284,8 +302,7 @@ def data_salt(data_dir):
     """The data folder's secret salt (created on first use; hex text in SALT_FILE)."""
     path = os.path.join(os.fspath(data_dir), SALT_FILE)
     try:
-        with open(path, encoding="ascii") as handle:
-            salt = handle.read().strip()
+        salt = read_regular(path, 1024, "salt file").decode("ascii", "replace").strip()
         if len(salt) >= 32:
             return salt
     except FileNotFoundError:

@@ -274,7 +274,7 @@ def scan_folder(images_dir, exclude=None):
         except dicom.DicomError as error:
             sources[relative] = Source(relative, real, error=str(error))
             continue
-        if found is None:
+        if found is None or dicom.is_media_directory(found[0]):
             junk.append(relative)
         else:
             sources[relative] = Source(relative, real, header=found[0], bare=found[1])
@@ -290,8 +290,9 @@ def _uid_index(sources):
 def _resolve_uids(listed, uids, what):
     """A CSV's {key: value} with SOPInstanceUID keys turned into relative paths."""
     resolved = {}
+    paths = set(uids.values())
     for key, value in listed.items():
-        relative = uids.get(key, key) if key not in uids.values() else key
+        relative = key if key in paths else uids.get(key, key)
         if relative in resolved:
             raise UserError(f"{what}: image {relative!r} is listed twice (by path and by its "
                             f"SOPInstanceUID)")

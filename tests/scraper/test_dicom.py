@@ -10,7 +10,7 @@ from scraper import dicom
 from scraper.cli import UserError, run_main
 from scraper.folder import import_folder
 from scraper.scrape import main as scrape_main
-from tests.scraper.dicom_factory import compress, write_dicom
+from tests.scraper.dicom_factory import compress, dataset, write_dicom
 from tests.scraper.test_folder import failures_of, nih, records_by_name
 
 SIZE = 128
@@ -141,8 +141,12 @@ def test_no_preamble_and_no_extension_is_found_by_content(src, tmp_path):
     write_dicom(src / "IM0001", pixels, preamble=False, WindowCenter=2048, WindowWidth=4096)
     (src / "README").write_text("exported by PACS\n")
     (src / "junk").write_bytes(b"\x08\x00\x05\x00" + bytes(range(256)) * 4)  # looks like a tag
+    index = dataset(np.zeros((1, 1), dtype=int))  # a DICOMDIR: an export's index, no image
+    index.file_meta.MediaStorageSOPClassUID = index.SOPClassUID = dicom.MEDIA_DIRECTORY
+    del index.PixelData
+    index.save_as(src / "DICOMDIR", enforce_file_format=True)
     data, _, summary = imported(tmp_path, None)
-    assert (summary.saved, summary.failed, summary.skipped) == (1, 0, 2)
+    assert (summary.saved, summary.failed, summary.skipped) == (1, 0, 3)
     out = png_of(data, one_record(data))
     expected = np.clip((pixels - 2047.5) / 4095 + 0.5, 0, 1)
     np.testing.assert_array_equal(out, np.round(expected * 255).astype(np.uint8))
