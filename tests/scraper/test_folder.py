@@ -364,3 +364,18 @@ def test_group_pattern_flag_and_misses(tmp_path, capsys):
     assert groups == {"p1_a.png": "p1", "p1_b.png": "p1", "p2_a.png": "p2", "odd.png": "odd"}
     assert run_main(main, "cxr-scrape", argv + ["--group-pattern", r"p\d+"]) == 2
     assert "it needs a capture group for the patient" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names, expected", [
+    ([f"{p:08d}_{i:03d}.png" for p in range(10) for i in range(2)],
+     "20 of 20 images share a name prefix with another image (10 prefixes, e.g. '00000009_' x 2)"
+     " but no group is given, so each image is its own group; if a prefix is a patient, keep "
+     "each patient on one side of the split with --group-pattern '^(\\d+)_'"),
+    ([f"img_{i:03d}.png" for i in range(20)], None),            # one scheme, no patient
+    ([f"scan{i}.png" for i in range(20)], None),                  # nothing shared
+])
+def test_shared_prefix_warning(capsys, names, expected):
+    folder.warn_shared_prefixes(names)
+    err = capsys.readouterr().err.strip()
+    assert err == (f"warning: {expected} (the first capture group names the patient)"
+                   if expected else "")
