@@ -106,18 +106,14 @@ def test_well_formed_pickle_with_wrong_contents_is_one_line(stage4, tmp_path, ca
     assert not (tmp_path / "tr.pickle").exists()
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--seed", "-5", "argument --seed: invalid seed '-5': must be between 0 and 4,294,967,295"),
-    ("--seed", "1e9", "argument --seed: invalid seed '1e9'"),
-    ("--test-fraction", "nan", "argument --test-fraction: invalid fraction 'nan'"),
-])
-def test_stage4_flags_are_range_checked(stage4, tmp_path, capsys, flag, value, message):
+def test_stage4_negative_seed_is_one_line(stage4, tmp_path, capsys):
     descriptions, features = stage4
     code = run_main(prepare_main, "cxr-prepare-examples",
                     [str(descriptions), str(features)] +
                     [str(tmp_path / n) for n in ("tr.pickle", "te.pickle", "ex.json")] +
-                    [flag, value])
-    assert code == 2 and message in one_line(capsys)
+                    ["--seed", "-5"])
+    assert code == 2 and ("argument --seed: invalid seed '-5': must be between 0 and "
+                          "4,294,967,295") in one_line(capsys)
 
 
 # ---- stage 5 ---------------------------------------------------------------------------------
