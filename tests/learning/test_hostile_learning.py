@@ -277,3 +277,14 @@ def test_fifo_pickle_is_refused_not_waited_on(tmp_path):
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
         timeout=30)
     assert "features pickle is not a regular file (a FIFO/named pipe)" in done.stderr
+
+
+def test_over_long_output_name_is_one_line(stage4, tmp_path, capsys):
+    descriptions, features = stage4
+    long_name = "t" * 300 + ".pickle"
+    code = run_main(prepare_main, "cxr-prepare-examples",
+                    [str(descriptions), str(features), str(tmp_path / "tr.pickle"),
+                     str(tmp_path / long_name), str(tmp_path / "ex.json")])
+    line = one_line(capsys)
+    assert code == 1 and line.startswith("cxr-prepare-examples: error: file name too long: ")
+    assert line.endswith(f"tttt.pickle ({len(str(tmp_path / long_name))} characters)")
