@@ -5,7 +5,6 @@ read without end, hang on a FIFO, lose records to a second writer, print a trace
 one line it must print instead. Real local HTTP servers, real files, real subprocesses.
 """
 import errno
-import fcntl
 import glob
 import io
 import json
@@ -14,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import pytest
@@ -28,6 +26,7 @@ from scraper.fileio import atomic_write, remove_stale_temp_files
 from scraper.images import BadImage, check_image_file, load_rgb
 from tests.file_server import FileServer
 from tests.scraper.fake_openi import FakeOpenI
+from tests.scraper.test_openi import failures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORTS = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "openi", "reports", "*.xml")))
@@ -37,14 +36,6 @@ ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 def scrape(server, data_dir, **kwargs):
     return openi.scrape_openi(str(data_dir), base_url=server.base_url, **{**FAST, **kwargs})
-
-
-def failures(data_dir):
-    path = os.path.join(data_dir, "images-failures.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return {f["name"]: f["reason"] for f in json.load(handle)}
 
 
 def described(data_dir):
