@@ -38,7 +38,37 @@ Example (screen, then confirm):
     python benchmarks/bench_localization.py ../shared/datasets/nih-cxr-1000 vgg16-imagenet.h5 \
         feature-cache --configs block5-aug --seeds 0,1,2 --report
 
-MEASURED (real ImageNet weights, nih-cxr-1000, 2 CPU cores; filled in below as runs finish)
+MEASURED (real ImageNet weights, nih-cxr-1000, 2 shared CPU cores, November 2026)
+Split: train 707, validation 78, test 215 (77 boxed-patient images + 138 others, both classes).
+Baselines on the 44 boxed images (224 px; boxes cover 0.087 of the image), no model:
+  centred Gaussian        pointing 0.159 [0.07, 0.27]  inside 0.150 [0.11, 0.20]  IoBB 0.225
+  lung-field prior        pointing 0.409 [0.27, 0.55]  inside 0.227 [0.18, 0.29]  IoBB 0.312
+  uniform inside ring 1/2/3 (what the ring mask alone gives): inside 0.118 / 0.163 / 0.214
+v1 for reference (issue 10's measurement, same protocol): block5_pool, flatten-dense head,
+DeepLIFT pointing 0.045, inside 0.075; Grad-CAM 0.114 / 0.157; AUROC 0.897 [0.816, 0.960].
+Configurations (features, head preset, overrides; see CONFIGS): cam = 1x1 conv + GAP head on
+block4_pool; -aug = grid flips/shifts (shift 1 cell, -s2: 2 cells) + ring mask 1 (-r2, -r3:
+2, 3 cells); -small = 32 filters, dropout 0.5; cam-b5c3 = cam head on frozen ImageNet
+block5_conv3; block5-* = fine-tuned block5 (ImageNet init). "xPRIOR" = the map multiplied by
+the lung-field prior (ANATOMICALLY CONSTRAINED, not evidence from the image). "ens" = mean
+of the 3 seeds' maps (each scaled to max 1). "inside - prior" = paired per-image difference
+of inside shares, map minus lung prior, with its bootstrap CI (only for runs after it was
+added). IoBB = IoBB@0.5 mean. AUROC = test AUROC (CIs in the results file, ~+-0.04).
+
+TABLE
+
+Conclusions. (1) Regularising against shortcuts is what helped: the ring mask (thorax crop of
+the feature grid) and grid flips/shifts took Grad-CAM from pointing 0.14 / inside 0.13 (cam)
+to 0.34 / 0.27 (cam-aug-r3, 3 seeds), at unchanged AUROC (0.91-0.92). (2) Grad-CAM on the
+head's conv beats pixel methods on the same head (DeepLIFT black/blur/mean 0.25/0.20/0.21
+pointing; IG 0.25), all far above v1. Grad-CAM++ trades inside share for pointing. Seed
+ensembles changed nothing. (3) No unconstrained configuration beats the lung-field prior on
+the pointing game; cam-aug-r3's inside share beats it by +0.04 (paired CI above 0 for 2 of 3
+seeds), but a flat map over the same unmasked centre already gets 0.214. (4) Fine-tuning
+block5 could not be run properly here (~2 min per epoch on the shared CPU): one truncated run
+stopped at epoch 5 with AUROC 0.80; the GPU probe of the design notes (0.386 / 0.204 at
+AUROC 0.90) is the better reference. Not run for lack of CPU: 448 px features, LSE pooling,
+block5 with more seeds. Default chosen: cam-aug-r3 with Grad-CAM (the "cam" preset).
 """
 import argparse
 import csv
