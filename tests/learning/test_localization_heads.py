@@ -226,7 +226,7 @@ def test_cam_head_the_stage5_default_learns_separable_grids(tmp_path):
     from tests.learning.test_fully_connected_layers_training import make_split
 
     training, testing = tmp_path / "training.pickle", tmp_path / "testing.pickle"
-    safe_pickle.dump(make_split("training", 80, 0, lambda i: "validation" if i % 10 == 0
+    safe_pickle.dump(make_split("training", 80, 0, lambda i: "validation" if i % 10 in (0, 1)
                                 else "train", shape=(4, 4, 8)), training)
     safe_pickle.dump(make_split("testing", 20, 1, lambda i: "test", shape=(4, 4, 8)), testing)
     from learning.fully_connected_layers_training import main
