@@ -47,14 +47,14 @@ Baselines on the 44 boxed images (224 px; boxes cover 0.087 of the image), no mo
 v1 for reference (issue 10's measurement, same protocol): block5_pool, flatten-dense head,
 DeepLIFT pointing 0.045, inside 0.075; Grad-CAM 0.114 / 0.157; AUROC 0.897 [0.816, 0.960].
 Configurations (features, head preset, overrides; see CONFIGS): cam = 1x1 conv + GAP head on
-block4_pool; -aug = grid flips/shifts (shift 1 cell, -s2: 2 cells) + ring mask 1 (-r2, -r3:
-2, 3 cells); -small = 32 filters, dropout 0.5; cam-b5c3 = cam head on frozen ImageNet
+block4_pool; -aug = grid flips/shifts (shift 1 cell, -s2: 2 cells) + ring mask 1 (-r2, -r3: 2,
+3 cells); -small = 32 filters, dropout 0.5; cam-b5c3 = cam head on frozen ImageNet
 block5_conv3; block5-* = fine-tuned block5 (ImageNet init; in the table b5-r3-3e-5 =
-block5-aug-r3, Adam 3e-5, and b5-r3-1e-5 = block5-aug-r3-lr1e-5). "xPRIOR" = the map
-multiplied by the lung-field prior (ANATOMICALLY CONSTRAINED, not evidence from the image).
-"ens" = mean of the 3 seeds' maps (each scaled to max 1). "inside - prior" = paired per-image difference
-of inside shares, map minus lung prior, with its bootstrap CI (only for runs after it was
-added). IoBB = IoBB@0.5 mean. AUROC = test AUROC (CIs in the results file, ~+-0.04).
+block5-aug-r3, Adam 3e-5, and b5-r3-1e-5 = block5-aug-r3-lr1e-5). "xPRIOR" = the map multiplied
+by the lung-field prior (ANATOMICALLY CONSTRAINED, not evidence from the image). "ens" = mean
+of the 3 seeds' maps (each scaled to max 1). "inside - prior" = paired per-image difference of
+inside shares, map minus lung prior, with its bootstrap CI (only for runs after it was added).
+IoBB = IoBB@0.5 mean. AUROC = test AUROC (CIs in the results file, ~+-0.04).
 
   config / method / seed         AUROC pointing [CI]   inside [CI]     IoBB  inside - prior
   cam/grad-cam/0                 0.924 0.136 [.05,.23] 0.132 [.10,.17] 0.117 -
@@ -185,20 +185,21 @@ added). IoBB = IoBB@0.5 mean. AUROC = test AUROC (CIs in the results file, ~+-0.
   cam-aug-r3/DL-black xPRIOR    AUROC 0.912+-0.006  pointing 0.485+-0.039  inside 0.281+-0.004
 
 Conclusions. (1) Regularising against shortcuts is what helped: the ring mask (thorax crop of
-the feature grid) and grid flips/shifts took Grad-CAM from pointing 0.14 / inside 0.13 (cam)
-to 0.34 / 0.27 (cam-aug-r3, 3 seeds), at unchanged AUROC (0.91-0.92). (2) Grad-CAM on the
-head's conv beats pixel methods on the same head (seed 0: DeepLIFT black / blur / mean
-pointing 0.25 / 0.25 / 0.21, inside 0.20 / 0.18 / 0.18; IG 0.25 / 0.20; DeepLIFT black over
-3 seeds 0.227 / 0.201; completeness error <= 7e-6), all far above v1. Grad-CAM++ trades inside share for pointing. Seed
-ensembles changed nothing. (3) No unconstrained configuration beats the lung-field prior on
-the pointing game; cam-aug-r3's inside share beats it by +0.04 (paired CI above 0 for 2 of 3
-seeds), but a flat map over the same unmasked centre already gets 0.214. (4) Fine-tuning
-block5 could not be run properly here (~2 min per epoch on the shared CPU): at Adam 3e-5 it
-stopped at epoch 5 (patience 3) with AUROC 0.80; at 1e-5 it was still improving when the
-10-epoch cap ended it (AUROC 0.886, Grad-CAM 0.318 / 0.183): one seed each, undertrained, so
-no verdict; the GPU probe of the design notes (0.386 / 0.204 at AUROC 0.90) is the better
-reference. Not run for lack of CPU: 448 px features, LSE pooling, block5 with more seeds
-and epochs. Default chosen: cam-aug-r3 with Grad-CAM (the "cam" preset).
+the feature grid) and grid flips/shifts took Grad-CAM from pointing 0.14 / inside 0.13 (cam) to
+0.34 / 0.27 (cam-aug-r3, 3 seeds), at unchanged AUROC (0.91-0.92). (2) Grad-CAM on the head's
+conv beats pixel methods on the same head (seed 0: DeepLIFT black / blur / mean pointing 0.25 /
+0.25 / 0.21, inside 0.20 / 0.18 / 0.18; IG 0.25 / 0.20; DeepLIFT black over 3 seeds 0.227 /
+0.201; completeness error <= 7e-6), all far above v1. Grad-CAM++ trades inside share for
+pointing. Seed ensembles did not help (cam-aug-r3: 0.318 / 0.271, seed mean 0.341 / 0.271).
+(3) No unconstrained configuration beats the lung-
+field prior on the pointing game; cam-aug-r3's inside share beats it by +0.04 (paired CI above
+0 for 2 of 3 seeds), but a flat map over the same unmasked centre already gets 0.214. (4) Fine-
+tuning block5 could not be run properly here (~2 min per epoch on the shared CPU): at Adam 3e-5
+it stopped at epoch 5 (patience 3) with AUROC 0.80; at 1e-5 it was still improving when the
+10-epoch cap ended it (AUROC 0.886, Grad-CAM 0.318 / 0.183): one seed each, undertrained, so no
+verdict; the GPU probe of the design notes (0.386 / 0.204 at AUROC 0.90) is the better
+reference. Not run for lack of CPU: 448 px features, LSE pooling, block5 with more seeds and
+epochs. Default chosen: cam-aug-r3 with Grad-CAM (the "cam" preset).
 """
 import argparse
 import csv
