@@ -32,13 +32,13 @@ import csv
 import io
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
 from learning import attribution, gallery, localization, render, sanity
-from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
+                         progress_bar)
 from scraper.fileio import atomic_write_json, atomic_write_text, read_json
 from scraper.images import BadImage, image_size as original_image_size, is_image_name
 
@@ -424,13 +424,11 @@ def main(argv=None):
     except OSError as error:
         raise UserError(f"cannot create results folder {args.results}: {error.strerror}") from None
 
-    from tqdm import tqdm
-
     counts = {"explained": 0, "unreadable": 0}
     rows, boxed, kept = [], {method: [] for method in methods}, []
     gaussian_scores = []
     gaussian = localization.gaussian_map((image_size, image_size))
-    progress = tqdm(total=len(found), unit="img", desc="attributing", file=sys.stderr,
+    progress = progress_bar(total=len(found), unit="img", desc="attributing",
                     dynamic_ncols=True)
     for batch in _batches(found, args.batch_size):
         items = load_batch(batch, image_size, counts)

@@ -9,9 +9,7 @@ import os
 import shutil
 
 import requests
-from tqdm import tqdm
-
-from scraper.cli import UserError, log
+from scraper.cli import UserError, log, progress_bar
 from scraper.fileio import atomic_write, file_hash
 from scraper.http_client import DEFAULT_TIMEOUT, describe_request_error, make_session
 
@@ -101,7 +99,7 @@ def _fetch(session, url, partial, timeout, progress):
         total = int(length) + have if length and length.isdigit() else None
         mode = "ab" if have else "wb"
         written = 0
-        with open(partial, mode) as handle, tqdm(
+        with open(partial, mode) as handle, progress_bar(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=os.path.basename(partial[:-len(PARTIAL_SUFFIX)]), disable=not progress,
                 leave=False) as bar:

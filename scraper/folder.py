@@ -27,9 +27,7 @@ import os
 import shutil
 import time
 
-from tqdm import tqdm
-
-from scraper.cli import UserError, fmt_count, log
+from scraper.cli import UserError, fmt_count, log, progress_bar
 from scraper.fileio import atomic_write, remove_stale_temp_files
 from scraper.images import BadImage, check_image_file, is_image_name
 from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, load_descriptions, make_box,
@@ -270,7 +268,7 @@ def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxe
     os.makedirs(out_dir, exist_ok=True)
     remove_stale_temp_files(out_dir)
     records, owner = [], {}
-    for relative in tqdm(sorted(entries), unit="img", desc="folder images",
+    for relative in progress_bar(sorted(entries), unit="img", desc="folder images",
                          disable=not progress, leave=False):
         entry, name = entries[relative], flat_name(relative)
         if name in owner:

@@ -24,7 +24,6 @@ import email.utils
 import os
 import posixpath
 import re
-import sys
 import threading
 import time
 from urllib.parse import urljoin, urlsplit
@@ -32,9 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 from bs4 import BeautifulSoup
-from tqdm import tqdm
-
-from scraper.cli import UserError, fmt_count, log
+from scraper.cli import UserError, fmt_count, log, progress_bar
 from scraper.fileio import atomic_write_bytes, remove_stale_temp_files
 from scraper.http_client import RETRY_STATUSES, RateLimiter, describe_request_error, make_session
 from scraper.images import BadImage, check_image_bytes, check_image_file, is_image_name
@@ -424,7 +421,7 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
         first = next(pages, None)
     except ListingStopped as error:
         raise UserError(f"Open-i API {base_url}: {error}") from None
-    bar = tqdm(total=0, unit="img", desc="images", disable=not progress, file=sys.stderr,
+    bar = progress_bar(total=0, unit="img", desc="images", disable=not progress,
                dynamic_ncols=True)
     book = _Book(data_dir, existing, bar, checkpoint_seconds, checkpoint_images)
     listing_error, seen, futures = None, set(), []
