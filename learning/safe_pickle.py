@@ -53,13 +53,19 @@ def loads(data, what="pickle"):
                         f"{error})") from None
 
 
+# Which stage writes each pickle format: a missing file's error says what to run.
+MADE_BY = {"cxr-features/1": "stage 3, cxr-extract-features",
+           "cxr-examples/1": "stage 4, cxr-prepare-examples"}
+
+
 def load(path, what="pickle", kind=None):
     """Read a pipeline pickle; check it is a dict with `format` == kind when given."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
+        maker = f" (made by {MADE_BY[kind]}: run it first)" if kind in MADE_BY else ""
+        raise UserError(f"{what} not found: {path}{maker}") from None
     except IsADirectoryError:
         raise UserError(f"{what} is a directory, expected a file: {path}") from None
     obj = loads(data, f"{what} {path}")

@@ -65,7 +65,7 @@ def download_weights(weights_path, url=WEIGHTS_URL, expected_hash=WEIGHTS_HASH, 
                             f"{error.strerror or error}") from None
         return "installed"
     try:
-        return download(url, weights_path, expected_hash, session=make_session(retries=retries),
+        return download(url, weights_path, expected_hash, session=make_session(retries=retries, announce=progress),
                         progress=progress)
     except HashMismatch:
         raise
