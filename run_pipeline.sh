@@ -105,14 +105,15 @@ oldest() {
   echo "${t%%.*}"
 }
 
-# stage NUM NAME [INPUT...] -> OUTPUT... -- COMMAND...
+# stage NUM NAME --deps [INPUT...] --outs OUTPUT... -- COMMAND...   (as dvc.yaml's deps and outs)
 # Skipped when: before --from; or (no --force/--from, no earlier stage ran) the last successful
 # run had the same command line, every output exists and no input is newer than the oldest output.
 stage() {
   local num="$1" name="$2" stamp="$DATA/.stamps/$1-$2" out_time cmd
   local -a inputs=() outputs=()
   shift 2
-  while [ "$1" != "->" ]; do inputs+=("$1"); shift; done; shift
+  [ "$1" = "--deps" ] && shift
+  while [ "$1" != "--outs" ]; do inputs+=("$1"); shift; done; shift
   while [ "$1" != "--" ]; do outputs+=("$1"); shift; done; shift
   cmd="$(printf '%q ' "$@")"; cmd="${cmd% }"  # the exact words, quoted as a shell would
   if [ "$num" -lt "$FROM" ]; then
@@ -136,7 +137,7 @@ URL_ARGS=()  # CXR_WEIGHTS_URL: a mirror of the VGG16 weights file (same hash), 
 [ -n "${CXR_WEIGHTS_URL:-}" ] && URL_ARGS=(--url "$CXR_WEIGHTS_URL")
 if [ "$RANDOM_WEIGHTS" = 0 ]; then
   if [ -n "$WEIGHTS_FROM" ]; then
-    stage 1 download "$WEIGHTS_FROM" -> "$W" -- cxr-download-model "$W" --from "$WEIGHTS_FROM" ${PARAMS_1[@]+"${PARAMS_1[@]}"}
+    stage 1 download --deps "$WEIGHTS_FROM" --outs "$W" -- cxr-download-model "$W" --from "$WEIGHTS_FROM" ${PARAMS_1[@]+"${PARAMS_1[@]}"}
   elif [ "$DEMO" = 1 ]; then
     # The demo must run offline: without the ImageNet weights it falls back to random ones,
     # and remembers that, so re-runs do not wait for the network again (--force retries).
@@ -144,7 +145,7 @@ if [ "$RANDOM_WEIGHTS" = 0 ]; then
     if [ ! -e "$W" ] && [ -e "$FALLBACK" ] && [ "$FORCE" = 0 ] && [ "$FROM" -gt 1 -o "$FROM_GIVEN" = 0 ]; then
       echo "== stage 1 (download): weights were unavailable last time; skipped (--force retries)" >&2
     else
-      stage 1 download -> "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"} || true
+      stage 1 download --deps --outs "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"} || true
     fi
     if [ -e "$W" ]; then
       rm -f "$FALLBACK"
@@ -154,7 +155,7 @@ if [ "$RANDOM_WEIGHTS" = 0 ]; then
       RANDOM_WEIGHTS=1
     fi
   else
-    stage 1 download -> "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"}
+    stage 1 download --deps --outs "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"}
   fi
 fi
 # With random weights no weights file is passed or tracked (no "ignoring the weights file").
@@ -174,22 +175,21 @@ for arg in ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"}; do [ -e "$arg" ] && SOURCE_INP
 SPLIT_ARGS=(--seed "$SEED")
 [ "$DEMO" = 1 ] && SPLIT_ARGS+=(--test-fraction 0.3)  # a gallery of ~8 demo images, not 2
 
-# stage N NAME  inputs... -> outputs... -- command   (every path written out, as in dvc.yaml)
-stage 2 scrape ${SOURCE_INPUTS[@]+"${SOURCE_INPUTS[@]}"} -> "$DATA/images-description.json" -- \
+stage 2 scrape --deps ${SOURCE_INPUTS[@]+"${SOURCE_INPUTS[@]}"} --outs "$DATA/images-description.json" -- \
   cxr-scrape "$DATA" ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"} ${PARAMS_2[@]+"${PARAMS_2[@]}"}
-stage 3 features "$DATA/images" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} -> "$DATA/transfer_features.pickle" -- \
+stage 3 features --deps "$DATA/images" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} --outs "$DATA/transfer_features.pickle" -- \
   cxr-extract-features "$DATA/images" "$DATA/transfer_features.pickle" ${WEIGHTS_ARG[@]+"${WEIGHTS_ARG[@]}"} \
     ${RANDOM_FLAGS[@]+"${RANDOM_FLAGS[@]}"} ${PARAMS_3[@]+"${PARAMS_3[@]}"}
-stage 4 examples "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
-  -> "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" -- \
+stage 4 examples --deps "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
+  --outs "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" -- \
   cxr-prepare-examples "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
     "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" "${SPLIT_ARGS[@]}" \
     ${PARAMS_4[@]+"${PARAMS_4[@]}"}
-stage 5 train "$DATA/training.pickle" "$DATA/testing.pickle" -> "$DATA/model/head.keras" "$DATA/model/metrics.json" -- \
+stage 5 train --deps "$DATA/training.pickle" "$DATA/testing.pickle" --outs "$DATA/model/head.keras" "$DATA/model/metrics.json" -- \
   cxr-train "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/model" --seed "$SEED" \
     ${TRAIN_WEIGHTS[@]+"${TRAIN_WEIGHTS[@]}"} ${PARAMS_5[@]+"${PARAMS_5[@]}"}
-stage 6 visualize "$DATA/model" "$DATA/examples.json" "$DATA/images-description.json" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} \
-  -> "$DATA/results/index.html" "$DATA/results/index.json" -- \
+stage 6 visualize --deps "$DATA/model" "$DATA/examples.json" "$DATA/images-description.json" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} \
+  --outs "$DATA/results/index.html" "$DATA/results/index.json" -- \
   cxr-visualize "$W" "$DATA/model" "$DATA/examples.json" "$DATA/images" "$DATA/results" \
     ${RANDOM_FLAGS[@]+"${RANDOM_FLAGS[@]}"} ${PARAMS_6[@]+"${PARAMS_6[@]}"}
 

@@ -123,5 +123,6 @@ def save_keras(model, path):
 
 def export_classifier(path, head, feature_params, weights_path=None):
     """Write the end-to-end model to `path` (atomically, see save_keras); returns its size."""
-    model = build_classifier(conv_base_for(feature_params, weights_path), head)
+    # A nested compiled head would carry its optimizer state into the file: strip it.
+    model = build_classifier(conv_base_for(feature_params, weights_path), without_optimizer(head))
     return save_keras(model, path)

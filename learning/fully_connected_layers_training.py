@@ -389,6 +389,8 @@ def main(argv=None):
     config = resolve_config(args)
     if args.bootstrap < 1:
         raise UserError(f"invalid --bootstrap {args.bootstrap}: must be >= 1")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UserError(f"VGG16 weights file not found: --weights {args.weights}")
     metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
                      args.bootstrap, vars(args), args.weights)
     print(format_report(metrics["test"]))

@@ -101,8 +101,6 @@ def load_records(descriptions, images_dir):
 
 def load_model_dir(model_dir):
     """(head keras model, config dict) from stage 5's directory; UserError when unusable."""
-    import keras
-
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir} (run cxr-train first)")
     config = read_json(os.path.join(model_dir, CONFIG_FILE), "model config")
@@ -117,6 +115,8 @@ def load_model_dir(model_dir):
     head_path = os.path.join(model_dir, HEAD_FILE)
     if not os.path.isfile(head_path):
         raise UserError(f"trained head not found: {head_path} (run cxr-train first)")
+    import keras  # only now: the checks above answer without TensorFlow's start-up
+
     try:
         head = keras.models.load_model(head_path, compile=False)
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -403,9 +403,9 @@ def main(argv=None):
 
     from learning.vgg import build_conv_base, weights_identity
 
+    weights_id = weights_identity(args.weights, args.random_weights, args.seed)
     head, config = load_model_dir(args.model)
     params = config["feature_params"]
-    weights_id = weights_identity(args.weights, args.random_weights, args.seed)
     check_weights(config, weights_id)
     if args.random_weights:
         shout_random_weights()

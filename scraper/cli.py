@@ -94,11 +94,13 @@ class _LineStream:
 
     def __init__(self, stream):
         self.stream = stream
+        self.last = None
 
     def write(self, text):
         text = text.replace("\r", "").replace("\x1b[A", "").strip()
-        if text:
+        if text and text != self.last:  # closing re-draws the final state: print it once
             self.stream.write(text + "\n")
+            self.last = text
 
     def flush(self):
         self.stream.flush()

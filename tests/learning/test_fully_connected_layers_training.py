@@ -249,6 +249,8 @@ def test_end_to_end_classifier_reproduces_stage_6_logits(tmp_path):
 
     classifier = keras.models.load_model(tmp_path / "m" / "classifier.keras")
     exported = np.asarray(classifier.predict(images.astype(np.float32), verbose=0))
+    params = sum(int(np.prod(w.shape)) for w in classifier.weights)
+    assert metrics["files"]["classifier_bytes"] < 4 * params * 1.05 + 200_000  # no optimizer
 
     head, config = load_model_dir(str(tmp_path / "m"))  # what stage 6 does
     stage6_base = build_conv_base(None, True, 0, 32, "block5_pool", "none")
