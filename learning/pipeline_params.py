@@ -153,7 +153,10 @@ def check_source_args(words, params_words):
     """Stage 2's options from run_pipeline.sh's command line: an unknown flag is refused at
     once, naming it (and the stage it belongs to, if any)."""
     parser = stage_parser("scrape")
-    _, unknown = parser.parse_known_args(["placeholder"] + params_words + words)
+    try:
+        _, unknown = parser.parse_known_args(["placeholder"] + params_words + words)
+    except UserError as error:
+        raise UserError(f"stage 2 options: {error}", exit_code=2) from None
     for word in unknown:
         if word.startswith("-"):
             flag = word.split("=")[0]
@@ -166,10 +169,6 @@ def check_source_args(words, params_words):
                             f"one of cxr-scrape's{hint}", exit_code=2)
         raise UserError(f"unexpected argument {word!r}: DATA_DIR was already given; quote a "
                         f"path with spaces", exit_code=2)
-    try:
-        parser.parse_args(["placeholder"] + params_words + words)
-    except UserError as error:
-        raise UserError(f"stage 2 options: {error}", exit_code=2) from None
 
 
 def resolve(params_path, overrides=(), source_args=()):
