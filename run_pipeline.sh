@@ -71,12 +71,7 @@ case "$FROM" in
   *) die "invalid --from $FROM; use 1-6 or download, scrape, features, examples, train, visualize" ;;
 esac
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "invalid --seed $SEED: a non-negative integer"
-if [ "$DEMO" = 1 ]; then
-  DATA="${DATA:-data/demo}"
-  [ ${#SOURCE_ARGS[@]} -eq 0 ] || die "--demo brings its own data; drop: ${SOURCE_ARGS[*]}"
-  SOURCE_ARGS=(--source folder --images "$ROOT/demo/nih-24/images" --labels "$ROOT/demo/nih-24/labels.csv"
-               --label-column abnormal --group-column patient_id --boxes "$ROOT/demo/nih-24/bboxes.csv")
-fi
+[ "$DEMO" = 1 ] && DATA="${DATA:-data/demo}"
 DATA="${DATA:-data}"
 [ -n "$WEIGHTS_FROM" ] && [ ! -f "$WEIGHTS_FROM" ] && die "--weights-from file not found: $WEIGHTS_FROM"
 
@@ -86,6 +81,11 @@ source scripts/ensure_venv.sh
 RESOLVED="$(python -m learning.pipeline_params ${OVERRIDES[@]+"${OVERRIDES[@]}"} "$DATA/params.toml" \
             -- ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"})" || exit $?
 eval "$RESOLVED"
+if [ "$DEMO" = 1 ]; then
+  [ ${#SOURCE_ARGS[@]} -eq 0 ] || die "--demo brings its own data; drop: ${SOURCE_ARGS[*]}"
+  SOURCE_ARGS=(--source folder --images "$ROOT/demo/nih-24/images" --labels "$ROOT/demo/nih-24/labels.csv"
+               --label-column abnormal --group-column patient_id --boxes "$ROOT/demo/nih-24/bboxes.csv")
+fi
 mkdir -p "$DATA/.stamps"
 STARTED=$SECONDS
 RAN=0  # set once a stage ran: every later stage runs too
