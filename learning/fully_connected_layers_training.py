@@ -217,6 +217,8 @@ def export_end_to_end(model, model_dir, feature_params, weights_path):
     """classifier.keras next to the head; returns its size, or None with a warning when it
     cannot be built (the head and metrics are the stage's product; this is an extra)."""
     try:
+        check_weights(feature_params, weights_path)
+        log(f"cxr-train: writing {CLASSIFIER_FILE} (VGG16 conv base + head: image -> logits)")
         return export_classifier(os.path.join(model_dir, CLASSIFIER_FILE), model,
                                  feature_params or {}, weights_path)
     except NeedsWeights as error:
