@@ -44,12 +44,14 @@ def test_errors_that_need_no_model_come_before_tensorflow(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "examples.json").write_text(json.dumps(["a.png"]))
     (tmp_path / "images" / "a.png").write_bytes(b"")
+    (tmp_path / "d.json").write_text("[]")
     cases = [
         ("learning.transfer_feature_extraction",
          [str(tmp_path / "images"), str(tmp_path / "f.pickle"), str(tmp_path / "no.h5")],
          "VGG16 weights file not found"),
         ("learning.learning_examples_preparing",
-         [str(tmp_path / "d.json"), str(tmp_path / "none.pickle"), "a", "b", "c"], "not found"),
+         [str(tmp_path / "d.json"), str(tmp_path / "none.pickle"), str(tmp_path / "a.pickle"),
+          str(tmp_path / "b.pickle"), str(tmp_path / "c.json")], "made by stage 3, cxr-extract-features"),
         ("learning.fully_connected_layers_training",
          [str(tmp_path / "none.pickle"), str(tmp_path / "t.pickle"), str(tmp_path / "m")],
          "made by stage 4, cxr-prepare-examples"),
