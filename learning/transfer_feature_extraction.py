@@ -123,8 +123,8 @@ def check_weights_file(weights_path):
 def hash_images(images_dir, names, progress=True):
     """sha256 of each file's bytes; None (with the reason) for files that cannot be read."""
     hashes, unreadable = [], {}
-    for name in progress_bar(names, desc="hashing", unit="img", disable=not progress or len(names) < 2000,
-                     leave=False):
+    for name in progress_bar(names, desc="hashing", unit="img",
+                             disable=not progress or len(names) < 2000, leave=False):
         try:
             hashes.append(file_hash(os.path.join(images_dir, name)))
         except OSError as error:
@@ -355,8 +355,9 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             n = len(batch_positions)
             if bar is None:
                 net.build()
-                bar = progress_bar(total=len(to_compute), initial=seen - n, desc="features", unit="img",
-                           disable=not progress, dynamic_ncols=True, smoothing=0.1)
+                bar = progress_bar(total=len(to_compute), initial=seen - n, desc="features",
+                                   unit="img", disable=not progress, dynamic_ncols=True,
+                                   smoothing=0.1)
             outputs = net(batch[:n])                   # (n, *row_shape) float32
             if features is None:
                 allocate(outputs.shape[1:])

@@ -429,7 +429,7 @@ def main(argv=None):
     gaussian_scores = []
     gaussian = localization.gaussian_map((image_size, image_size))
     progress = progress_bar(total=len(found), unit="img", desc="attributing",
-                    dynamic_ncols=True)
+                            dynamic_ncols=True)
     for batch in _batches(found, args.batch_size):
         items = load_batch(batch, image_size, counts)
         if not items:

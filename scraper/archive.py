@@ -261,8 +261,8 @@ def scrape_archive(data_dir, png_source, reports_source, limit=None, progress=Tr
     refused = []
     if needed:
         png_path = fetch_source(png_source, data_dir, "PNG archive", session, progress)
-        with progress_bar(total=len(needed), unit="img", desc="archive images", disable=not progress,
-                  leave=False) as bar:
+        with progress_bar(total=len(needed), unit="img", desc="archive images",
+                          disable=not progress, leave=False) as bar:
             for member, read in _stream_members(png_path, "PNG archive"):
                 base = os.path.basename(member.name)
                 if base not in needed:

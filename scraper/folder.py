@@ -269,7 +269,7 @@ def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxe
     remove_stale_temp_files(out_dir)
     records, owner = [], {}
     for relative in progress_bar(sorted(entries), unit="img", desc="folder images",
-                         disable=not progress, leave=False):
+                                 disable=not progress, leave=False):
         entry, name = entries[relative], flat_name(relative)
         if name in owner:
             fail(relative, f"flat name {name!r} collides with {owner[name]!r}; rename one")

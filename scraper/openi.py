@@ -488,7 +488,7 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
     except ListingStopped as error:
         raise UserError(f"Open-i API {base_url}: {error}") from None
     bar = progress_bar(total=0, unit="img", desc="images", disable=not progress,
-               dynamic_ncols=True)
+                       dynamic_ncols=True)
     book = _Book(data_dir, existing, bar, checkpoint_seconds, checkpoint_images)
     listing_error, seen, futures = None, set(), []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)

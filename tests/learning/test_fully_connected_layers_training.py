@@ -243,7 +243,8 @@ def test_end_to_end_classifier_reproduces_stage_6_logits(tmp_path):
     assert train(tmp_path / "training.pickle", tmp_path / "testing.pickle", tmp_path / "m",
                  "--epochs", "2") == 0
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert metrics["files"]["classifier_bytes"] == (tmp_path / "m" / "classifier.keras").stat().st_size
+    exported_file = tmp_path / "m" / "classifier.keras"
+    assert metrics["files"]["classifier_bytes"] == exported_file.stat().st_size
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["end_to_end"] == "classifier.keras"
 
@@ -264,9 +265,9 @@ def test_export_refuses_a_weights_file_that_did_not_make_the_features(pickles, t
     training, testing = pickles
     other = tmp_path / "other.weights.h5"
     other.write_bytes(b"not these weights")
-    real = dict(safe_pickle.load(training), feature_params=dict(FEATURE_PARAMS, weights="sha256:ab"))
-    safe_pickle.dump(real, training)
-    safe_pickle.dump(dict(safe_pickle.load(testing), feature_params=real["feature_params"]), testing)
+    params = dict(FEATURE_PARAMS, weights="sha256:ab")  # features from a real weights file
+    safe_pickle.dump(dict(safe_pickle.load(training), feature_params=params), training)
+    safe_pickle.dump(dict(safe_pickle.load(testing), feature_params=params), testing)
     assert train(training, testing, tmp_path / "m", "--weights", str(other)) == 1
     err = capsys.readouterr().err
     assert "is not the VGG16 weights file stage 3 used" in err and len(err.splitlines()) == 1
