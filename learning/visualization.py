@@ -34,11 +34,13 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from learning import attribution, gallery, localization, render, sanity
-from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
+                         number_type)
 from scraper.fileio import atomic_write_json, atomic_write_text, read_json
 from scraper.images import BadImage, image_size as original_image_size, is_image_name
 
@@ -99,21 +101,39 @@ def load_records(descriptions, images_dir):
     return by_name, path
 
 
+def check_model_config(config, path):
+    """The feature parameters stage 5 recorded; UserError naming the field for a bad config."""
+    from learning.vgg import LAYERS, POOLINGS
+
+    params = config.get("feature_params") if isinstance(config, dict) else None
+    needed = ("weights", "image_size", "layer", "pooling")
+    if not isinstance(params, dict) or any(key not in params for key in needed):
+        raise UserError(f"{path}: feature_params must hold {', '.join(needed)} (re-run cxr-train)")
+    size = params["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048:
+        raise UserError(f"{path}: feature_params.image_size {size!r} must be an integer "
+                        f"between 32 and 2048 (re-run cxr-train)")
+    for key, allowed in (("layer", LAYERS), ("pooling", POOLINGS)):
+        if params[key] not in allowed:
+            raise UserError(f"{path}: feature_params.{key} {params[key]!r} not one of "
+                            f"{', '.join(allowed)} (re-run cxr-train)")
+    if not isinstance(params["weights"], str):
+        raise UserError(f"{path}: feature_params.weights {params['weights']!r} must be a string")
+    classes = config.get("class_names", CLASS_NAMES)
+    if not isinstance(classes, list) or classes != CLASS_NAMES:
+        raise UserError(f"{path}: class_names {classes!r} not supported; expected {CLASS_NAMES}")
+    return params
+
+
 def load_model_dir(model_dir):
     """(head keras model, config dict) from stage 5's directory; UserError when unusable."""
     import keras
 
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir} (run cxr-train first)")
-    config = read_json(os.path.join(model_dir, CONFIG_FILE), "model config")
-    params = config.get("feature_params") if isinstance(config, dict) else None
-    needed = ("weights", "image_size", "layer", "pooling")
-    if not isinstance(params, dict) or any(key not in params for key in needed):
-        raise UserError(f"{os.path.join(model_dir, CONFIG_FILE)}: feature_params must hold "
-                        f"{', '.join(needed)}")
-    classes = config.get("class_names", CLASS_NAMES)
-    if list(classes) != CLASS_NAMES:
-        raise UserError(f"model class_names {classes} not supported; expected {CLASS_NAMES}")
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    config = read_json(config_path, "model config")
+    check_model_config(config, config_path)
     head_path = os.path.join(model_dir, HEAD_FILE)
     if not os.path.isfile(head_path):
         raise UserError(f"trained head not found: {head_path} (run cxr-train first)")
@@ -248,6 +268,63 @@ def _batches(items, size):
         yield items[start:start + size]
 
 
+def load_inputs(args):
+    """Step 1: examples, their image files, labels and boxes, the model. -> SimpleNamespace."""
+    from learning.vgg import weights_identity
+
+    names = load_examples(args.examples)
+    if not os.path.isdir(args.images):
+        raise UserError(f"image folder not found: {args.images}")
+    found, missing = [], []
+    for name in names:
+        path = resolve_image(args.images, name)
+        (found.append((name, path)) if path else missing.append(name))
+    for name in missing[:10]:
+        log(f"{PROG}: missing image {name} (not in {args.images})")
+    if len(missing) > 10:
+        log(f"{PROG}: ... and {fmt_count(len(missing) - 10)} more missing images")
+    if not found:
+        raise UserError(f"none of the {fmt_count(len(names))} examples has an image file in "
+                        f"{args.images} (first: {names[0]})")
+    records, descriptions_path = load_records(args.descriptions, args.images)
+    head, config = load_model_dir(args.model)
+    weights_id = weights_identity(args.weights, args.random_weights, args.seed)
+    check_weights(config, weights_id)
+    return SimpleNamespace(found=found, missing=missing, records=records,
+                           descriptions_path=descriptions_path, head=head, config=config,
+                           params=config["feature_params"], weights_id=weights_id,
+                           image_size=int(config["feature_params"]["image_size"]))
+
+
+def build_explainer(args, inputs, methods):
+    """Step 2: VGG16's conv base as the head was trained on it, + head -> Explainer."""
+    from learning.vgg import build_conv_base
+
+    params = inputs.params
+    if "deeplift" in methods and params["pooling"] == "max":
+        raise UserError("DeepLIFT cannot explain a head trained on max-pooled features (shap's "
+                        "DeepExplainer mishandles global max pooling); retrain with --pooling "
+                        "none or avg, or pick another --method")
+    conv_base = build_conv_base(args.weights, args.random_weights, args.seed, inputs.image_size,
+                                params["layer"], params["pooling"])
+    check_head_fits(inputs.head, conv_base, params)
+    return Explainer(conv_base, inputs.head, args.postprocess, methods, args.baseline,
+                     inputs.image_size, args.ig_steps, args.occlusion_patch)
+
+
+def explain_batch(explainer, methods, items):
+    """Step 3: probabilities (N, 2) and {method: (signed, shown, deltas)} for loaded images."""
+    x, b = explainer.inputs(np.stack([item["image"] for item in items]))
+    logits_x, logits_b = explainer.logits(x), explainer.logits(b)
+    per_method = {}
+    for method in methods:
+        signed, shown, deltas, expected = explainer.explain(method, x, b, logits_x, logits_b)
+        if method == "deeplift":
+            attribution.check_completeness(deltas, expected, [i["name"] for i in items])
+        per_method[method] = (signed, shown, deltas)
+    return softmax(logits_x), per_method
+
+
 def render_image(args, item, method, prefix, shown, probs, record, delta, random_weights):
     """Write the four pictures of one image and method; returns the file-name dict."""
     from learning.vgg import load_image
@@ -280,7 +357,6 @@ def render_image(args, item, method, prefix, shown, probs, record, delta, random
     render.save_overlay(os.path.join(results, files["overlay"]), xray, shown_display, vmax, boxes)
     return files
 
-
 def load_batch(batch, image_size, counts):
     """Decode a batch of (name, path); unreadable images are reported, counted and skipped."""
     from learning.vgg import load_image
@@ -297,7 +373,6 @@ def load_batch(batch, image_size, counts):
         items.append({"name": name, "stem": os.path.splitext(name)[0], "path": path,
                       "image": image, "original_size": size})
     return items
-
 
 def run_sanity(explainer, methods, kept, rng_seed, batch_size):
     """Spearman rho of |signed map| trained vs cascading randomization; report dict."""
@@ -327,6 +402,97 @@ def run_sanity(explainer, methods, kept, rng_seed, batch_size):
     report["images"] = [entry["name"] for entry in kept]
     return report
 
+def localization_report(args, methods, boxed, gaussian_scores):
+    """Step 5: localization.json (per image and summary, per method and baseline) + log lines."""
+    report = {"random_weights": args.random_weights, "postprocess": args.postprocess,
+              "baseline": args.baseline, "levels": list(localization.LEVELS),
+              "methods": {m: {"summary": localization.summarize(boxed[m]),
+                              "per_image": boxed[m]} for m in methods},
+              "gaussian_baseline": {"summary": localization.summarize(gaussian_scores),
+                                    "per_image": gaussian_scores}}
+    atomic_write_json(os.path.join(args.results, "localization.json"), jsonable(report))
+    for method in methods:
+        log(localization.format_summary(f"localization {method}",
+                                        report["methods"][method]["summary"]))
+    log(localization.format_summary("localization centred-Gaussian baseline",
+                                    report["gaussian_baseline"]["summary"]))
+    if args.random_weights:
+        log("(random weights: these localization numbers are a smoke test, not a result)")
+    return report
+
+
+def write_index_and_gallery(args, inputs, methods, rows, counts):
+    """Step 6: index.json/.csv, index.html and run.json."""
+    rows.sort(key=lambda row: (-row["p_abnormal"], row["name"], methods.index(row["method"])))
+    write_index(args.results, rows)
+    params = inputs.params
+    meta = [f"{fmt_count(counts['explained'])} images, methods: {', '.join(methods)}; target: "
+            f"{TARGET_TITLES[args.postprocess]}; baseline: {args.baseline}",
+            f"weights: {inputs.weights_id}; features: {params['layer']}/{params['pooling']} at "
+            f"{inputs.image_size} px"]
+    gallery.write(os.path.join(args.results, "index.html"), rows,
+                  "Chest X-ray abnormality evidence", meta, args.random_weights)
+    run_info = {"weights": inputs.weights_id, "random_weights": args.random_weights,
+                "seed": args.seed, "model": os.path.abspath(args.model), "feature_params": params,
+                "methods": list(methods), "postprocess": args.postprocess,
+                "baseline": args.baseline, "descriptions": inputs.descriptions_path,
+                "explained": counts["explained"], "missing": inputs.missing,
+                "unreadable": counts["unreadable"]}
+    atomic_write_json(os.path.join(args.results, "run.json"), run_info)
+
+
+def explain_all(args, inputs, explainer, methods):
+    """Steps 3-4 over every image, in batches: explain, render, score against boxes."""
+    from tqdm import tqdm
+
+    image_size = inputs.image_size
+    out = SimpleNamespace(counts={"explained": 0, "unreadable": 0}, rows=[], kept=[],
+                          boxed={method: [] for method in methods}, gaussian_scores=[])
+    gaussian = localization.gaussian_map((image_size, image_size))
+    progress = tqdm(total=len(inputs.found), unit="img", desc="attributing", file=sys.stderr,
+                    dynamic_ncols=True)
+    for batch in _batches(inputs.found, args.batch_size):
+        items = load_batch(batch, image_size, out.counts)
+        if items:
+            probs, per_method = explain_batch(explainer, methods, items)
+        for k, item in enumerate(items):
+            record = inputs.records.get(item["name"]) or inputs.records.get(item["stem"])
+            prefix = file_prefix(item["name"], probs[k][0], probs[k][1])
+            keep = set()
+            for method in methods:
+                keep.update(file_names(prefix, method).values())
+            remove_stale(args.results, item["name"], keep)
+            boxes = localization.scale_boxes(record.get("boxes") or [], item["original_size"],
+                                             (image_size, image_size)) if record else []
+            for method in methods:
+                signed, shown, deltas = per_method[method]
+                delta = None if deltas is None else float(deltas[k])
+                files = render_image(args, item, method, prefix, shown[k], probs[k], record,
+                                     delta, args.random_weights)
+                out.rows.append({"name": item["name"], "label": (record or {}).get("label"),
+                                 "p_normal": float(probs[k][0]),
+                                 "p_abnormal": float(probs[k][1]),
+                                 "method": method, "completeness_delta": delta, "files": files})
+                if boxes:
+                    metrics = localization.image_metrics(shown[k], boxes)
+                    out.boxed[method].append(dict(metrics, name=item["name"]))
+            if boxes:
+                out.gaussian_scores.append(dict(localization.image_metrics(gaussian, boxes),
+                                                name=item["name"]))
+            if args.sanity_check and len(out.kept) < args.sanity_images:
+                out.kept.append({"name": item["name"], "image": item["image"],
+                                 "signed": {m: per_method[m][0][k] for m in methods}})
+            out.counts["explained"] += 1
+        progress.update(len(batch))
+    progress.close()
+    if not out.counts["explained"]:
+        raise UserError(f"no example image could be read ({fmt_count(out.counts['unreadable'])} "
+                        f"unreadable, {fmt_count(len(inputs.missing))} missing)")
+    return out
+
+
+_count = number_type(int, 1)
+
 
 def get_args_parser():
     parser = ArgumentParser(
@@ -352,22 +518,24 @@ def get_args_parser():
     parser.add_argument("--baseline", default="black", choices=attribution.BASELINES,
                         help="reference input: black (all-zero image, the original's), blur "
                              "(Gaussian-blurred image), mean (ImageNet mean colour)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per attribution call")
-    parser.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
-    parser.add_argument("--occlusion-patch", type=int, default=None,
+    parser.add_argument("--batch-size", type=number_type(int, 1, 1024), default=8,
+                        help="images per attribution call (1-1024)")
+    parser.add_argument("--ig-steps", type=number_type(int, 1, 1024), default=32,
+                        help="integrated-gradients steps (1-1024)")
+    parser.add_argument("--occlusion-patch", type=number_type(int, 1, 2048), default=None,
                         help="occlusion patch side in input pixels (default: image size / 8)")
-    parser.add_argument("--display-size", type=int, default=512,
-                        help="pixel size of the X-ray in overlays and panels")
-    parser.add_argument("--smooth", type=float, default=1.5,
+    parser.add_argument("--display-size", type=number_type(int, 64, 2048), default=512,
+                        help="pixel size of the X-ray in overlays and panels (64-2048)")
+    parser.add_argument("--smooth", type=number_type(float, 0, 64), default=1.5,
                         help="Gaussian sigma (input pixels) for the displayed map in overlays "
                              "and panels; metrics use the raw map; 0 = none")
     parser.add_argument("--sanity-check", action="store_true",
                         help="model-parameter randomization test (Adebayo et al. 2018)")
-    parser.add_argument("--sanity-images", type=int, default=4,
-                        help="images used by --sanity-check")
+    parser.add_argument("--sanity-images", type=number_type(int, 1, 1000), default=4,
+                        help="images used by --sanity-check (1-1000)")
     parser.add_argument("--random-weights", action="store_true",
                         help="random VGG16 weights (offline smoke runs; maps mean nothing)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=number_type(int, 0, 2 ** 32 - 1), default=0,
                         help="seed of --random-weights and of the sanity-check re-draws")
     return parser
 
@@ -377,153 +545,32 @@ def main(argv=None):
     start = time.monotonic()
     attribution.silence_tensorflow()
     methods = attribution.parse_methods(args.method)
-    for flag in ("batch_size", "ig_steps", "display_size", "sanity_images"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"invalid --{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
-    if args.occlusion_patch is not None and args.occlusion_patch < 1:
-        raise UserError(f"invalid --occlusion-patch {args.occlusion_patch}: must be >= 1")
-    if args.smooth < 0:
-        raise UserError(f"invalid --smooth {args.smooth}: must be >= 0")
 
-    names = load_examples(args.examples)
-    if not os.path.isdir(args.images):
-        raise UserError(f"image folder not found: {args.images}")
-    found, missing = [], []
-    for name in names:
-        path = resolve_image(args.images, name)
-        (found.append((name, path)) if path else missing.append(name))
-    for name in missing[:10]:
-        log(f"{PROG}: missing image {name} (not in {args.images})")
-    if len(missing) > 10:
-        log(f"{PROG}: ... and {fmt_count(len(missing) - 10)} more missing images")
-    if not found:
-        raise UserError(f"none of the {fmt_count(len(names))} examples has an image file in "
-                        f"{args.images} (first: {names[0]})")
-    records, descriptions_path = load_records(args.descriptions, args.images)
-
-    from learning.vgg import build_conv_base, weights_identity
-
-    head, config = load_model_dir(args.model)
-    params = config["feature_params"]
-    weights_id = weights_identity(args.weights, args.random_weights, args.seed)
-    check_weights(config, weights_id)
+    inputs = load_inputs(args)                                  # 1 examples, images, model
     if args.random_weights:
         shout_random_weights()
-    image_size = int(params["image_size"])
-    if "deeplift" in methods and params["pooling"] == "max":
-        raise UserError("DeepLIFT cannot explain a head trained on max-pooled features (shap's "
-                        "DeepExplainer mishandles global max pooling); retrain with --pooling "
-                        "none or avg, or pick another --method")
-    conv_base = build_conv_base(args.weights, args.random_weights, args.seed, image_size,
-                                params["layer"], params["pooling"])
-    check_head_fits(head, conv_base, params)
-    explainer = Explainer(conv_base, head, args.postprocess, methods, args.baseline, image_size,
-                          args.ig_steps, args.occlusion_patch)
+    explainer = build_explainer(args, inputs, methods)          # 2 conv base + head
     try:
         os.makedirs(args.results, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create results folder {args.results}: {error.strerror}") from None
-
-    from tqdm import tqdm
-
-    counts = {"explained": 0, "unreadable": 0}
-    rows, boxed, kept = [], {method: [] for method in methods}, []
-    gaussian_scores = []
-    gaussian = localization.gaussian_map((image_size, image_size))
-    progress = tqdm(total=len(found), unit="img", desc="attributing", file=sys.stderr,
-                    dynamic_ncols=True)
-    for batch in _batches(found, args.batch_size):
-        items = load_batch(batch, image_size, counts)
-        if not items:
-            progress.update(len(batch))
-            continue
-        x, b = explainer.inputs(np.stack([item["image"] for item in items]))
-        logits_x, logits_b = explainer.logits(x), explainer.logits(b)
-        probs = softmax(logits_x)
-        per_method = {}
-        for method in methods:
-            signed, shown, deltas, expected = explainer.explain(method, x, b, logits_x, logits_b)
-            if method == "deeplift":
-                attribution.check_completeness(deltas, expected, [i["name"] for i in items])
-            per_method[method] = (signed, shown, deltas)
-        for k, item in enumerate(items):
-            record = records.get(item["name"]) or records.get(item["stem"])
-            prefix = file_prefix(item["name"], probs[k][0], probs[k][1])
-            keep = set()
-            for method in methods:
-                keep.update(file_names(prefix, method).values())
-            remove_stale(args.results, item["name"], keep)
-            boxes = localization.scale_boxes(record.get("boxes") or [], item["original_size"],
-                                             (image_size, image_size)) if record else []
-            for method in methods:
-                signed, shown, deltas = per_method[method]
-                delta = None if deltas is None else float(deltas[k])
-                files = render_image(args, item, method, prefix, shown[k], probs[k], record,
-                                     delta, args.random_weights)
-                rows.append({"name": item["name"], "label": (record or {}).get("label"),
-                             "p_normal": float(probs[k][0]), "p_abnormal": float(probs[k][1]),
-                             "method": method, "completeness_delta": delta, "files": files})
-                if boxes:
-                    metrics = localization.image_metrics(shown[k], boxes)
-                    boxed[method].append(dict(metrics, name=item["name"]))
-            if boxes:
-                gaussian_scores.append(dict(localization.image_metrics(gaussian, boxes),
-                                            name=item["name"]))
-            if args.sanity_check and len(kept) < args.sanity_images:
-                kept.append({"name": item["name"], "image": item["image"],
-                             "signed": {m: per_method[m][0][k] for m in methods}})
-            counts["explained"] += 1
-        progress.update(len(batch))
-    progress.close()
-    if not counts["explained"]:
-        raise UserError(f"no example image could be read ({fmt_count(counts['unreadable'])} "
-                        f"unreadable, {fmt_count(len(missing))} missing)")
-
-    rows.sort(key=lambda row: (-row["p_abnormal"], row["name"], methods.index(row["method"])))
-    write_index(args.results, rows)
-    meta = [f"{fmt_count(counts['explained'])} images, methods: {', '.join(methods)}; target: "
-            f"{TARGET_TITLES[args.postprocess]}; baseline: {args.baseline}",
-            f"weights: {weights_id}; features: {params['layer']}/{params['pooling']} at "
-            f"{image_size} px"]
-    gallery.write(os.path.join(args.results, "index.html"), rows,
-                  "Chest X-ray abnormality evidence", meta, args.random_weights)
-
-    run_info = {"weights": weights_id, "random_weights": args.random_weights, "seed": args.seed,
-                "model": os.path.abspath(args.model), "feature_params": params,
-                "methods": list(methods), "postprocess": args.postprocess,
-                "baseline": args.baseline, "descriptions": descriptions_path,
-                "explained": counts["explained"], "missing": missing,
-                "unreadable": counts["unreadable"]}
-    atomic_write_json(os.path.join(args.results, "run.json"), run_info)
-
-    if gaussian_scores:
-        report = {"random_weights": args.random_weights, "postprocess": args.postprocess,
-                  "baseline": args.baseline, "levels": list(localization.LEVELS),
-                  "methods": {m: {"summary": localization.summarize(boxed[m]),
-                                  "per_image": boxed[m]} for m in methods},
-                  "gaussian_baseline": {"summary": localization.summarize(gaussian_scores),
-                                        "per_image": gaussian_scores}}
-        atomic_write_json(os.path.join(args.results, "localization.json"), jsonable(report))
-        for method in methods:
-            log(localization.format_summary(f"localization {method}",
-                                            report["methods"][method]["summary"]))
-        log(localization.format_summary("localization centred-Gaussian baseline",
-                                        report["gaussian_baseline"]["summary"]))
-        if args.random_weights:
-            log("(random weights: these localization numbers are a smoke test, not a result)")
-
+    run = explain_all(args, inputs, explainer, methods)         # 3-4 explain, render, score
+    write_index_and_gallery(args, inputs, methods, run.rows, run.counts)  # 6 index, gallery
+    if run.gaussian_scores:                                     # 5 localization vs baselines
+        localization_report(args, methods, run.boxed, run.gaussian_scores)
     if args.sanity_check:
-        report = run_sanity(explainer, methods, kept, args.seed, args.batch_size)
+        report = run_sanity(explainer, methods, run.kept, args.seed, args.batch_size)
         report["random_weights"] = args.random_weights
         atomic_write_json(os.path.join(args.results, "sanity.json"), jsonable(report))
         for line in sanity.format_report(report):
             log(line)
 
-    deeplift_deltas = [r["completeness_delta"] for r in rows if r["method"] == "deeplift"]
+    deeplift_deltas = [r["completeness_delta"] for r in run.rows if r["method"] == "deeplift"]
     completeness = (f", DeepLIFT completeness error <= {max(deeplift_deltas):.1e}"
                     if deeplift_deltas else "")
-    log(f"{PROG}: {fmt_count(counts['explained'])} explained, {fmt_count(len(missing))} missing, "
-        f"{fmt_count(counts['unreadable'])} unreadable{completeness}; {elapsed_since(start)}; "
+    log(f"{PROG}: {fmt_count(run.counts['explained'])} explained, "
+        f"{fmt_count(len(inputs.missing))} missing, {fmt_count(run.counts['unreadable'])} "
+        f"unreadable{completeness}; {elapsed_since(start)}; "
         f"gallery: {os.path.join(args.results, 'index.html')}")
     if args.random_weights:
         log(f"{PROG}: reminder: RANDOM weights, the heatmaps mean nothing clinically")

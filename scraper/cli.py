@@ -37,6 +37,31 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
 
 
+def number_type(kind, minimum, maximum=None, strict=False):
+    """An argparse `type=`: `kind` (int/float), finite, >= minimum (> if strict), <= maximum.
+
+    The range is checked at parse time, so a flag like `--display-size 100000` is one line
+    naming the bad value and the allowed range before any work (or memory) is spent.
+    """
+    noun = "count" if kind is int else "number"
+    bound = ("must be positive" if strict and minimum == 0 else
+             f"must be more than {minimum}" if strict else
+             "must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
+    if maximum is not None:
+        bound = f"must be between {minimum} and {maximum}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
+        if (value != value or value in (float("inf"), float("-inf")) or value < minimum
+                or (strict and value == minimum) or (maximum is not None and value > maximum)):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
+        return value
+    return parse
+
+
 def run_main(main, prog, argv=None):
     """Run `main(argv)` and turn user errors and Ctrl-C into one line plus an exit code."""
     try:

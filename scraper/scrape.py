@@ -19,7 +19,7 @@ import copy
 import importlib
 
 from scraper import openi
-from scraper.cli import ArgumentParser, UserError, exit_with
+from scraper.cli import ArgumentParser, UserError, exit_with, number_type
 
 PROG = "cxr-scrape"
 SOURCES = ("openi", "archive", "folder")
@@ -40,28 +40,10 @@ def _archive_defaults():
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
 
 
-def _number(kind, minimum, strict):
-    """An argparse type: `kind` (int/float) >= minimum (> minimum if strict), finite."""
-    noun = "count" if kind is int else "number"
-    bound = ("must be positive" if strict else
-             "must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
-        if value != value or value == float("inf") or value < minimum or (
-                strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, 1, strict=False)
-_non_negative_int = _number(int, 0, strict=False)
-_positive_float = _number(float, 0, strict=True)
-_non_negative_float = _number(float, 0, strict=False)
+_positive_int = number_type(int, 1)
+_non_negative_int = number_type(int, 0)
+_positive_float = number_type(float, 0, strict=True)
+_non_negative_float = number_type(float, 0)
 
 
 def get_args_parser():
