@@ -227,9 +227,10 @@ def _card(entry, methods):
     links = " &middot; ".join(
         f"<a href=\"{href(entry['methods'][m]['files']['panel'])}\">{_e(m)}</a>" for m in methods)
     boxes = "1" if entry.get("boxes") else "0"
-    return (f"<article class=\"card {_e(entry['outcome'])}\" data-outcome=\"{_e(entry['outcome'])}\""
-            f" data-p=\"{entry['p_abnormal']:.6f}\" data-name=\"{_e(entry['name'])}\" "
-            f"data-boxes=\"{boxes}\"><a href=\"{page}\"><img loading=\"lazy\" "
+    kind = _e(entry["outcome"])
+    return (f"<article class=\"card {kind}\" data-outcome=\"{kind}\" data-p="
+            f"\"{entry['p_abnormal']:.6f}\" data-name=\"{_e(entry['name'])}\" data-boxes="
+            f"\"{boxes}\"><a href=\"{page}\"><img loading=\"lazy\" "
             f"src=\"{href(first['overlay'])}\" alt=\"{_e(entry['name'])}\"></a>"
             f"<div class=\"info\"><div class=\"name\">{_e(entry['name'])}</div>"
             f"<div><span class=\"badge {_e(entry['outcome'])}\" title=\""
@@ -337,10 +338,11 @@ def render_detail(entry, methods, header, titles):
                 f"80%</span></label><label><input type=\"checkbox\" id=\"show-boxes\" checked> "
                 f"expert boxes</label></div>")
     figures = "".join(_method_figure(entry, m, *titles[m]) for m in methods)
+    base = href(entry["methods"][methods[0]]["files"]["base"])
+    meta = "".join(f"<div class=\"meta\">{_e(line)}</div>" for line in header.meta)
     body = (f"<header><h1>{_e(entry['name'])}</h1><div class=\"meta\"><a href=\"index.html\">"
-            f"&larr; gallery</a> &middot; <a href=\"{href(entry['methods'][methods[0]]['files']['base'])}\">"
-            f"model input</a></div>{''.join(f'<div class=meta>{_e(m)}</div>' for m in header.meta)}"
-            f"{facts}</header>{controls}<main class=\"methods\">{figures}</main>"
+            f"&larr; gallery</a> &middot; <a href=\"{base}\">model input</a></div>{meta}{facts}"
+            f"</header>{controls}<main class=\"methods\">{figures}</main>"
             f"<script>{_DETAIL_SCRIPT}</script>")
     return _page(f"{entry['name']} - {header.title}", body, header.random_weights)
 

@@ -71,9 +71,9 @@ def check_results_folder(results, images, inputs):
     Compared after resolving symlinks, so a link to the image folder is refused as well.
     """
     if _inside(results, images):
-        raise UserError(f"results folder {results} is {'the' if _inside(images, results) else 'inside the'}"
-                        f" image folder {images}: choose a separate folder (stage 6 must never "
-                        f"write or delete next to your images)")
+        where = "the" if _inside(images, results) else "inside the"
+        raise UserError(f"results folder {results} is {where} image folder {images}: choose a "
+                        f"separate folder (stage 6 must never write or delete next to your images)")
     for path in [images] + [p for p in inputs if p]:
         if os.path.exists(path) and _inside(path, results):
             raise UserError(f"results folder {results} contains the input {path}: choose a "

@@ -67,7 +67,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from learning import attribution, gallery, localization, render, results_folder, sanity
+from learning import (attribution, box_scores, gallery, localization, render, results_folder,
+                      sanity)
 from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
                          number_type)
 from scraper.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -86,9 +87,6 @@ TARGET_TITLES = {"difference": "logit(abnormal) - logit(normal)",
 BASELINE_METHODS = ("deeplift", "integrated-gradients", "occlusion")
 # Predicted abnormal iff p(abnormal) > THRESHOLD: stage 5's argmax of the two logits.
 THRESHOLD = 0.5
-# An image whose boxes cover more of it than this is not scored (chance would hit them).
-MAX_BOX_FRACTION = 0.5
-COMPARED = ("pointing", "inside_share")
 UNSIGNED_METHODS = ("grad-cam", "saliency")
 UNSIGNED_NOTE = "this method's map is never negative (nothing in the negative view)"
 MODEL_REPORTS = ("metrics.json", "roc.png", "training_curve.png")
@@ -202,56 +200,7 @@ def check_head_fits(head, conv_base, params):
             f" gives {produced}")
 
 
-# ----------------------------------------------------------------------------- boxes, outcomes
-
-def clip_boxes(boxes, width, height, name):
-    """Expert boxes (original pixels) clipped to the image; unusable ones dropped, with a note.
-
-    A box partly outside is cut at the border; one wholly outside, or with non-finite or
-    non-positive sides (a hand-edited description), is dropped. Nothing is drawn off-canvas.
-    """
-    kept, changed = [], 0
-    for box in boxes:
-        try:
-            x, y, w, h = (float(box[k]) for k in "xywh")
-        except (KeyError, TypeError, ValueError):
-            changed += 1
-            continue
-        if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
-            changed += 1
-            continue
-        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-        if (x0, y0, x1, y1) == (x, y, x + w, y + h):
-            kept.append({"finding": str(box.get("finding", "")), "x": x, "y": y, "w": w, "h": h})
-            continue
-        changed += 1
-        if x1 - x0 >= 1 and y1 - y0 >= 1:
-            kept.append({"finding": str(box.get("finding", "")), "x": x0, "y": y0,
-                         "w": x1 - x0, "h": y1 - y0})
-    if changed:
-        log(f"{PROG}: warning: {name}: {changed} expert box(es) reach outside the "
-            f"{width}x{height} image or are invalid; clipped to the image or dropped")
-    return kept
-
-
-def boxes_for_scoring(boxes, image_size, name):
-    """Boxes in map pixels, or ([], reason) when the image cannot be scored honestly.
-
-    A box (union) covering more than MAX_BOX_FRACTION of the image is not scored: any map's
-    peak lands inside it by chance (a whole-image box would give pointing 1.00 for free).
-    """
-    if not boxes:
-        return [], None
-    mask = localization.box_mask(boxes, (image_size, image_size))
-    if mask.mean() > MAX_BOX_FRACTION:
-        log(f"{PROG}: warning: {name}: its expert boxes cover {mask.mean():.0%} of the image "
-            f"(> {MAX_BOX_FRACTION:.0%}); not scored (any map would hit them by chance)")
-        return [], f"boxes cover {mask.mean():.2f} of the image"
-    if not mask.any():
-        return [], "boxes smaller than one map pixel"
-    return boxes, None
-
+# ----------------------------------------------------------------------------- outcomes
 
 def outcome(label, p_abnormal, threshold):
     """TP / FP / FN / TN at the threshold (predicted abnormal iff p > threshold: stage 5's
@@ -453,9 +402,9 @@ def describe_item(args, inputs, item, probs):
     """The per-image entry every later step uses (no pixels: those live in maps.npz)."""
     record = inputs.records.get(item["name"]) or inputs.records.get(item["stem"]) or {}
     width, height = item["original_size"]
-    boxes = clip_boxes(record.get("boxes") or [], width, height, item["name"])
+    boxes = box_scores.clip_boxes(record.get("boxes") or [], width, height, item["name"])
     size = inputs.image_size
-    scored, excluded = boxes_for_scoring(
+    scored, excluded = box_scores.boxes_for_scoring(
         localization.scale_boxes(boxes, (width, height), (size, size)), size, item["name"])
     key = inputs.keys[item["name"]]
     return {"name": item["name"], "key": key, "path": item["path"],
@@ -659,80 +608,6 @@ def run_sanity(explainer, methods, kept, rng_seed, batch_size):
     report["images"] = [entry["name"] for entry in kept]
     return report
 
-def compare(method_scores, baseline_scores, seed):
-    """Paired bootstrap of method - baseline per image, for pointing and inside share.
-
-    'beats' is true only when the 95% interval of the difference lies above 0."""
-    result = {}
-    for metric in COMPARED:
-        diff = [float(m[metric]) - float(b[metric]) for m, b in zip(method_scores, baseline_scores)]
-        ci = localization.bootstrap_ci(diff, seed=seed)
-        result[metric] = dict(ci, beats=bool(ci["low"] is not None and ci["low"] > 0))
-    return result
-
-
-def localization_report(args, methods, run):
-    """Step 5: localization.json: per method and per no-model baseline, per image and summary
-    with bootstrap CIs, and paired comparisons; None when no image has usable boxes."""
-    scored = [e for e in run.entries if e["scored_boxes"]]
-    if not scored:
-        return None
-    shape = (run.image_size, run.image_size)
-    baseline_maps = {"centred_gaussian": localization.gaussian_map(shape),
-                     "lung_prior": localization.lung_prior_map(shape)}
-    report = {"random_weights": args.random_weights, "postprocess": args.postprocess,
-              "baseline": args.baseline, "levels": list(localization.LEVELS), "seed": args.seed,
-              "max_box_fraction": MAX_BOX_FRACTION, "image_size": run.image_size,
-              "boxes": {e["name"]: e["scored_boxes"] for e in scored},
-              "excluded": {e["name"]: e["excluded"] for e in run.entries if e["excluded"]},
-              "methods": {}, "baselines": {}}
-    for key, heatmap in baseline_maps.items():
-        per_image = [dict(localization.image_metrics(heatmap, e["scored_boxes"]), name=e["name"])
-                     for e in scored]
-        report["baselines"][key] = summary_block(per_image, args.seed)
-    for method in methods:
-        per_image = [dict(e["scores"][method], name=e["name"]) for e in scored]
-        block = summary_block(per_image, args.seed)
-        block["versus"] = {key: compare(per_image, report["baselines"][key]["per_image"],
-                                        args.seed) for key in baseline_maps}
-        block["beats_baselines"] = all(block["versus"][key][metric]["beats"]
-                                       for key in baseline_maps for metric in COMPARED)
-        report["methods"][method] = block
-    return jsonable(report)
-
-
-def summary_block(per_image, seed):
-    return {"summary": localization.summarize(per_image),
-            "ci": localization.summarize_with_ci(per_image, seed=seed), "per_image": per_image}
-
-
-def localization_lines(report, random_weights):
-    """The terminal summary: each method next to both baselines, and the verdict."""
-    if report is None:
-        return []
-    ci = localization.format_ci
-    base = report["baselines"]
-    lines = []
-    for method, block in report["methods"].items():
-        verdict = ("BEATS both no-model baselines (paired 95% CIs above 0)"
-                   if block["beats_baselines"] else
-                   "does NOT beat the no-model baselines (a paired 95% CI reaches 0 or below): "
-                   "do not read these maps as localization")
-        lines.append(f"localization {method} on {block['ci']['images']:,} boxed images: pointing "
-                     f"{ci(block['ci']['pointing'], 2)}, inside share "
-                     f"{ci(block['ci']['inside_share'], 2)}; centred Gaussian "
-                     f"{ci(base['centred_gaussian']['ci']['pointing'], 2)} / "
-                     f"{ci(base['centred_gaussian']['ci']['inside_share'], 2)}; lung prior "
-                     f"{ci(base['lung_prior']['ci']['pointing'], 2)} / "
-                     f"{ci(base['lung_prior']['ci']['inside_share'], 2)} -> {verdict}")
-    if report["excluded"]:
-        lines.append(f"localization: {len(report['excluded']):,} image(s) not scored "
-                     f"(boxes cover > {MAX_BOX_FRACTION:.0%} of the image or less than a pixel)")
-    if random_weights:
-        lines.append("(random weights: these localization numbers are a smoke test, not a result)")
-    return lines
-
-
 def sanity_step(args, explainer, methods, run, written):
     """--sanity-check: sanity.json and its lines; None when not asked for."""
     if not args.sanity_check:
@@ -752,7 +627,7 @@ def write_pages(args, inputs, methods, run, reports, written):
     model_files, model_metrics = copy_model_reports(args.model, args.results)
     written.update(model_files)
     if loc is not None:
-        atomic_write_json(os.path.join(args.results, "localization.json"), loc)
+        atomic_write_json(os.path.join(args.results, "localization.json"), jsonable(loc))
         written.add("localization.json")
     run.entries.sort(key=lambda e: (-e["p_abnormal"], e["name"]))
     threshold = THRESHOLD
@@ -809,7 +684,8 @@ def get_args_parser():
     parser.add_argument("images", help="image folder")
     parser.add_argument("results", help="output folder (a dedicated one: not the image folder)")
     parser.add_argument("--descriptions", default=None,
-                        help="images-description.json (default: <images>/../images-description.json)")
+                        help="images-description.json "
+                             "(default: <images>/../images-description.json)")
     parser.add_argument("--method", action="append", default=None,
                         help=f"attribution method(s), comma list or repeated: "
                              f"{', '.join(attribution.METHODS)} (default: deeplift)")
@@ -868,14 +744,16 @@ def main(argv=None):
         run = explain_all(args, inputs, explainer, methods, maps)  # 3 maps, p, box scores
     scales = colour_scales(args, run, methods)
     render_all(args, inputs, run, methods, scales, written)   # 4 pictures
-    loc = localization_report(args, methods, run)             # 5 vs no-model baselines
+    loc = box_scores.report(run.entries, methods, inputs.image_size, args.seed, {
+        "random_weights": args.random_weights, "postprocess": args.postprocess,
+        "baseline": args.baseline})                           # 5 vs no-model baselines
     sanity_report = sanity_step(args, explainer, methods, run, written)
     write_pages(args, inputs, methods, run, (loc, sanity_report), written)  # 6 index, pages
     write_run_info(args, inputs, methods, run, scales, written)
     removed = results_folder.remove_previous(args.results, old_files, written,
                                              [path for _, path in inputs.found])
 
-    for line in localization_lines(loc, args.random_weights):
+    for line in box_scores.summary_lines(loc, args.random_weights):
         log(line)
     deltas = [e["deltas"]["deeplift"] for e in run.entries if "deeplift" in e["deltas"]]
     completeness = f", DeepLIFT completeness error <= {max(deltas):.1e}" if deltas else ""

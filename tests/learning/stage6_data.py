@@ -24,7 +24,8 @@ def build_data(root, seed_in_config=0, head_input=None, names=None, boxes=None):
     names = names or {name: name for name in [BOXED] + OTHERS}
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
-    labels = {row["image"]: row for row in csv.DictReader(open(os.path.join(DEMO, "labels.csv")))}
+    with open(os.path.join(DEMO, "labels.csv")) as handle:
+        labels = {row["image"]: row for row in csv.DictReader(handle)}
     if boxes is None:
         boxes = {}
         for row in csv.DictReader(open(os.path.join(DEMO, "bboxes.csv"))):

@@ -12,7 +12,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from learning import localization, results_folder, visualization  # noqa: E402
+from learning import box_scores, localization, results_folder, visualization  # noqa: E402
 from scraper.cli import UserError, run_main  # noqa: E402
 from scraper.images import image_size  # noqa: E402
 from scraper.schema import load_descriptions, make_box  # noqa: E402
@@ -254,10 +254,10 @@ def test_boxes_outside_the_image_are_clipped_and_a_whole_image_box_is_not_scored
 
 
 def test_clip_boxes_and_outcome():
-    kept = visualization.clip_boxes([{"finding": "a", "x": -5, "y": 2, "w": 10, "h": 3},
-                                     {"finding": "b", "x": "nan", "y": 0, "w": 1, "h": 1},
-                                     {"finding": "c", "x": 1, "y": 1, "w": 2, "h": 2}],
-                                    20, 10, "t")
+    kept = box_scores.clip_boxes([{"finding": "a", "x": -5, "y": 2, "w": 10, "h": 3},
+                                  {"finding": "b", "x": "nan", "y": 0, "w": 1, "h": 1},
+                                  {"finding": "c", "x": 1, "y": 1, "w": 2, "h": 2}],
+                                 20, 10, "t")
     assert kept == [{"finding": "a", "x": 0.0, "y": 2.0, "w": 5.0, "h": 3.0},
                     {"finding": "c", "x": 1.0, "y": 1.0, "w": 2.0, "h": 2.0}]
     assert [visualization.outcome(label, p, 0.5) for label, p in
