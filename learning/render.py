@@ -116,8 +116,9 @@ def layer_rgba(values, vmax, cmap, max_alpha=0.85):
     return rgba
 
 
-def scale_sample(values, rng, size=2048):
-    """A fixed-size random sample of a map's positive values, to pool a run-wide scale."""
+def scale_sample(values, rng, size=256):
+    """A fixed-size random sample of a map's positive values, to pool a run-wide scale
+    (256 float32 per map and view: ~3 KB per image and method, whatever the map size)."""
     positive = np.asarray(values, np.float32)[np.asarray(values) > 0]
     if positive.size > size:
         positive = rng.choice(positive, size, replace=False)

@@ -436,9 +436,11 @@ def explain_all(args, inputs, explainer, methods, maps):
                 if entry["scored_boxes"]:
                     entry["scores"][method] = localization.image_metrics(shown[k],
                                                                          entry["scored_boxes"])
-                smoothed = render.smooth_map(signed[k], args.smooth)
-                for view, values in run.samples[method].items():
-                    values.append(render.scale_sample(render.view_values(smoothed, view), rng))
+                if args.scale == "shared":  # a bounded sample per map for one run-wide scale
+                    smoothed = render.smooth_map(signed[k], args.smooth)
+                    for view, values in run.samples[method].items():
+                        values.append(render.scale_sample(render.view_values(smoothed, view),
+                                                          rng))
             if args.sanity_check and len(run.kept) < args.sanity_images:
                 run.kept.append({"name": item["name"], "image": item["image"],
                                  "signed": {m: per_method[m][0][k] for m in methods}})
