@@ -69,10 +69,12 @@ import numpy as np
 
 from learning import (attribution, box_scores, gallery, localization, render, results_folder,
                       sanity)
-from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
-                         number_type)
-from scraper.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from scraper.images import BadImage, image_size as original_image_size, is_image_name
+from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
+                         fmt_count, log, number, positive_int, seed)
+from scraper.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_outputs,
+                            read_json)
+from scraper.images import (BadImage, add_max_pixels_argument, image_size as original_image_size,
+                            is_image_name, set_max_pixels)
 
 PROG = "cxr-visualize"
 HEAD_FILE = "head.keras"
@@ -335,6 +337,8 @@ def load_inputs(args):
     names = select_examples(load_examples(args.examples), args.name, args.limit)
     if not os.path.isdir(args.images):
         raise UserError(f"image folder not found: {args.images}")
+    check_outputs(inputs=[("examples list", args.examples), ("model folder", args.model)],
+                  outputs=[("results folder", args.results, "folder")])
     results_folder.check_results_folder(
         args.results, args.images, [args.model, args.examples, args.descriptions,
                                     None if args.random_weights else args.weights])
@@ -703,29 +707,30 @@ def get_args_parser():
                         help="colour scale of the pictures: per-image (each map to its own "
                              "99.5th percentile) or shared (one scale per method over the run, "
                              "so images can be compared; recorded in run.json)")
-    parser.add_argument("--limit", type=number_type(int, 1), default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="explain only the first N examples (after --name)")
     parser.add_argument("--name", default=None, metavar="PATTERN",
                         help="explain only examples whose name matches this shell pattern, "
                              "e.g. '00000150_*'")
-    parser.add_argument("--batch-size", type=number_type(int, 1, 1024), default=8,
+    parser.add_argument("--batch-size", type=bounded_int(1024), default=8,
                         help="images per attribution call (1-1024)")
-    parser.add_argument("--ig-steps", type=number_type(int, 1, 1024), default=32,
+    parser.add_argument("--ig-steps", type=bounded_int(1024), default=32,
                         help="integrated-gradients steps (1-1024)")
-    parser.add_argument("--occlusion-patch", type=number_type(int, 1, 2048), default=None,
+    parser.add_argument("--occlusion-patch", type=bounded_int(2048), default=None,
                         help="occlusion patch side in input pixels (default: image size / 8)")
-    parser.add_argument("--display-size", type=number_type(int, 64, 2048), default=512,
+    parser.add_argument("--display-size", type=bounded_int(2048, 64, "size"), default=512,
                         help="pixel size of the X-ray in overlays, panels and pages (64-2048)")
-    parser.add_argument("--smooth", type=number_type(float, 0, 64), default=1.5,
+    parser.add_argument("--smooth", type=number(float, 0, 64), default=1.5,
                         help="Gaussian sigma (input pixels) for the displayed map in overlays, "
                              "panels and pages; metrics and maps.npz use the raw map; 0 = none")
     parser.add_argument("--sanity-check", action="store_true",
                         help="model-parameter randomization test (Adebayo et al. 2018)")
-    parser.add_argument("--sanity-images", type=number_type(int, 1, 1000), default=4,
+    parser.add_argument("--sanity-images", type=bounded_int(1000), default=4,
                         help="images used by --sanity-check (1-1000)")
     parser.add_argument("--random-weights", action="store_true",
                         help="random VGG16 weights (offline smoke runs; maps mean nothing)")
-    parser.add_argument("--seed", type=number_type(int, 0, 2 ** 32 - 1), default=0,
+    add_max_pixels_argument(parser)
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of --random-weights, the sanity-check re-draws and the "
                              "bootstrap intervals")
     return parser
@@ -735,6 +740,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.monotonic()
     attribution.silence_tensorflow()
+    set_max_pixels(args.max_image_pixels)
     methods = attribution.parse_methods(args.method)
 
     inputs = load_inputs(args)                                # 1 examples, images, model

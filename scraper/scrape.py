@@ -19,7 +19,10 @@ import copy
 import importlib
 
 from scraper import openi
-from scraper.cli import ArgumentParser, UserError, exit_with, number_type
+from scraper.cli import (ArgumentParser, UserError, exit_with, non_negative_float, non_negative_int,
+                         positive_float, positive_int)
+from scraper.fileio import folder_lock
+from scraper.images import add_max_pixels_argument, set_max_pixels
 
 PROG = "cxr-scrape"
 SOURCES = ("openi", "archive", "folder")
@@ -40,12 +43,6 @@ def _archive_defaults():
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
 
 
-_positive_int = number_type(int, 1)
-_non_negative_int = number_type(int, 0)
-_positive_float = number_type(float, 0, strict=True)
-_non_negative_float = number_type(float, 0)
-
-
 def get_args_parser():
     parser = ArgumentParser(
         prog=PROG, description="Stage 2: gather chest X-rays, their labels and report text.")
@@ -53,24 +50,25 @@ def get_args_parser():
                         "images-description.json go here)")
     parser.add_argument("--source", choices=SOURCES, default="openi",
                         help="where the images come from")
-    parser.add_argument("--limit", type=_positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="at most this many images (openi, archive); default: all")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
 
     group = parser.add_argument_group("--source openi")
     group.add_argument("--base-url", default=openi.DEFAULT_BASE_URL,
                        help="Open-i server (tests point this at a local server)")
-    group.add_argument("--workers", type=_positive_int, default=openi.DEFAULT_WORKERS,
+    group.add_argument("--workers", type=positive_int, default=openi.DEFAULT_WORKERS,
                        help="parallel image downloads")
-    group.add_argument("--max-rps", type=_positive_float, default=openi.DEFAULT_MAX_RPS,
+    group.add_argument("--max-rps", type=positive_float, default=openi.DEFAULT_MAX_RPS,
                        help="cap on requests started per second, API pages and retries "
                             "included (never exceeded)")
-    group.add_argument("--timeout", type=_positive_float, default=openi.DEFAULT_TIMEOUT,
+    group.add_argument("--timeout", type=positive_float, default=openi.DEFAULT_TIMEOUT,
                        help="seconds to connect and to wait for data, per request")
-    group.add_argument("--retries", type=_non_negative_int, default=openi.DEFAULT_RETRIES,
+    group.add_argument("--retries", type=non_negative_int, default=openi.DEFAULT_RETRIES,
                        help="extra attempts after a failed request (5xx, 429, timeout, "
                             "dropped connection, body that is not an image)")
-    group.add_argument("--backoff", type=_non_negative_float, default=openi.DEFAULT_BACKOFF,
+    group.add_argument("--backoff", type=non_negative_float, default=openi.DEFAULT_BACKOFF,
                        help="seconds before the first retry, doubling each time (Retry-After "
                             "is honoured when longer)")
     group.add_argument("--query", default="", help="Open-i search words (default: empty = everything)")
@@ -110,7 +108,8 @@ def explicit_options(parser, argv):
 
 def check_options(args, given):
     """One clear line for flags that do not fit together."""
-    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress"}
+    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress",
+                                           "max_image_pixels"}
     for dest in sorted(given - allowed):
         owners = [s for s in SOURCES if dest in OPTIONS[s]]
         flag = "--" + dest.replace("_", "-")
@@ -154,7 +153,9 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     check_options(args, explicit_options(parser, argv))
-    run(args)
+    set_max_pixels(args.max_image_pixels)
+    with folder_lock(args.data_dir, PROG):  # one writer per data folder
+        run(args)
     return 0
 
 

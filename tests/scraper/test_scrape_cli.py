@@ -175,5 +175,4 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     target.write_text("not a directory")
     code, err = run_cli([str(target), "--base-url", f"http://127.0.0.1:{unused_port()}"], capsys)
     assert code == 1
-    assert err.splitlines() == [f"cxr-scrape: error: cannot create {target}/images: "
-                                f"Not a directory"]
+    assert err.splitlines() == [f"cxr-scrape: error: {target} is a file, expected a folder"]
