@@ -124,10 +124,14 @@ def summary_block(per_image, seed):
             "ci": localization.summarize_with_ci(per_image, seed=seed), "per_image": per_image}
 
 
-def summary_lines(report, random_weights):
-    """The terminal summary: each method next to both baselines, and the verdict."""
+def summary_lines(report, random_weights, excluded=0):
+    """The terminal summary: each method next to both baselines, and the verdict.
+
+    report None (no image scorable): one line when `excluded` images had boxes nonetheless."""
     if report is None:
-        return []
+        return ([f"localization: no image scored; {excluded:,} image(s) with expert boxes "
+                 f"excluded (boxes cover > {MAX_BOX_FRACTION:.0%} of the image or less than a "
+                 f"pixel)"] if excluded else [])
     ci = localization.format_ci
     base = report["baselines"]
     lines = []

@@ -761,14 +761,19 @@ def main(argv=None):
     removed = results_folder.remove_previous(args.results, old_files, written,
                                              [path for _, path in inputs.found])
 
-    for line in box_scores.summary_lines(loc, args.random_weights):
+    excluded = sum(1 for entry in run.entries if entry["excluded"])
+    for line in box_scores.summary_lines(loc, args.random_weights, excluded):
         log(line)
     deltas = [e["deltas"]["deeplift"] for e in run.entries if "deeplift" in e["deltas"]]
     completeness = f", DeepLIFT completeness error <= {max(deltas):.1e}" if deltas else ""
+    verdicts = "; ".join(
+        f"{method} {'BEATS' if block['beats_baselines'] else 'does not beat'} the no-model "
+        f"baselines" for method, block in (loc or {}).get("methods", {}).items())
     log(f"{PROG}: {fmt_count(run.counts['explained'])} explained, "
         f"{fmt_count(len(inputs.missing))} missing, {fmt_count(run.counts['unreadable'])} "
-        f"unreadable{completeness}; {fmt_count(removed)} files of the previous run removed; "
-        f"{elapsed_since(start)}; gallery: {os.path.join(args.results, 'index.html')}")
+        f"unreadable{completeness}; {verdicts + '; ' if verdicts else ''}"
+        f"{fmt_count(removed)} files of the previous run removed; {elapsed_since(start)}; "
+        f"gallery: {os.path.join(args.results, 'index.html')}")
     if args.random_weights:
         log(f"{PROG}: reminder: RANDOM weights, the heatmaps mean nothing clinically")
     return 0

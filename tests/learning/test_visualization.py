@@ -251,6 +251,8 @@ def test_boxes_outside_the_image_are_clipped_and_a_whole_image_box_is_not_scored
     assert image_size(str(root / "images" / BOXED)) == (512, 512)
     assert edge == {"finding": "edge", "x": 0.0, "y": 50.0, "w": 25.0, "h": 14.0}
     assert report["methods"]["grad-cam"]["summary"]["images"] == 2
+    # the summary states the verdict against the baselines
+    assert re.search(r"grad-cam (BEATS|does not beat) the no-model baselines", err)
 
 
 def test_clip_boxes_and_outcome():
