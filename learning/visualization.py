@@ -707,7 +707,7 @@ def get_args_parser():
                         help="colour scale of the pictures: per-image (each map to its own "
                              "99.5th percentile) or shared (one scale per method over the run, "
                              "so images can be compared; recorded in run.json)")
-    parser.add_argument("--limit", type=positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="explain only the first N examples (after --name)")
     parser.add_argument("--name", default=None, metavar="PATTERN",
                         help="explain only examples whose name matches this shell pattern, "
@@ -722,7 +722,7 @@ def get_args_parser():
                         help="pixel size of the X-ray in overlays, panels and pages (64-2048)")
     parser.add_argument("--smooth", type=number(float, 0, 64), default=1.5,
                         help="Gaussian sigma (input pixels) for the displayed map in overlays, "
-                             "panels and pages; metrics and maps.npz use the raw map; 0 = none")
+                             "panels and pages; metrics and maps.npz use the raw map; 0 = none (max 64)")
     parser.add_argument("--sanity-check", action="store_true",
                         help="model-parameter randomization test (Adebayo et al. 2018)")
     parser.add_argument("--sanity-images", type=bounded_int(1000), default=4,
