@@ -721,8 +721,9 @@ def get_args_parser():
     parser.add_argument("--display-size", type=bounded_int(2048, 64, "size"), default=512,
                         help="pixel size of the X-ray in overlays, panels and pages (64-2048)")
     parser.add_argument("--smooth", type=number(float, 0, 64), default=1.5,
-                        help="Gaussian sigma (input pixels) for the displayed map in overlays, "
-                             "panels and pages; metrics and maps.npz use the raw map; 0 = none (max 64)")
+                        help="Gaussian sigma (input pixels, 0-64) for the displayed map in "
+                             "overlays, panels and pages; metrics and maps.npz use the raw map; "
+                             "0 = none")
     parser.add_argument("--sanity-check", action="store_true",
                         help="model-parameter randomization test (Adebayo et al. 2018)")
     parser.add_argument("--sanity-images", type=bounded_int(1000), default=4,
