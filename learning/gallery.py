@@ -8,7 +8,8 @@ The gallery answers "where was the model right, where wrong": a header with the 
 (test AUROC with its CI and the majority baseline from the model folder, localization of each
 method next to the two no-model baselines with CIs and a verdict, the sanity-check verdict,
 links to the reports), then one card per image marked TP / FP / FN / TN at the run's threshold,
-sortable (p(abnormal), name) and filterable (outcome, has expert boxes, name).
+sortable (p(abnormal), name) and filterable (outcome, p(abnormal) range, has expert boxes,
+name).
 
 A detail page shows every method side by side on the same X-ray: the signed map's positive
 (evidence for "abnormal"), negative (evidence against) or absolute view as a colour layer over
@@ -199,6 +200,8 @@ function update() {
   const wanted = new Set(Array.from(document.querySelectorAll('.outcome:checked'), c => c.value));
   const boxesOnly = document.getElementById('boxes-only').checked;
   const text = document.getElementById('search').value.trim().toLowerCase();
+  const pMin = parseFloat(document.getElementById('p-min').value || '0');
+  const pMax = parseFloat(document.getElementById('p-max').value || '1');
   const sorted = cards.slice().sort((a, b) => {
     if (key === 'name') return a.dataset.name.localeCompare(b.dataset.name);
     const d = parseFloat(a.dataset.p) - parseFloat(b.dataset.p);
@@ -207,7 +210,8 @@ function update() {
   let shown = 0;
   for (const card of sorted) {
     const visible = wanted.has(card.dataset.outcome) && (!boxesOnly || card.dataset.boxes === '1')
-      && card.dataset.name.toLowerCase().includes(text);
+      && card.dataset.name.toLowerCase().includes(text)
+      && parseFloat(card.dataset.p) >= pMin && parseFloat(card.dataset.p) <= pMax;
     card.classList.toggle('hidden', !visible);
     shown += visible ? 1 : 0;
     grid.appendChild(card);
@@ -255,7 +259,10 @@ def render_gallery(entries, methods, header):
         for key in OUTCOMES if counts[key])
     controls = (f"<div class=\"controls\"><label>sort <select id=\"sort\">{sorts}</select>"
                 f"</label>{outcome_boxes}<label><input type=\"checkbox\" id=\"boxes-only\"> "
-                f"only with expert boxes</label><label>name <input type=\"search\" id=\"search\" "
+                f"only with expert boxes</label><label>p(abnormal) from <input type=\"number\" "
+                f"id=\"p-min\" min=\"0\" max=\"1\" step=\"0.05\" value=\"0\"> to <input "
+                f"type=\"number\" id=\"p-max\" min=\"0\" max=\"1\" step=\"0.05\" value=\"1\">"
+                f"</label><label>name <input type=\"search\" id=\"search\" "
                 f"placeholder=\"filter by name\"></label><span>showing <b id=\"shown-count\">"
                 f"{len(entries)}</b></span></div>")
     cards = "\n".join(_card(entry, methods) for entry in entries)

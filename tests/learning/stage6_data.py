@@ -39,8 +39,8 @@ def build_data(root, seed_in_config=0, head_input=None, names=None, boxes=None):
             Image.open(os.path.join(DEMO, "images", demo)).convert("L").save(images / name)
         else:
             (images / name).write_bytes(open(os.path.join(DEMO, "images", demo), "rb").read())
-        records.append(make_record(name, "folder", boxes=boxes.get(name, []),
-                                   label="abnormal" if labels[demo]["abnormal"] == "1" else "normal"))
+        label = "abnormal" if labels[demo]["abnormal"] == "1" else "normal"
+        records.append(make_record(name, "folder", boxes=boxes.get(name, []), label=label))
     save_descriptions(str(root / "images-description.json"), records)
     (root / "examples.json").write_text(json.dumps(list(names) + ["not_there.png"]))
     model = root / "model"

@@ -116,6 +116,18 @@ def test_gallery_filters_sort_and_links(browser, stage6_run):
     assert sorted(_visible_names(browser)) == ["00000150_002.png", "00000193_019.png"]
     browser.find_element(By.ID, "boxes-only").click()
 
+    # p(abnormal) range: only cards with p >= the median one stay
+    middle = sorted(ps)[1]
+    field = browser.find_element(By.ID, "p-min")
+    field.clear()
+    field.send_keys(f"{middle:.6f}")
+    assert sorted(_visible_names(browser)) == sorted(
+        card.get_attribute("data-name") for card in cards
+        if float(card.get_attribute("data-p")) >= middle)
+    assert len(_visible_names(browser)) == 2
+    field.clear()
+    field.send_keys("0")
+
     # name filter and sort
     browser.find_element(By.ID, "search").send_keys("2218")
     assert _visible_names(browser) == ["00002218_003.png"]
