@@ -70,7 +70,7 @@ def _bytes(*args):
 def _dtype(*args):
     dtype = np.dtype(*args)
     if dtype.itemsize > 1 << 20 or dtype.kind == "O" or dtype.hasobject:
-        raise Refused(f"numpy dtype {dtype!r}")
+        raise Refused(f"numpy dtype {dtype}")
     return dtype
 
 

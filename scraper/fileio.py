@@ -61,8 +61,11 @@ def _locked_temp(path, directory):
     run's `remove_stale_temp_files` leaves it alone. Should a clean-up slip in between the
     creation and the lock, the name no longer leads to our file: make another."""
     for _ in range(10):
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TMP_MARKER,
-                                   suffix=TMP_SUFFIX, dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TMP_MARKER,
+                                       suffix=TMP_SUFFIX, dir=directory)
+        except OSError as error:  # name the file the user asked for, not our temp name
+            raise OSError(error.errno, error.strerror, path) from None
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a clean-up holds it, briefly
         try:
             if os.path.samestat(os.stat(tmp, follow_symlinks=False), os.fstat(fd)):

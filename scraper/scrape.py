@@ -17,6 +17,7 @@ Writes: <data_dir>/images/, <data_dir>/images-description.json,
 import argparse
 import copy
 import importlib
+import re
 
 from scraper import openi
 from scraper.cli import (ArgumentParser, UserError, exit_with, non_negative_float, non_negative_int,
@@ -31,7 +32,8 @@ OPTIONS = {
     "openi": ("base_url", "limit", "workers", "max_rps", "timeout", "retries", "backoff",
               "query", "collection"),
     "archive": ("png_archive", "reports_archive", "limit"),
-    "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column"),
+    "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column",
+               "group_pattern", "dicom_group"),
 }
 
 
@@ -41,6 +43,20 @@ def _archive_defaults():
     except ImportError:
         return "the official NLMCXR_png.tgz URL", "the official NLMCXR_reports.tgz URL"
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
+
+
+def _group_pattern(text):
+    """An argparse type: a regular expression with at least one capture group (the patient)."""
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {error}") \
+            from None
+    if pattern.groups < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid pattern '{text}': it needs a capture group for the patient, e.g. "
+            f"'person(\\d+)_' or '^(\\d+)_'")
+    return pattern
 
 
 def get_args_parser():
@@ -95,6 +111,13 @@ def get_args_parser():
     group.add_argument("--group-column", default="group",
                        help="grouping column in --labels (patient/study; keeps a group on one "
                             "side of the split)")
+    group.add_argument("--group-pattern", type=_group_pattern, default=None, metavar="REGEX",
+                       help="the patient is the first capture group of REGEX searched in each "
+                            "image's path, e.g. 'person(\\d+)_' (used where --labels gives no "
+                            "group; DICOM files are grouped by PatientID without it)")
+    group.add_argument("--dicom-group", choices=("patient", "study"), default="patient",
+                       help="group DICOM files by PatientID or by StudyInstanceUID (stored "
+                            "as salted hashes only)")
     return parser
 
 
@@ -146,7 +169,7 @@ def run(args):
     return folder.import_folder(
         args.data_dir, args.images, labels_csv=args.labels, normal_class=args.normal_class,
         boxes_csv=args.boxes, label_column=args.label_column, group_column=args.group_column,
-        progress=progress)
+        group_pattern=args.group_pattern, dicom_group=args.dicom_group, progress=progress)
 
 
 def main(argv=None):
