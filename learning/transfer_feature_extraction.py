@@ -34,7 +34,8 @@ import time
 import numpy as np
 
 from learning import safe_pickle, vgg
-from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
+                         progress_bar)
 from scraper.fileio import file_hash, remove_stale_temp_files
 from scraper.images import BadImage, is_image_name
 
@@ -121,11 +122,9 @@ def check_weights_file(weights_path):
 
 def hash_images(images_dir, names, progress=True):
     """sha256 of each file's bytes; None (with the reason) for files that cannot be read."""
-    from tqdm import tqdm
-
     hashes, unreadable = [], {}
-    for name in tqdm(names, desc="hashing", unit="img", disable=not progress or len(names) < 2000,
-                     leave=False):
+    for name in progress_bar(names, desc="hashing", unit="img",
+                             disable=not progress or len(names) < 2000, leave=False):
         try:
             hashes.append(file_hash(os.path.join(images_dir, name)))
         except OSError as error:
@@ -265,8 +264,6 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
     `model` (a FeatureModel) may be passed to reuse an already built network (benchmarks).
     Returns Stats.
     """
-    from tqdm import tqdm
-
     start = time.monotonic()
     images_dir, output_path = os.fspath(images_dir), os.fspath(output_path)
     if batch_size < 1:
@@ -358,8 +355,9 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             n = len(batch_positions)
             if bar is None:
                 net.build()
-                bar = tqdm(total=len(to_compute), initial=seen - n, desc="features", unit="img",
-                           disable=not progress, dynamic_ncols=True, smoothing=0.1)
+                bar = progress_bar(total=len(to_compute), initial=seen - n, desc="features",
+                                   unit="img", disable=not progress, dynamic_ncols=True,
+                                   smoothing=0.1)
             outputs = net(batch[:n])                   # (n, *row_shape) float32
             if features is None:
                 allocate(outputs.shape[1:])
