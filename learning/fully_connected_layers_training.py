@@ -201,18 +201,13 @@ def resolve_conv_weights(config, feature_params, weights_path=None):
         raise UserError(f"the {config['head']!r} head fine-tunes block5 on block4_pool feature "
                         f"grids; these features are layer {params.get('layer')!r}, pooling "
                         f"{params.get('pooling')!r} (run stage 3 with --layer block4_pool)")
-    identity = str(params.get("weights", ""))
-    if identity.startswith("random:seed="):
-        return block5_weights(random_weights=True, seed=int(identity.split("=", 1)[1]))
-    if not weights_path:
+    try:  # the one check that --weights is the file the features came from (export.py)
+        random_weights, seed = check_weights(params, weights_path)
+    except NeedsWeights:
         raise UserError(f"the {config['head']!r} head starts block5 from the VGG16 weights the "
-                        f"features came from ({identity}); pass them with --weights PATH")
-    from learning.vgg import weights_identity
-
-    if weights_identity(weights_path) != identity:
-        raise UserError(f"--weights {weights_path} is not the file the features came from "
-                        f"(features: {identity}); pass stage 3's weights file")
-    return block5_weights(weights_path)
+                        f"features came from ({params.get('weights')}); pass them with "
+                        f"--weights PATH") from None
+    return block5_weights(weights_path, random_weights, seed)
 
 
 def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=None):

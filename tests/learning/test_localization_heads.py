@@ -131,7 +131,7 @@ def test_block5_head_refuses_other_features_and_foreign_weights(tmp_path, capsys
     other.write_bytes(b"not the weights")
     assert _train(training, testing, tmp_path / "m", "--head", "block5",
                   "--weights", str(other)) != 0
-    assert "is not the file the features came from" in capsys.readouterr().err
+    assert "is not the VGG16 weights file stage 3 used" in capsys.readouterr().err
     assert not (tmp_path / "m" / "head.keras").exists()
 
 
