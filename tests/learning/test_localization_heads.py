@@ -143,7 +143,8 @@ def test_stage6_explains_grid_heads_with_complete_deeplift(tmp_path, head_name, 
     otherwise) and Grad-CAM finds the conv inside the head."""
     from learning import safe_pickle, visualization
     from learning.vgg import build_conv_base, load_image, preprocess
-    from tests.learning.test_visualization import BOXED, OTHERS, _argv, _build_data
+    from tests.learning.stage6_data import BOXED, OTHERS
+    from tests.learning.stage6_data import argv as _argv, build_data as _build_data
 
     root = _build_data(tmp_path)
     base = build_conv_base(random_weights=True, seed=0, image_size=64, layer="block4_pool")
