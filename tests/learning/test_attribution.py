@@ -89,14 +89,26 @@ def test_deeplift_completeness_vgg_shaped_and_gradient_times_input_fails(vgg_lik
         attribution.check_completeness(deltas, scale, ["a", "b", "c"])
 
 
-def test_global_max_pooling_is_refused_in_one_line():
+def test_global_max_pooling_is_complete():
+    """shap mis-handles GlobalMaxPooling2D (completeness broke); ours applies the max rule."""
+    keras.utils.set_random_seed(4)
     inp = keras.Input((6, 6, 3))
-    h = keras.layers.Conv2D(2, 3, activation="relu")(inp)
-    out = keras.layers.Dense(2)(keras.layers.GlobalMaxPooling2D()(h))
+    h = keras.layers.Conv2D(4, 3, activation="relu", bias_initializer=_bias())(inp)
+    out = keras.layers.Dense(2, bias_initializer=_bias())(keras.layers.GlobalMaxPooling2D()(h))
+    target = attribution.build_target_model(keras.Model(inp, out), "original")
+    x, b = _data((6, 6, 3), n=3)
+    attrs = attribution.DeepLift(target).attribute(x, b)
+    sums, expected = _complete(target, attrs, x, b)
+    np.testing.assert_allclose(sums, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_layer_is_refused_in_one_line():
+    inp = keras.Input((6, 6, 3))
+    h = keras.layers.LayerNormalization()(keras.layers.Conv2D(2, 3)(inp))
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(h))
     target = attribution.build_target_model(keras.Model(inp, out), "difference")
-    x, b = _data((6, 6, 3), n=1)
-    with pytest.raises(UserError, match="global max pooling is not supported"):
-        attribution.DeepLift(target).attribute(x, b)
+    with pytest.raises(UserError, match="DeepLIFT cannot explain layer .*LayerNormalization"):
+        attribution.DeepLift(target)
 
 
 def test_batched_deeplift_equals_shap_one_at_a_time(vgg_like):
