@@ -106,8 +106,7 @@ def _unsupported(layer, why):
     return UserError(f"DeepLIFT cannot explain layer {layer.name!r} ({type(layer).__name__}): "
                      f"{why}; supported: linear layers (Conv, Dense, pooling by average, "
                      f"Flatten, Rescaling, Normalization, Dropout, ...), activations "
-                     f"{', '.join(sorted(_derivatives()))}, MaxPooling2D with pool = strides, "
-                     f"GlobalMaxPooling2D")
+                     f"{', '.join(sorted(_derivatives()))}, MaxPooling2D, GlobalMaxPooling2D")
 
 
 def check_layer(layer):
@@ -120,11 +119,9 @@ def _rule(layer):
     import keras
 
     if isinstance(layer, keras.layers.MaxPooling2D):
-        pool, strides = tuple(layer.pool_size), tuple(layer.strides)
-        if pool != strides or layer.data_format != "channels_last":
-            raise _unsupported(layer, f"pool_size {pool} != strides {strides} (overlapping "
-                                      f"windows) or channels_first")
-        return lambda value: _max_pool(value, pool, layer.padding)
+        if layer.data_format != "channels_last":
+            raise _unsupported(layer, "channels_first")
+        return lambda value: _max_pool(value, layer.pool_size, layer.strides, layer.padding)
     if isinstance(layer, keras.layers.GlobalMaxPooling2D):
         if layer.data_format != "channels_last":
             raise _unsupported(layer, "channels_first")
@@ -175,46 +172,35 @@ def _linear(layer):
 
 def _nonlinear(layer, function, name, fused=False):
     """Rescale rule for an elementwise g; `fused`: g is the activation inside a Conv/Dense."""
-    from keras import ops
+    from learning.gradients import fused_elementwise
 
     derivative = _derivatives()[name]
 
+    def multiplier(z_x, z_r):
+        """m and b = g(z_x) - m * z_x, from values only (never differentiated)."""
+        from keras import ops
+
+        y_x = function(z_x)
+        delta = z_x - z_r
+        # 0/0 where the inputs coincide is never selected: shap's fallback g'(z_r) is
+        ratio = (y_x - function(z_r)) / delta
+        m = ops.where(ops.abs(delta) < SMALL_DELTA, derivative(z_r), ratio)
+        return m, y_x - m * z_x
+
+    multiplier = fused_elementwise(multiplier)
+
     def apply(*args, **kwargs):
+        from keras import ops
+
         if fused:
             with _pre_activation(layer):
                 z_x, z_r = _call_both(layer, args, kwargs)
         else:
             z_x, z_r = args[0].x, args[0].r
-        z_r = ops.stop_gradient(z_r)
-        y_x, y_r = function(z_x), ops.stop_gradient(function(z_r))
-        delta = ops.stop_gradient(z_x) - z_r
-        small = ops.abs(delta) < SMALL_DELTA
-        multiplier = ops.where(small, derivative(z_r),
-                               (ops.stop_gradient(y_x) - y_r) / ops.where(small, 1.0, delta))
-        surrogate = (ops.stop_gradient(y_x)
-                     + ops.stop_gradient(multiplier) * (z_x - ops.stop_gradient(z_x)))
-        return Pair(surrogate, y_r)
+        m, b = multiplier(ops.stop_gradient(z_x), ops.stop_gradient(z_r))
+        # value m * z_x + g(z_x) - m * z_x = g(z_x); gradient w.r.t. z_x: m
+        return Pair(m * z_x + ops.stop_gradient(b), ops.stop_gradient(function(z_r)))
     return apply
-
-
-def _first_max_mask(windows, axis):
-    """One-hot (float) of the FIRST maximum along `axis` (TensorFlow's MaxPoolGrad choice)."""
-    from keras import ops
-
-    is_max = ops.cast(windows == ops.max(windows, axis=axis, keepdims=True), windows.dtype)
-    return is_max * ops.cast(ops.cumsum(is_max, axis=axis) == 1, windows.dtype)
-
-
-def _max_rule(x_w, r_w, u_w, axis):
-    """shap's maxpool rule on windows laid along `axis`; u_w: (x - stop(x)) / delta, value 0."""
-    from keras import ops
-
-    x_w, r_w = ops.stop_gradient(x_w), ops.stop_gradient(r_w)
-    y_x, y_r = ops.max(x_w, axis=axis), ops.max(r_w, axis=axis)
-    both = ops.maximum(y_x, y_r)
-    to_x = ops.sum(_first_max_mask(x_w, axis) * u_w, axis=axis)   # u at x's arg-max
-    to_r = ops.sum(_first_max_mask(r_w, axis) * u_w, axis=axis)   # u at r's arg-max
-    return y_x + to_x * (both - y_r) + to_r * (y_x - both), y_r
 
 
 def _unit_step(x, r):
@@ -226,52 +212,37 @@ def _unit_step(x, r):
     return ops.where(small, 0.0, (x - ops.stop_gradient(x)) / ops.where(small, 1.0, delta))
 
 
-def _windows(t, pool):
-    """(B, H, W, C) -> (B, H/ph, W/pw, ph*pw, C), window elements in row-major order."""
+def _max_rule(pool, value):
+    """shap's maxpool rule through the backend's own max pooling and its gradient.
+
+    `pool` is the pooling function. With v = (x - stop(x)) / (x - r) (value 0, gradient
+    1 / delta): P_x = pool(stop(x) + v) has x's values, so its gradient routes to x's arg-max
+    (the backend's own choice among ties, TensorFlow's: the first), divided by delta there;
+    P_r = pool(stop(r) + v) routes to r's arg-max. The window's difference y_x - y_r goes to
+    x's arg-max when y_x >= y_r (shap: max(y_x, y_r) - y_r) and to r's otherwise (y_x - max).
+    """
     from keras import ops
 
-    b, h, w, c = t.shape
-    ph, pw = pool
-    t = ops.reshape(t, (-1, h // ph, ph, w // pw, pw, c))
-    t = ops.transpose(t, (0, 1, 3, 2, 4, 5))
-    return ops.reshape(t, (-1, h // ph, w // pw, ph * pw, c))
+    x, r = ops.stop_gradient(value.x), ops.stop_gradient(value.r)
+    v = _unit_step(value.x, r)
+    y_x, y_r = pool(x), pool(r)
+    p_x, p_r = pool(x + v), pool(r + v)    # values y_x and y_r (broadcast to N rows)
+    up = ops.stop_gradient(ops.maximum(y_x - y_r, 0.0))
+    down = ops.stop_gradient(ops.minimum(y_x - y_r, 0.0))
+    return Pair(y_x + up * (p_x - ops.stop_gradient(p_x)) + down * (p_r - ops.stop_gradient(p_r)),
+                y_r)
 
 
-def _pad_or_crop(t, pool, padding, fill):
-    """Make H and W multiples of the pool: crop ('valid') or pad with `fill` ('same')."""
+def _max_pool(value, pool, strides, padding):
     from keras import ops
 
-    h, w = t.shape[1], t.shape[2]
-    if padding == "valid":
-        return t[:, :h - h % pool[0], :w - w % pool[1], :]
-    pad_h, pad_w = (-h) % pool[0], (-w) % pool[1]
-    if not (pad_h or pad_w):
-        return t
-    # TensorFlow's "same": the extra row/column goes at the end (top/left get total // 2)
-    return ops.pad(t, [(0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                       (pad_w // 2, pad_w - pad_w // 2), (0, 0)], constant_values=fill)
-
-
-def _max_pool(value, pool, padding):
-    lowest = -3.0e38
-    x = _pad_or_crop(value.x, pool, padding, lowest)
-    r = _pad_or_crop(value.r, pool, padding, lowest)
-    u = _windows(_unit_step(x, r), pool)
-    out_x, out_r = _max_rule(_windows(x, pool), _windows(r, pool), u, axis=3)
-    return Pair(out_x, out_r)
+    return _max_rule(lambda t: ops.max_pool(t, pool, strides, padding), value)
 
 
 def _global_max_pool(value, keepdims):
     from keras import ops
 
-    def flat(t):  # (B, H, W, C) -> (B, H*W, C)
-        return ops.reshape(t, (-1, t.shape[1] * t.shape[2], t.shape[3]))
-
-    u = flat(_unit_step(value.x, value.r))
-    out_x, out_r = _max_rule(flat(value.x), flat(value.r), u, axis=1)
-    if keepdims:
-        out_x, out_r = out_x[:, None, None, :], out_r[:, None, None, :]
-    return Pair(out_x, out_r)
+    return _max_rule(lambda t: ops.max(t, axis=(1, 2), keepdims=keepdims), value)
 
 
 def _is_graph_model(layer):

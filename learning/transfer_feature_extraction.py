@@ -239,7 +239,9 @@ class FeatureModel:
 
     def __call__(self, images_uint8):
         """(n, S, S, 3) uint8 -> (n, ...) float32 features."""
-        outputs = self.build()(vgg.preprocess(images_uint8), training=False)
+        from learning.gradients import forward
+
+        outputs = forward(self.build(), vgg.preprocess(images_uint8))  # compiled, any backend
         return np.asarray(outputs).astype(np.float32, copy=False)
 
 
