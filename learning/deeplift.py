@@ -177,15 +177,14 @@ def _nonlinear(layer, function, name, fused=False):
     derivative = _derivatives()[name]
 
     def multiplier(z_x, z_r):
-        """m and b = g(z_x) - m * z_x, from values only (never differentiated)."""
+        """m and g(z_x), from values only (never differentiated)."""
         from keras import ops
 
         y_x = function(z_x)
         delta = z_x - z_r
         # 0/0 where the inputs coincide is never selected: shap's fallback g'(z_r) is
         ratio = (y_x - function(z_r)) / delta
-        m = ops.where(ops.abs(delta) < SMALL_DELTA, derivative(z_r), ratio)
-        return m, y_x - m * z_x
+        return ops.where(ops.abs(delta) < SMALL_DELTA, derivative(z_r), ratio), y_x
 
     multiplier = fused_elementwise(multiplier)
 
@@ -197,9 +196,11 @@ def _nonlinear(layer, function, name, fused=False):
                 z_x, z_r = _call_both(layer, args, kwargs)
         else:
             z_x, z_r = args[0].x, args[0].r
-        m, b = multiplier(ops.stop_gradient(z_x), ops.stop_gradient(z_r))
-        # value m * z_x + g(z_x) - m * z_x = g(z_x); gradient w.r.t. z_x: m
-        return Pair(m * z_x + ops.stop_gradient(b), ops.stop_gradient(function(z_r)))
+        m, y_x = multiplier(ops.stop_gradient(z_x), ops.stop_gradient(z_r))
+        # value exactly g(z_x) (z_x - stop(z_x) is exactly 0: where x equals the reference,
+        # the next layer must see exactly equal values, as shap does); gradient w.r.t. z_x: m
+        return Pair(y_x + m * (z_x - ops.stop_gradient(z_x)),
+                    ops.stop_gradient(function(z_r)))
     return apply
 
 
