@@ -199,12 +199,7 @@ def last_conv_layer(model):
     return conv[-1]
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+_all_layers = deeplift.leaf_layers
 
 
 _CAM = weakref.WeakKeyDictionary()
