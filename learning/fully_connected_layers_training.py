@@ -28,7 +28,8 @@ from learning import safe_pickle
 from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
 from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
-from scraper.fileio import atomic_write, atomic_write_json
+from scraper.cli import seed as seed_type
+from scraper.fileio import atomic_write, atomic_write_json, check_outputs
 
 EXAMPLES_FORMAT = "cxr-examples/1"
 HEAD_FILE = "head.keras"
@@ -37,14 +38,14 @@ HEAD_FILE = "head.keras"
 def load_examples(path, split):
     """Read a stage-4 pickle and check its arrays agree; split is "training" or "testing"."""
     data = safe_pickle.load(path, f"{split} examples", EXAMPLES_FORMAT)
-    features, labels = data.get("features"), data.get("labels")
-    if not isinstance(features, np.ndarray) or not isinstance(labels, np.ndarray):
-        raise UserError(f"{path}: {split} examples lack a 'features' or 'labels' array")
+    # numbers only, and finite: a head trained on NaN features is garbage with exit 0
+    features = safe_pickle.check_array(data.get("features"), "features", path, finite=True)
+    labels = safe_pickle.check_array(data.get("labels"), "labels", path, ndims=(1,))
     n = len(features)
     for key in ("names", "groups", "subset"):
-        if not isinstance(data.get(key), list) or len(data[key]) != n:
-            raise UserError(f"{path}: {split} examples have {fmt_count(n)} feature rows but "
-                            f"'{key}' is not a list of that length")
+        safe_pickle.check_str_list(data.get(key), key, path, length=n)
+    data["feature_params"] = safe_pickle.check_dict(data.get("feature_params"),
+                                                    "feature_params", path)
     if features.ndim not in (2, 4) or labels.shape != (n,):
         raise UserError(f"{path}: features of shape {features.shape} with labels of shape "
                         f"{labels.shape}; expected (N, h, w, C) or (N, C) and (N,)")
@@ -294,13 +295,18 @@ def get_args_parser():
                              "0 disables (preset)")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_type, default=0,
                         help="seed of weights init, shuffling, dropout and bootstrap")
     return parser
 
 
 def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None):
     """Train, evaluate and write the model directory; returns (metrics dict, model)."""
+    check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)],
+                  outputs=[("model folder", model_dir, "folder")] + [
+                      (f"model file {name}", os.path.join(model_dir, name), None)
+                      for name in (HEAD_FILE, "config.json", "metrics.json", "roc.png",
+                                   "training_curve.png")])
     training = load_examples(training_path, "training")
     testing = load_examples(testing_path, "testing")
     check_compatible(training, testing, training_path, testing_path)

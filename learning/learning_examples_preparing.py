@@ -12,7 +12,10 @@ is stratified by label, seeded (--seed), with --test-fraction of the labelled ex
 out for testing and --validation-fraction of the rest marked as the "validation" subset of
 training.pickle (used by stage 5 for early stopping, never for the reported metrics).
 Unlabelled images, images without features and features without a description are counted
-and reported, never silently dropped.
+and reported, never silently dropped. Before anything is read, the three outputs are checked
+(scraper.fileio.check_outputs): none may be an input or another output (arguments shifted by
+one would otherwise overwrite the features), the pickles must end in .pickle and the list in
+.json. Features that are not numbers, or NaN/infinite, are refused.
 
 Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
@@ -24,7 +27,8 @@ import numpy as np
 
 from learning import safe_pickle
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
-from scraper.fileio import atomic_write_json
+from scraper.cli import fraction as fraction_type, seed as seed_type
+from scraper.fileio import atomic_write_json, check_outputs
 from scraper.schema import LABELS, load_descriptions
 
 FEATURES_FORMAT = "cxr-features/1"
@@ -35,15 +39,15 @@ CLASS_NAMES = list(LABELS)  # ["normal", "abnormal"]: label index 0 = normal, 1 
 def load_features(path):
     """Read and check a stage-3 features pickle; returns (names, features float32, params)."""
     data = safe_pickle.load(path, "features pickle", FEATURES_FORMAT)
-    names, features = data.get("names"), data.get("features")
-    if not isinstance(names, list) or not isinstance(features, np.ndarray):
-        raise UserError(f"{path}: features pickle lacks a 'names' list or a 'features' array")
-    if features.ndim not in (2, 4) or len(features) != len(names):
+    features = safe_pickle.check_array(data.get("features"), "features", path, finite=True)
+    names = safe_pickle.check_str_list(data.get("names"), "names", path)
+    params = safe_pickle.check_dict(data.get("params"), "params", path)
+    if len(features) != len(names):
         raise UserError(f"{path}: features have shape {features.shape} for {len(names)} names; "
                         f"expected (N, h, w, C) or (N, C) with N = number of names")
     if len(set(names)) != len(names):
         raise UserError(f"{path}: duplicate image names in the features pickle")
-    return names, features.astype(np.float32, copy=False), dict(data.get("params") or {})
+    return names, features.astype(np.float32, copy=False), dict(params)
 
 
 def match_examples(records, feature_names):
@@ -176,6 +180,10 @@ def count_table(labels, subset):
 def prepare(descriptions_path, features_path, training_path, testing_path, examples_path,
             test_fraction=0.1, validation_fraction=0.1, seed=0):
     """Run stage 4; returns (subset list, counts dict, labels, groups) of the labelled images."""
+    check_outputs(inputs=[("descriptions", descriptions_path), ("features", features_path)],
+                  outputs=[("training output", training_path, ".pickle"),
+                           ("testing output", testing_path, ".pickle"),
+                           ("examples output", examples_path, ".json")])
     records = load_descriptions(descriptions_path)
     feature_names, features, feature_params = load_features(features_path)
     indices, labels, groups, counts = match_examples(records, feature_names)
@@ -206,12 +214,12 @@ def get_args_parser():
     parser.add_argument("training", help="output training.pickle (train + validation subsets)")
     parser.add_argument("testing", help="output testing.pickle")
     parser.add_argument("examples", help="output examples.json (names of the test images)")
-    parser.add_argument("--test-fraction", type=float, default=0.1,
+    parser.add_argument("--test-fraction", type=fraction_type, default=0.1,
                         help="fraction of the labelled images held out for testing")
-    parser.add_argument("--validation-fraction", type=float, default=0.1,
+    parser.add_argument("--validation-fraction", type=fraction_type, default=0.1,
                         help="fraction of the remaining (training) images marked 'validation' "
                              "for early stopping")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the split")
     return parser
 
 

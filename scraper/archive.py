@@ -30,11 +30,12 @@ import zlib
 from tqdm import tqdm
 
 from scraper.cli import UserError, fmt_count, log
-from scraper.download import download
-from scraper.fileio import atomic_write_bytes, remove_stale_temp_files
+from scraper.download import DownloadRefused, download
+from scraper.fileio import (NotRegularFile, TooLarge, atomic_write_bytes, read_regular,
+                            remove_stale_temp_files)
 from scraper.images import BadImage, check_image_bytes, check_image_file
-from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, label_from_mesh, load_descriptions,
-                            make_record)
+from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem,
+                            label_from_mesh, load_descriptions, make_record)
 from scraper.summary import ScrapeSummary, finish, merge_records
 
 ARCHIVE_PNG_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
@@ -56,6 +57,8 @@ def fetch_source(source, data_dir, what, session=None, progress=True):
     if not is_url(source):
         if not os.path.exists(source):
             raise UserError(f"{what} not found: {source}")
+        if not (os.path.isfile(source) or os.path.isdir(source)):  # a FIFO would block tarfile
+            raise UserError(f"{what} is not a regular file: {source}")
         return source
     name = os.path.basename(urllib.parse.urlsplit(source).path) or f"{what.replace(' ', '_')}.tgz"
     target = os.path.join(data_dir, ARCHIVES_DIR, name)
@@ -65,6 +68,8 @@ def fetch_source(source, data_dir, what, session=None, progress=True):
     log(f"downloading the {what} {source} -> {target}")
     try:
         download(source, target, None, session=session, progress=progress)
+    except DownloadRefused:
+        raise
     except UserError as error:
         raise UserError(f"{error}; without access, download the {what} elsewhere and give its "
                         f"local path (--png-archive / --reports-archive)") from None
@@ -110,6 +115,9 @@ def parse_report(xml_bytes, origin):
         image_id = (parent.get("id") or "").strip()
         if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
             continue  # not a usable file name; never build a path from it
+        problem = file_name_problem(image_id + ".png")
+        if problem:
+            raise ValueError(f"report {report_id[:80]!r}: {problem}")
         records.append(dict(
             name=image_id + ".png", type="MeSH", items=major, label=label_from_mesh(major),
             report_id=report_id, findings=sections.get("FINDINGS", ""),
@@ -157,11 +165,9 @@ def _local_reports(path):
             for name in sorted(files, key=natural_key):
                 if name.lower().endswith(".xml"):
                     full = os.path.join(root, name)
-                    with open(full, "rb") as handle:
-                        yield os.path.relpath(full, path), handle.read(MAX_XML_BYTES + 1)
+                    yield os.path.relpath(full, path), _read_xml(full)
     elif path.lower().endswith(".xml"):
-        with open(path, "rb") as handle:
-            yield os.path.basename(path), handle.read(MAX_XML_BYTES + 1)
+        yield os.path.basename(path), _read_xml(path)
     else:
         for member, read in _stream_members(path, "reports archive"):
             if member.isreg() and member.name.lower().endswith(".xml"):
@@ -171,12 +177,25 @@ def _local_reports(path):
                     yield member.name, read()
 
 
+def _read_xml(path):
+    """A report file's bytes; a FIFO, device or oversized file gives the ValueError to list
+    as its failure (a FIFO named *.xml would otherwise block the read forever)."""
+    try:
+        return read_regular(path, MAX_XML_BYTES, "report XML")
+    except (NotRegularFile, TooLarge) as error:
+        return ValueError(str(error))
+    except OSError as error:
+        return ValueError(f"cannot read the report ({error.strerror or error})")
+
+
 def read_reports(reports_path, reports_source):
     """All records from the reports -> (fields by image name, failures); UserError if none parse."""
     by_name, failures, n_reports, n_without_images = {}, [], 0, 0
     for member_name, data in _local_reports(reports_path):
         n_reports += 1
         try:
+            if isinstance(data, ValueError):
+                raise data
             records = parse_report(data, member_name)
         except ValueError as error:
             failures.append({"name": member_name, "url": f"{reports_source}#{member_name}",

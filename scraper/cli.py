@@ -5,8 +5,24 @@ unreachable server) and wraps its `main` with `run_main`, which prints
 `<prog>: error: <message>` on stderr and returns a non-zero exit code.
 """
 import argparse
+import errno
+import os
 import sys
 import time
+
+# OS errors that no retry fixes and that the user must act on (free space, a writable folder,
+# a shorter name): each becomes one line instead of a traceback, wherever it is raised.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system (or the file-size limit)",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error (failing disk or network share?)",
+}
 
 
 class UserError(Exception):
@@ -82,11 +98,91 @@ def run_main(main, prog, argv=None):
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as error:
+        line = describe_os_error(error)
+        if line is None:
+            raise  # a programming error: keep the traceback
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(error):
+    """One line for an OSError a user can act on (disk full, read-only, name too long...);
+    None for other OSErrors. The message names the path when the error carries one."""
+    reason = ENVIRONMENT_ERRNOS.get(getattr(error, "errno", None))
+    if reason is None:
+        return None
+    where = error.filename
+    if where is not None:
+        where = os.fsdecode(where)
+        if len(where) > 120:
+            where = where[:60] + "..." + where[-40:] + f" ({len(where)} characters)"
+        return f"{reason}: {where}"
+    return reason
+
+
+def is_environment_error(error):
+    """True for OSErrors that abort a whole run (full disk...) rather than fail one item."""
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and \
+        error.errno not in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM)
 
 
 def exit_with(main, prog):
     """Console-script entry point: `cli = lambda: exit_with(main, "cxr-x")`."""
     sys.exit(run_main(main, prog))
+
+
+def number(kind=int, minimum=None, maximum=None, strict_minimum=False, what=None):
+    """An argparse `type=`: `kind` (int or float) within [minimum, maximum], finite.
+
+    `strict_minimum` makes the lower bound exclusive (a float > 0). The error names the value
+    and the allowed range, e.g. "invalid count '-5': must be between 0 and 4294967295".
+    """
+    noun = what or ("count" if kind is int else "number")
+    if strict_minimum and minimum == 0:
+        bound = "must be positive" + (f" and at most {maximum:,}" if maximum else "")
+    elif strict_minimum:
+        bound = f"must be more than {minimum}" + (f" and at most {maximum:,}" if maximum else "")
+    elif minimum is not None and maximum is not None:
+        bound = f"must be between {minimum} and {maximum:,}"
+    elif minimum is not None:
+        bound = "must be 0 or more" if minimum == 0 else f"must be at least {minimum}"
+    else:
+        bound = f"must be at most {maximum:,}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (
+                minimum is not None and (value < minimum or strict_minimum and value == minimum)
+        ) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
+        return value
+    parse.__name__ = noun  # argparse names the type in some messages
+    return parse
+
+
+MAX_SEED = 2 ** 32 - 1  # numpy, TensorFlow and Python's random all accept 0 .. 2**32 - 1
+positive_int = number(int, 1)
+non_negative_int = number(int, 0)
+positive_float = number(float, 0, strict_minimum=True)
+non_negative_float = number(float, 0)
+seed = number(int, 0, MAX_SEED, what="seed")
+
+
+def bounded_int(maximum, minimum=1, what="count"):
+    """An int in [minimum, maximum]: sizes that allocate memory (--batch-size, --image-size)."""
+    return number(int, minimum, maximum, what=what)
+
+
+def fraction(text):
+    """A float in [0, 1) (test/validation fractions)."""
+    value = number(float, 0, what="fraction")(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: must be in [0, 1)")
+    return value
 
 
 def log(message):

@@ -17,8 +17,9 @@ import os
 import re
 import time
 
-from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, log
-from scraper.download import HashMismatch, download, guess_algorithm, install, verify_hash
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, log, non_negative_int
+from scraper.download import (DownloadRefused, HashMismatch, download, guess_algorithm, install,
+                              verify_hash)
 from scraper.http_client import make_session
 
 # The weights' home, duplicated from learning.vgg to keep the scraper -> learning direction
@@ -26,6 +27,7 @@ from scraper.http_client import make_session
 WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
 WEIGHTS_HASH = "6d6bbae143d832006294945121d1f1fc"  # md5, as keras/src/applications/vgg16.py
+MAX_WEIGHTS_BYTES = 1 << 30  # the VGG16 no-top file is 58 MB; a body past 1 GB is not weights
 _HEX_HASH = re.compile(r"([0-9a-fA-F]{32}|[0-9a-fA-F]{64})$")
 
 
@@ -66,8 +68,8 @@ def download_weights(weights_path, url=WEIGHTS_URL, expected_hash=WEIGHTS_HASH, 
         return "installed"
     try:
         return download(url, weights_path, expected_hash, session=make_session(retries=retries),
-                        progress=progress)
-    except HashMismatch:
+                        progress=progress, max_bytes=MAX_WEIGHTS_BYTES)
+    except (HashMismatch, DownloadRefused):
         raise
     except UserError as error:
         raise UserError(f"{error}; on a machine without access, download the file elsewhere "
@@ -86,7 +88,7 @@ def get_args_parser():
     parser.add_argument("--from", dest="from_file", metavar="FILE", default=None,
                         help="install this local file (verified against --hash) instead of "
                              "downloading: for machines without internet access")
-    parser.add_argument("--retries", type=int, default=5,
+    parser.add_argument("--retries", type=non_negative_int, default=5,
                         help="retries per request on connection errors and 5xx/429 answers")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -94,8 +96,6 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.retries < 0:
-        raise UserError(f"invalid --retries {args.retries}: must be 0 or more")
     if args.from_file is None and not re.match(r"https?://", args.url):
         raise UserError(f"invalid --url {args.url!r}: expected an http:// or https:// URL")
     expected_hash = check_hash_text(args.hash)

@@ -10,6 +10,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+MAX_IMAGE_BYTES = 50 << 20  # one X-ray; Open-i's PNGs are < 1 MB, a 16-bit full-size scan < 40 MB
 USER_AGENT = "cxr-localization/0.1 (+research pipeline; polite scraper)"
 DEFAULT_TIMEOUT = (10, 60)  # (connect, read) seconds
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -47,6 +48,38 @@ class RateLimiter:
         delay = start - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+
+
+class BodyTooLarge(requests.exceptions.RequestException):
+    """A response larger than its declared Content-Length or than the reader's cap."""
+
+
+def declared_length(response):
+    """Content-Length as an int, or None when absent or unreadable."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def read_body(response, max_bytes, chunk_size=1 << 16):
+    """The body of a streamed (stream=True) response, never more than `max_bytes`.
+
+    Refuses at once a declared Content-Length over the cap, and stops reading an endless or
+    chunked body as soon as it passes the cap (BodyTooLarge), so memory stays bounded.
+    """
+    declared = declared_length(response)
+    if declared is not None and declared > max_bytes:
+        response.close()
+        raise BodyTooLarge(f"response of {declared:,} bytes (Content-Length) from "
+                           f"{response.url}, more than the {max_bytes:,} allowed")
+    parts, size = [], 0
+    for chunk in response.iter_content(chunk_size):
+        size += len(chunk)
+        if size > max_bytes:
+            response.close()
+            raise BodyTooLarge(f"response from {response.url} passed {max_bytes:,} bytes; "
+                               f"stopped reading")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def describe_request_error(error, url):

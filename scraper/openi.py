@@ -17,29 +17,38 @@ body that is not an image (an HTML maintenance page served with 200, a truncated
 a few times and then recorded as failed, never saved; 404 fails at once. A re-run requests no
 image already saved and valid; a killed run leaves only complete images and a description that
 lists only images on disk.
+
+Hostile or broken servers: image URLs are built only on --base-url's own scheme and host (an
+`imgLarge` of "@other-host/x.png" or "//other-host/x.png" is refused as a listed failure, and
+so is a redirect to another host); every body is read with a cap (MAX_IMAGE_BYTES per image,
+MAX_PAGE_BYTES per API page, and never past its Content-Length), so an endless body cannot
+fill memory; an image over the pixel limit (scraper.images) fails at once, without retries.
 """
 import concurrent.futures
 import dataclasses
 import email.utils
+import json
 import os
 import posixpath
 import re
 import sys
 import threading
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 from bs4 import BeautifulSoup
 from tqdm import tqdm
 
-from scraper.cli import UserError, fmt_count, log
+from scraper.cli import UserError, fmt_count, is_environment_error, log
 from scraper.fileio import atomic_write_bytes, remove_stale_temp_files
-from scraper.http_client import RETRY_STATUSES, RateLimiter, describe_request_error, make_session
-from scraper.images import BadImage, check_image_bytes, check_image_file, is_image_name
-from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, label_from_mesh, load_descriptions,
-                            make_record, save_descriptions)
+from scraper.http_client import (MAX_IMAGE_BYTES, RETRY_STATUSES, BodyTooLarge, RateLimiter,
+                                 describe_request_error, make_session, read_body)
+from scraper.images import (BadImage, ImageTooLarge, check_image_bytes, check_image_file,
+                            is_image_name)
+from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem, label_from_mesh,
+                            load_descriptions, make_record, save_descriptions)
 from scraper.summary import ScrapeSummary, finish
 
 DEFAULT_BASE_URL = "https://openi.nlm.nih.gov"
@@ -54,6 +63,7 @@ MAX_BACKOFF = 60.0
 MAX_RETRY_AFTER = 300.0       # a Retry-After longer than this is cut to it
 BAD_BODY_RETRIES = 2          # an HTML page / truncated PNG served with 200: retried this often
 PAGE_SIZE = 100               # records asked per API page (the server may return fewer)
+MAX_PAGE_BYTES = 32 << 20     # a real 100-record page is ~300 KB
 CHECKPOINT_SECONDS = 2.0      # rewrite images-description.json at most this often ...
 CHECKPOINT_IMAGES = 200       # ... or after this many new images, whichever comes first
 # Aim a little under the cap: request starts are spaced 1/(0.95*max_rps) apart, so scheduling
@@ -125,17 +135,59 @@ def parse_retry_after(value):
     return max(0.0, when.timestamp() - time.time())
 
 
+class ForeignURL(requests.exceptions.InvalidURL):
+    """A URL (from a record or a redirect) that leaves the Open-i server we were given."""
+
+
+def same_origin(url, base_url):
+    """True when `url` is on base_url's host and port, with no user-info, over http(s); an
+    upgrade from http to https on the same host is allowed (servers redirect to it)."""
+    target, base = urlsplit(url), urlsplit(base_url)
+    try:
+        target_port, base_port = target.port, base.port
+    except ValueError:  # a port that is not a number
+        return False
+    if ("@" in target.netloc or target.scheme not in ("http", "https")
+            or not target.hostname or target.hostname != base.hostname):
+        return False
+    defaults = {"http": 80, "https": 443}
+    target_port = target_port or defaults[target.scheme]
+    if target.scheme == base.scheme:
+        return target_port == (base_port or defaults[base.scheme])
+    return (base.scheme, target.scheme) == ("http", "https") and target_port == 443
+
+
+def image_url(base_url, img_large):
+    """{base}{imgLarge} for an absolute path on the API's own server; ValueError otherwise
+    ("@evil:9/x.png" would put the base in the user-info and fetch from evil)."""
+    path = str(img_large)
+    if not path.startswith("/") or path.startswith("//") or "\\" in path or any(
+            ord(c) < 33 for c in path):
+        raise ValueError(f"image path {path[:80]!r} is not an absolute path on the server")
+    base = urlsplit(base_url)
+    parts = urlsplit(path)
+    url = urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + parts.path,
+                      parts.query, ""))
+    if not same_origin(url, base_url):
+        raise ValueError(f"image path {path[:80]!r} leaves {base_url}")
+    return url
+
+
 def gated_get(session, gate, url, params=None, timeout=DEFAULT_TIMEOUT, max_redirects=5):
-    """One GET whose redirect hops also pass the gate (requests would follow them unseen).
-    The caller has already passed the gate for the first hop."""
+    """One streamed GET whose redirect hops also pass the gate (requests would follow them
+    unseen) and may not leave the first URL's host. The caller has passed the gate for hop 1."""
+    origin = url
     for hop in range(max_redirects + 1):
         if hop:
             gate.wait()
-        response = session.get(url, params=params, timeout=timeout, allow_redirects=False)
+        response = session.get(url, params=params, timeout=timeout, allow_redirects=False,
+                               stream=True)
         if not response.is_redirect:
             return response
         url, params = urljoin(response.url, response.headers["Location"]), None
         response.close()
+        if not same_origin(url, origin):
+            raise ForeignURL(f"redirected to another server ({url[:120]}); refused")
     raise requests.exceptions.TooManyRedirects(f"more than {max_redirects} redirects")
 
 
@@ -151,10 +203,13 @@ def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connec
     for attempt in range(policy.retries + 1):
         gate.wait()
         wait, network = policy.delay(attempt), False
+        response = None
         try:
             response = gated_get(session, gate, url, params, timeout)
             if response.status_code == 200:
                 return accept(response)
+        except (BodyTooLarge, ImageTooLarge, ForeignURL) as error:
+            raise FetchFailed(str(error)) from None  # the same answer would come again
         except requests.exceptions.ConnectionError as error:
             reason, connected = _connection_problem(error, url)
             network = True
@@ -173,6 +228,7 @@ def fetch(session, gate, url, accept, policy, timeout, params=None, retry_connec
         except requests.exceptions.RequestException as error:  # invalid URL, too many redirects
             raise FetchFailed(describe_request_error(error, url)) from None
         else:
+            response.close()
             status = response.status_code
             reason = f"HTTP {status} {response.reason or ''}".rstrip()
             if status not in RETRY_STATUSES:
@@ -229,17 +285,25 @@ def guess_view(caption):
 
 def record_from_api(item, base_url):
     """One API list entry -> a schema record (source "openi"); ValueError if it has no image."""
-    img_large = item.get("imgLarge") or ""
+    img_large = str(item.get("imgLarge") or "")
     name = posixpath.basename(urlsplit(img_large).path)
     if not is_image_name(name):
-        raise ValueError(f"record {item.get('uid')!r} has no usable image path ({img_large!r})")
+        raise ValueError(f"record {str(item.get('uid'))[:80]!r} has no usable image path "
+                         f"({img_large[:80]!r})")
+    problem = file_name_problem(name)
+    if problem:
+        raise ValueError(f"record {str(item.get('uid'))[:80]!r}: {problem}")
+    try:
+        url = image_url(base_url, img_large)
+    except ValueError as error:
+        raise ValueError(f"record {str(item.get('uid'))[:80]!r}: {error}") from None
     mesh = item.get("MeSH") or {}
     items = [str(term) for term in (mesh.get("major") or [])]
     sections = parse_abstract(item.get("abstract") or "")
     caption = str((item.get("image") or {}).get("caption") or "")
     uid = str(item.get("uid") or "").strip() or os.path.splitext(name)[0]
     return make_record(
-        name, "openi", url=base_url.rstrip("/") + img_large, type="MeSH", items=items,
+        name, "openi", url=url, type="MeSH", items=items,
         label=label_from_mesh(items), report_id=uid, findings=sections.get("findings", ""),
         impression=sections.get("impression") or str(item.get("impression") or "").strip(),
         caption=caption, view=guess_view(caption),
@@ -312,7 +376,7 @@ def _existing_records(data_dir):
 
 def _json_page(response):
     try:
-        page = response.json()
+        page = json.loads(read_body(response, MAX_PAGE_BYTES))
     except ValueError:
         raise BadImage(f"not JSON (Content-Type {response.headers.get('Content-Type')})") from None
     if not isinstance(page, dict) or not isinstance(page.get("list", []), list):
@@ -371,7 +435,7 @@ def iter_pages(session, gate, base_url, policy, timeout, query="", collection="c
 # ---- images --------------------------------------------------------------------------------
 
 def _image_body(response):
-    data = response.content
+    data = read_body(response, MAX_IMAGE_BYTES)
     check_image_bytes(data)  # raises BadImage: HTML page, truncated PNG, empty body
     return data
 
@@ -392,6 +456,8 @@ def _fetch_one(record, data_dir, session, gate, policy, timeout, book):
     except FetchFailed as error:
         book.failed(record, str(error))
     except OSError as error:
+        if is_environment_error(error):
+            raise  # a full or read-only disk fails every image: stop with one line
         book.failed(record, f"cannot write {path}: {error.strerror or error}")
     else:
         book.kept(record, present=False)

@@ -31,8 +31,23 @@ DESCRIPTION_FILE = "images-description.json"
 FAILURES_FILE = "images-failures.json"
 IMAGES_DIR = "images"
 
+# Image names become file names; atomic_write's temp name adds 23 characters, and most file
+# systems stop at 255 bytes per name.
+MAX_NAME_BYTES = 200
+
 _LABEL_ALIASES = {"normal": "normal", "0": "normal", "abnormal": "abnormal", "1": "abnormal",
                   "false": "normal", "true": "abnormal", "no finding": "normal"}
+
+
+def file_name_problem(name):
+    """Why `name` cannot be an image file name here (None when it can)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        return f"invalid image name {name[:80]!r}: must be a plain file name"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return (f"image name of {size} bytes ({name[:40]!r}...) is longer than the "
+                f"{MAX_NAME_BYTES} a file name may have here")
+    return None
 
 
 def label_from_mesh(major_terms):

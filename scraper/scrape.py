@@ -17,9 +17,13 @@ Writes: <data_dir>/images/, <data_dir>/images-description.json,
 import argparse
 import copy
 import importlib
+import re
 
 from scraper import openi
-from scraper.cli import ArgumentParser, UserError, exit_with
+from scraper.cli import (ArgumentParser, UserError, exit_with, non_negative_float, non_negative_int,
+                         positive_float, positive_int)
+from scraper.fileio import folder_lock
+from scraper.images import add_max_pixels_argument, set_max_pixels
 
 PROG = "cxr-scrape"
 SOURCES = ("openi", "archive", "folder")
@@ -28,7 +32,8 @@ OPTIONS = {
     "openi": ("base_url", "limit", "workers", "max_rps", "timeout", "retries", "backoff",
               "query", "collection"),
     "archive": ("png_archive", "reports_archive", "limit"),
-    "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column"),
+    "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column",
+               "group_pattern", "dicom_group"),
 }
 
 
@@ -40,28 +45,18 @@ def _archive_defaults():
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
 
 
-def _number(kind, minimum, strict):
-    """An argparse type: `kind` (int/float) >= minimum (> minimum if strict), finite."""
-    noun = "count" if kind is int else "number"
-    bound = ("must be positive" if strict else
-             "must be 0 or more" if minimum == 0 else f"must be at least {minimum}")
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
-        if value != value or value == float("inf") or value < minimum or (
-                strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, 1, strict=False)
-_non_negative_int = _number(int, 0, strict=False)
-_positive_float = _number(float, 0, strict=True)
-_non_negative_float = _number(float, 0, strict=False)
+def _group_pattern(text):
+    """An argparse type: a regular expression with at least one capture group (the patient)."""
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {error}") \
+            from None
+    if pattern.groups < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid pattern '{text}': it needs a capture group for the patient, e.g. "
+            f"'person(\\d+)_' or '^(\\d+)_'")
+    return pattern
 
 
 def get_args_parser():
@@ -71,24 +66,25 @@ def get_args_parser():
                         "images-description.json go here)")
     parser.add_argument("--source", choices=SOURCES, default="openi",
                         help="where the images come from")
-    parser.add_argument("--limit", type=_positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="at most this many images (openi, archive); default: all")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
 
     group = parser.add_argument_group("--source openi")
     group.add_argument("--base-url", default=openi.DEFAULT_BASE_URL,
                        help="Open-i server (tests point this at a local server)")
-    group.add_argument("--workers", type=_positive_int, default=openi.DEFAULT_WORKERS,
+    group.add_argument("--workers", type=positive_int, default=openi.DEFAULT_WORKERS,
                        help="parallel image downloads")
-    group.add_argument("--max-rps", type=_positive_float, default=openi.DEFAULT_MAX_RPS,
+    group.add_argument("--max-rps", type=positive_float, default=openi.DEFAULT_MAX_RPS,
                        help="cap on requests started per second, API pages and retries "
                             "included (never exceeded)")
-    group.add_argument("--timeout", type=_positive_float, default=openi.DEFAULT_TIMEOUT,
+    group.add_argument("--timeout", type=positive_float, default=openi.DEFAULT_TIMEOUT,
                        help="seconds to connect and to wait for data, per request")
-    group.add_argument("--retries", type=_non_negative_int, default=openi.DEFAULT_RETRIES,
+    group.add_argument("--retries", type=non_negative_int, default=openi.DEFAULT_RETRIES,
                        help="extra attempts after a failed request (5xx, 429, timeout, "
                             "dropped connection, body that is not an image)")
-    group.add_argument("--backoff", type=_non_negative_float, default=openi.DEFAULT_BACKOFF,
+    group.add_argument("--backoff", type=non_negative_float, default=openi.DEFAULT_BACKOFF,
                        help="seconds before the first retry, doubling each time (Retry-After "
                             "is honoured when longer)")
     group.add_argument("--query", default="", help="Open-i search words (default: empty = everything)")
@@ -115,6 +111,13 @@ def get_args_parser():
     group.add_argument("--group-column", default="group",
                        help="grouping column in --labels (patient/study; keeps a group on one "
                             "side of the split)")
+    group.add_argument("--group-pattern", type=_group_pattern, default=None, metavar="REGEX",
+                       help="the patient is the first capture group of REGEX searched in each "
+                            "image's path, e.g. 'person(\\d+)_' (used where --labels gives no "
+                            "group; DICOM files are grouped by PatientID without it)")
+    group.add_argument("--dicom-group", choices=("patient", "study"), default="patient",
+                       help="group DICOM files by PatientID or by StudyInstanceUID (stored "
+                            "as salted hashes only)")
     return parser
 
 
@@ -128,7 +131,8 @@ def explicit_options(parser, argv):
 
 def check_options(args, given):
     """One clear line for flags that do not fit together."""
-    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress"}
+    allowed = set(OPTIONS[args.source]) | {"data_dir", "source", "no_progress",
+                                           "max_image_pixels"}
     for dest in sorted(given - allowed):
         owners = [s for s in SOURCES if dest in OPTIONS[s]]
         flag = "--" + dest.replace("_", "-")
@@ -165,14 +169,16 @@ def run(args):
     return folder.import_folder(
         args.data_dir, args.images, labels_csv=args.labels, normal_class=args.normal_class,
         boxes_csv=args.boxes, label_column=args.label_column, group_column=args.group_column,
-        progress=progress)
+        group_pattern=args.group_pattern, dicom_group=args.dicom_group, progress=progress)
 
 
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     check_options(args, explicit_options(parser, argv))
-    run(args)
+    set_max_pixels(args.max_image_pixels)
+    with folder_lock(args.data_dir, PROG):  # one writer per data folder
+        run(args)
     return 0
 
 

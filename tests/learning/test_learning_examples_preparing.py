@@ -149,15 +149,16 @@ def test_missing_class_is_a_clear_error(tmp_path):
     records = [make_record(f"n{i}.png", "folder", label="normal") for i in range(5)]
     descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
     with pytest.raises(UserError, match="no 'abnormal' examples"):
-        main([str(descriptions), str(features_path), str(tmp_path / "a"), str(tmp_path / "b"),
-              str(tmp_path / "c")])
+        main([str(descriptions), str(features_path), str(tmp_path / "a.pickle"),
+              str(tmp_path / "b.pickle"), str(tmp_path / "c.json")])
 
 
 def test_bad_fraction_and_crafted_pickle_are_one_line_errors(tmp_path, capsys):
     records = grouped_records(10)
     descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
     code, _ = run_stage(tmp_path, descriptions, features_path, "--test-fraction", "1.5")
-    assert code == 1 and "invalid --test-fraction 1.5" in capsys.readouterr().err
+    assert code == 2 and ("argument --test-fraction: invalid fraction '1.5': must be in [0, 1)"
+                          in capsys.readouterr().err)
 
     class Evil:
         def __reduce__(self):

@@ -15,7 +15,9 @@ Faults (per image name, or API_PATH for the API pages), each for the first `time
 Content-Length, send half the body, close the socket), "html" (200 + text/html maintenance
 page), "truncated" (200 + a PNG cut in half, consistent Content-Length), "404",
 "redirect" (302 to MOVED + path, which serves the image), "hang" (wait `delay` seconds
-before answering normally: a client timeout).
+before answering normally: a client timeout); hostile ones: "endless" (a chunked body that
+never ends: PNG bytes, then zeros until the client hangs up), "huge" (announce a 10 GB
+Content-Length, send 1 KB, close), "offsite" (302 to `location`, another server).
 `page_limit` makes the API return at most that many records per page (short pages);
 `stall_at` makes it return no records for any page starting at or after that 1-based index.
 """
@@ -34,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "openi", "api-search-response.json")
 DEMO_IMAGES = os.path.join(ROOT, "demo", "nih-24", "images")
 API_PATH = "/api/search"
-FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404", "redirect", "hang")
+FAULT_KINDS = ("500", "503", "429", "drop", "html", "truncated", "404", "redirect", "hang",
+               "endless", "huge", "offsite")
 MOVED = "/moved"  # "redirect" sends a 302 to MOVED + path, where the same body is served
 
 # MeSH major terms per report, cycled: normal, abnormal (two terms), unlabelled, abnormal.
@@ -106,11 +109,12 @@ class FakeOpenI(LocalHTTPServer):
     def body(self, name):
         return self.bodies[self.image_path(name)]
 
-    def fault(self, name, kind, times=None, retry_after=None, delay=1.0):
+    def fault(self, name, kind, times=None, retry_after=None, delay=1.0, location=None):
         """Make requests for image `name` (or API_PATH) fail with `kind`."""
         assert kind in FAULT_KINDS, kind
         path = name if name == API_PATH else self.image_path(name)
-        self.faults[path] = [kind, times, delay if kind == "hang" else retry_after]
+        extra = {"hang": delay, "offsite": location}.get(kind, retry_after)
+        self.faults[path] = [kind, times, extra]
 
     # -- observations ------------------------------------------------------------------------
     def count(self, path):
@@ -191,6 +195,13 @@ class FakeOpenI(LocalHTTPServer):
                     time.sleep(retry_after)  # the fault's delay
                 if kind == "redirect":
                     return self._send(302, b"", "text/plain", {"Location": MOVED + parts.path})
+                if kind == "offsite":
+                    return self._send(302, b"", "text/plain", {"Location": retry_after})
+                if kind == "endless":
+                    return self._send_endless(body)
+                if kind == "huge":
+                    return self._send(200, body[:1024], ctype,
+                                      {"Content-Length": str(10 << 30)}, cut=1024)
                 if kind == "html":
                     return self._send(200, MAINTENANCE_PAGE, "text/html")
                 if kind == "truncated":
@@ -199,11 +210,30 @@ class FakeOpenI(LocalHTTPServer):
                     return self._send(200, body, ctype, cut=len(body) // 2)
                 return self._send(200, body, ctype)
 
+            def _send_endless(self, body, limit=1 << 30):
+                """Chunked transfer: the PNG, then zeros, until the client hangs up (or 1 GB)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
+                chunk, sent = b"\0" * (1 << 16), 0
+                try:
+                    for part in [body] + [chunk] * (limit // len(chunk)):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        sent += len(part)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                with server._lock:
+                    server.endless_sent = max(getattr(server, "endless_sent", 0), sent)
+
             def _send(self, status, body, ctype, headers=None, cut=None):
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
+                    if "Content-Length" not in (headers or {}):
+                        self.send_header("Content-Length", str(len(body)))
                     for key, value in (headers or {}).items():
                         self.send_header(key, value)
                     self.end_headers()

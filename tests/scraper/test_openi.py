@@ -276,9 +276,11 @@ def test_rerun_merges_with_earlier_records_and_drops_missing_files(tmp_path):
     with FakeOpenI(n_records=6) as server:
         scrape(server, tmp_path, max_rps=200)
         os.unlink(tmp_path / "images" / server.names[5])
-        (tmp_path / "images" / ".CXR9.png.abc.part").write_bytes(b"half")  # a killed write
+        stale = tmp_path / "images" / ".CXR9.png.cxr-tmp-abcd1234.part"  # a killed write
+        stale.write_bytes(b"half")
+        os.utime(stale, (0, 0))  # older than any running writer's temp file
         summary = scrape(server, tmp_path, limit=2, max_rps=200)
         # the earlier run's records stay (files on disk), the deleted one is gone
         assert sorted(descriptions(tmp_path)) == sorted(server.names[:5])
         assert summary.present == 2
-        assert not (tmp_path / "images" / ".CXR9.png.abc.part").exists()
+        assert not stale.exists()

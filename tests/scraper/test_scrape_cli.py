@@ -96,9 +96,11 @@ def test_folder_and_archive_dispatch(tmp_path, monkeypatch, capsys):
     assert calls == [
         ("folder", (data, "imgs"), dict(labels_csv="l.csv", normal_class=None, boxes_csv="b.csv",
                                         label_column="label", group_column="patient_id",
+                                        group_pattern=None, dicom_group="patient",
                                         progress=False)),
         ("folder", (data, "imgs"), dict(labels_csv=None, normal_class="ok", boxes_csv=None,
                                         label_column="label", group_column="group",
+                                        group_pattern=None, dicom_group="patient",
                                         progress=True)),
         ("archive", (data, "png-url", "reports-url"), dict(limit=5, progress=True)),
         ("archive", (data, "p.tgz", "r.tgz"), dict(limit=None, progress=True)),
@@ -175,5 +177,4 @@ def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     target.write_text("not a directory")
     code, err = run_cli([str(target), "--base-url", f"http://127.0.0.1:{unused_port()}"], capsys)
     assert code == 1
-    assert err.splitlines() == [f"cxr-scrape: error: cannot create {target}/images: "
-                                f"Not a directory"]
+    assert err.splitlines() == [f"cxr-scrape: error: {target} is a file, expected a folder"]
