@@ -6,20 +6,17 @@ Each piece can be read and tested alone:
   plan_reuse                  which images are reused from where, which are computed
   FeatureTable                the one (N, *row) float32 array, filled from reuse and batches
   Checkpointer                <features>.partial every `every` seconds (kept under ~10 % of run)
-  output_lock                 one writer per output file (fcntl), and removal of ONLY this
-                              output's own stale temp files, never another program's
+The output folder's lock and the temp-file clean-up are scraper.fileio's, shared by all stages.
 """
 import contextlib
-import fcntl
 import os
-import re
 import time
 
 import numpy as np
 
 from learning import safe_pickle
 from scraper.cli import UserError, log
-from scraper.fileio import TMP_SUFFIX, file_hash
+from scraper.fileio import file_hash
 from scraper.images import is_image_name
 
 FORMAT = "cxr-features/1"
@@ -29,11 +26,6 @@ PROG = "cxr-extract-features"
 
 def partial_path(output_path):
     return os.fspath(output_path) + ".partial"
-
-
-def lock_path(output_path):
-    directory, name = os.path.split(os.path.abspath(os.fspath(output_path)))
-    return os.path.join(directory, f".{name}.cxr-lock")
 
 
 def list_images(images_dir):
@@ -213,51 +205,3 @@ class Checkpointer:
             started = time.monotonic()
             write()
             self.last = time.monotonic() + 9 * (time.monotonic() - started)
-
-
-def own_temp_file_pattern(output_path):
-    """Temp files that atomic writes of THIS output (and its checkpoint) create:
-    .<name>.<8 random>.part and .<name>.partial.<8 random>.part (scraper.fileio's mkstemp)."""
-    name = re.escape(os.path.basename(os.fspath(output_path)))
-    return re.compile(rf"^\.{name}(\.partial)?\.[A-Za-z0-9_]{{8}}{re.escape(TMP_SUFFIX)}$")
-
-
-def remove_own_stale_temp_files(output_path):
-    """Delete temp files a killed run of this output left; nothing else. Call under the lock
-    (then no other writer of this output can be running). Returns how many."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(output_path)))
-    pattern = own_temp_file_pattern(output_path)
-    removed = 0
-    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-        for entry in entries:
-            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
-
-
-@contextlib.contextmanager
-def output_lock(output_path):
-    """Hold an exclusive lock on this output for the whole run; refuse if another run has it.
-
-    A lock file beside the output (.<name>.cxr-lock, empty, kept: deleting a lock file races
-    with a process about to lock it). The kernel drops the lock when a run dies, however.
-    """
-    path = lock_path(output_path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:
-        raise UserError(f"cannot create the lock file {path}: "
-                        f"{error.strerror or error}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another {PROG} run is writing {os.fspath(output_path)} (lock "
-                            f"{path} is held); wait for it to finish or choose another output"
-                            ) from None
-        yield
-    finally:
-        os.close(fd)

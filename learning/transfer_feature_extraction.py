@@ -18,7 +18,7 @@ recomputed; new or changed images are computed, deleted ones are dropped. Any ch
 bf16/fp16 features differ from fp32 ones by up to ~1%, and mixing them would make a head's
 inputs depend on which run computed them. Features are always stored as float32.
 
-        .<features>.cxr-lock  an empty lock file: one run per output at a time
+        .cxr-lock   the output folder's lock (scraper.fileio.folder_lock): one writer at a time
 
 Layout: this file is the stage (parameters, the network, the run loop, the CLI); the decode
 pipeline is learning/features_decode.py, the incremental bookkeeping and the checkpoints
@@ -38,8 +38,9 @@ import numpy as np
 
 from learning import features_decode, features_store, safe_pickle, vgg
 from learning.features_store import FORMAT, PARTIAL_FORMAT, partial_path  # noqa: F401 (API)
-from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, float_range,
-                         fmt_count, int_range, log)
+from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
+from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.fileio import folder_lock, remove_stale_temp_files
 from scraper.images import BadImage
 
 PROG = "cxr-extract-features"
@@ -164,8 +165,10 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             f"smoke tests only and mean nothing about X-rays")
     if os.path.isdir(output_path):
         raise UserError(f"features path is a folder, expected a file: {output_path}")
-    with features_store.output_lock(output_path):
-        features_store.remove_own_stale_temp_files(output_path)
+    # One writer per data folder; then the only temp files to clean are killed runs' (a
+    # running writer of any stage keeps its temp file locked, and a user's are not ours).
+    with folder_lock(os.path.dirname(os.path.abspath(output_path)), PROG):
+        remove_stale_temp_files(os.path.dirname(os.path.abspath(output_path)))
         stats = Stats(total=len(names), skipped=skipped)
         hashes, failures = features_store.hash_images(images_dir, names, progress)
         # Reuse sources: the previous output, then the checkpoint of an interrupted run.
@@ -313,9 +316,9 @@ def get_args_parser():
     parser.add_argument("--random-weights", action="store_true",
                         help="use a randomly initialised VGG16 (offline smoke runs and tests "
                              "ONLY: the features carry no ImageNet knowledge)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
+    parser.add_argument("--seed", type=flags.seed, default=0,
                         help="seed of --random-weights")
-    parser.add_argument("--image-size", type=int_range(32, MAX_IMAGE_SIZE), default=224,
+    parser.add_argument("--image-size", type=flags.bounded_int(MAX_IMAGE_SIZE, 32, "image size"), default=224,
                         help=f"images are resized to this square size (pixels, "
                              f"32..{MAX_IMAGE_SIZE})")
     parser.add_argument("--layer", default="block5_pool", choices=vgg.LAYERS,
@@ -325,16 +328,16 @@ def get_args_parser():
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="compute precision (Keras mixed precision); features are stored as "
                              "float32 either way, and changing it recomputes all features")
-    parser.add_argument("--batch-size", type=int_range(1, MAX_BATCH_SIZE), default=16,
+    parser.add_argument("--batch-size", type=flags.bounded_int(MAX_BATCH_SIZE, what="batch size"), default=16,
                         help="images per network call")
-    parser.add_argument("--workers", type=int_range(1, 256), default=2,
+    parser.add_argument("--workers", type=flags.bounded_int(256, what="worker count"), default=2,
                         help="threads or processes decoding and resizing images ahead of the "
                              "network")
     parser.add_argument("--decode", default="auto", choices=features_decode.DECODE_MODES,
                         help="decode pool: processes scale across cores (GPU machines), "
                              "threads start at once; auto: processes for more than "
                              f"{features_decode.AUTO_MIN_IMAGES} images on more than 2 cores")
-    parser.add_argument("--checkpoint-every", type=float_range(0), default=300.0,
+    parser.add_argument("--checkpoint-every", type=flags.non_negative_float, default=300.0,
                         help="seconds between checkpoints of a long run to <features>.partial "
                              "(0: only on Ctrl-C)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -53,38 +53,6 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
 
 
-def int_range(low, high=None):
-    """argparse `type=`: an integer in [low, high] (high None: no upper bound), checked at parse
-    time so a bad value is one line ("argument --x: invalid value 5: must be in 32..1024")."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"{low}..{high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"invalid value {value}: must be {allowed}")
-        return value
-    parse.__name__ = "integer"
-    return parse
-
-
-def float_range(low, high=None):
-    """argparse `type=`: a finite float in [low, high] (high None: no upper bound)."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if not (value >= low and (high is None or value <= high)) or value != value \
-                or value in (float("inf"), float("-inf")):
-            allowed = f"{low}..{high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"invalid value {text}: must be {allowed}")
-        return value
-    parse.__name__ = "number"
-    return parse
-
-
 def run_main(main, prog, argv=None):
     """Run `main(argv)` and turn user errors and Ctrl-C into one line plus an exit code."""
     try:

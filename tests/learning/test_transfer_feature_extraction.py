@@ -264,14 +264,15 @@ def test_refuses_to_overwrite_a_file_that_is_not_a_features_pickle(tmp_path, cap
 
 # ---------------------------------------------------------------- issue 8: hostile/careless input
 
-def test_only_this_outputs_own_stale_temp_files_are_removed(first, tmp_path, net):
-    """An unrelated hidden .part file (another program's, or another output's) survives."""
+def test_only_our_own_stale_temp_files_are_removed(first, tmp_path, net):
+    """A killed run's temp files go; an unrelated hidden .part file (a user's, another
+    program's, an old-style name) stays."""
     images, output = copy_run(first, tmp_path)
     (images / DEMO_NAMES[0]).write_bytes((DEMO / DEMO_NAMES[1]).read_bytes())  # one change
-    ours = [tmp_path / ".features.pickle.k3j_x9ab.part",
-            tmp_path / ".features.pickle.partial.q0w9e8r7.part"]
-    theirs = [tmp_path / ".something.part", tmp_path / ".other.pickle.abcdefgh.part",
-              tmp_path / ".features.pickle.notours.part"]
+    ours = [tmp_path / ".features.pickle.cxr-tmp-k3j_x9ab.part",
+            tmp_path / ".features.pickle.partial.cxr-tmp-q0w9e8r7.part"]
+    theirs = [tmp_path / ".something.part", tmp_path / ".features.pickle.abcdefgh.part",
+              tmp_path / ".notes.cxr-tmp-.part"]
     for path in ours + theirs:
         path.write_bytes(b"half-written")
     stats = run(images, output, model=net)
@@ -280,38 +281,41 @@ def test_only_this_outputs_own_stale_temp_files_are_removed(first, tmp_path, net
     assert [p.exists() for p in theirs] == [True, True, True]
 
 
-def test_a_running_writer_is_not_disturbed(first, tmp_path, capsys):
-    """While another run holds the output, a second run refuses in one line and touches
-    nothing: not the output, not the first run's temp file."""
+def test_a_running_writer_is_not_disturbed(first, tmp_path, net, capsys):
+    """A temp file another writer holds (locked) survives a run; while another run holds the
+    output folder, a second one refuses in one line and changes nothing."""
     import fcntl
 
-    from learning import features_store
+    from scraper.fileio import LOCK_FILE
 
     images, output = copy_run(first, tmp_path)
     before = output.read_bytes()
-    running_temp = tmp_path / ".features.pickle.r7unn1ng.part"
-    running_temp.write_bytes(b"the first run is writing this")
-    handle = open(features_store.lock_path(output), "a")
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)      # "the first run"
-    try:
+    running_temp = tmp_path / ".examples.json.cxr-tmp-r7unn1ng.part"
+    running_temp.write_bytes(b"another stage is writing this")
+    with open(running_temp, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)                     # a writer at work
+        (images / DEMO_NAMES[0]).write_bytes((DEMO / DEMO_NAMES[1]).read_bytes())
+        assert run(images, output, model=net).computed == 1
+        assert running_temp.read_bytes() == b"another stage is writing this"
+    changed = output.read_bytes()
+    with open(tmp_path / LOCK_FILE, "a") as first_run:
+        fcntl.flock(first_run, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the first run"
+        (images / DEMO_NAMES[1]).write_bytes((DEMO / DEMO_NAMES[2]).read_bytes())
         line = _one_error_line(capsys, [images, output, "--random-weights", "--image-size",
                                         str(SIZE), "--no-progress"])
-    finally:
-        handle.close()
-    assert "another cxr-extract-features run is writing" in line
-    assert running_temp.read_bytes() == b"the first run is writing this"
-    assert output.read_bytes() == before
+    assert "another run is writing to" in line
+    assert output.read_bytes() == changed != before
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--image-size", "100000", "must be 32..1024"),
-    ("--image-size", "16", "must be 32..1024"),
-    ("--batch-size", "1000000000", "must be 1..1024"),
-    ("--batch-size", "0", "must be 1..1024"),
-    ("--seed", "-5", "must be 0..4294967295"),
-    ("--workers", "0", "must be 1..256"),
-    ("--checkpoint-every", "nan", "must be >= 0"),
-    ("--checkpoint-every", "-1", "must be >= 0"),
+    ("--image-size", "100000", "must be between 32 and 1,024"),
+    ("--image-size", "16", "must be between 32 and 1,024"),
+    ("--batch-size", "1000000000", "must be between 1 and 1,024"),
+    ("--batch-size", "0", "must be between 1 and 1,024"),
+    ("--seed", "-5", "must be between 0 and 4,294,967,295"),
+    ("--workers", "0", "must be between 1 and 256"),
+    ("--checkpoint-every", "nan", "must be 0 or more"),
+    ("--checkpoint-every", "-1", "must be 0 or more"),
 ])
 def test_flag_ranges_are_checked_at_parse_time(tmp_path, capsys, flag, value, message):
     images = make_images(tmp_path / "images", DEMO_NAMES[:1])
