@@ -179,6 +179,82 @@ def fused_elementwise(fn):
     return fn
 
 
+def with_gradient(value, z, multiplier):
+    """`value` (computed elsewhere, not differentiated) whose gradient w.r.t. `z` is
+    multiplier * upstream: DeepLIFT's rescale step, as one op each way where the backend
+    has custom gradients (elsewhere value + multiplier * (z - stop(z)), three more passes).
+    value, z, multiplier: tensors of one shape."""
+    name = backend()
+    if name == "tensorflow":
+        return _tf_with_gradient(value, z, multiplier)
+    if name == "jax":
+        return _jax_with_gradient()(value, z, multiplier)
+    if name == "torch":
+        return _TorchWithGradient.apply(value, z, multiplier)
+    from keras import ops
+
+    return value + multiplier * (z - ops.stop_gradient(z))
+
+
+def _tf_with_gradient(value, z, multiplier):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def rescale(z_in):
+        return tf.identity(value), lambda upstream: upstream * multiplier
+
+    return rescale(z)
+
+
+_JAX_WITH_GRADIENT = []
+
+
+def _jax_with_gradient():
+    if not _JAX_WITH_GRADIENT:
+        import jax
+
+        @jax.custom_vjp
+        def rescale(value, z, multiplier):
+            return value
+
+        def forward(value, z, multiplier):
+            return value, multiplier
+
+        def backward(multiplier, upstream):
+            return None, upstream * multiplier, None
+
+        rescale.defvjp(forward, backward)
+        _JAX_WITH_GRADIENT.append(rescale)
+    return _JAX_WITH_GRADIENT[0]
+
+
+def _torch_function():
+    import torch
+
+    class WithGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value, z, multiplier):
+            ctx.save_for_backward(multiplier)
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, upstream):
+            (multiplier,) = ctx.saved_tensors
+            return None, upstream * multiplier, None
+
+    return WithGradient
+
+
+class _TorchWithGradient:
+    _function = None
+
+    @classmethod
+    def apply(cls, value, z, multiplier):
+        if cls._function is None:
+            cls._function = _torch_function()
+        return cls._function.apply(value, z, multiplier)
+
+
 _FORWARD = weakref.WeakKeyDictionary()
 
 
