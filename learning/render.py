@@ -3,8 +3,11 @@
 Used by stage 6 (learning/visualization.py). matplotlib with the Agg backend (no display
 needed); every file is written atomically.
 
-Colour scale: maps are non-negative evidence; the top of the scale is the 99.5th percentile
-of the positive values (`robust_max`), so one hot pixel does not wash out the rest. Colormap
+Colour scale: the top of the scale is the 99.5th percentile of the shown values
+(`robust_max`), so one hot pixel does not wash out the rest; stage 6 takes it per image or
+pooled over the run (--scale shared, from `scale_sample`s). Panels and overlays show the
+positive part of the signed map (evidence for "abnormal"); the detail page's RGBA layers
+(`layer_rgba`) show its positive, negative or absolute values (`view_values`). Colormap
 "inferno" (perceptually uniform, readable in grey print). The overlay makes weak evidence
 transparent (alpha grows with the value) so the X-ray stays visible where nothing is found.
 The overlay and panel show the map lightly smoothed (Gaussian, `smooth` pixels of the model
@@ -88,9 +91,38 @@ def save_png(path, rgb):
     atomic_write_bytes(path, png_bytes(rgb))
 
 
-def save_heatmap(path, heatmap):
-    """The original's `<name>[p,p]_<method>.png`: the map alone, colour-mapped."""
-    save_png(path, colorize(heatmap, robust_max(heatmap)))
+# The detail page's three views of a signed map: colour source and which values they show.
+VIEWS = {"positive": ("inferno", 1.0), "negative": ("Blues", -1.0), "absolute": ("viridis", 0.0)}
+
+
+def view_values(signed, view):
+    """(H, W) signed map -> the non-negative values a view shows (positive/negative/absolute)."""
+    signed = np.asarray(signed, np.float32)
+    if view == "absolute":
+        return np.abs(signed)
+    return np.maximum(VIEWS[view][1] * signed, 0)
+
+
+def layer_rgba(values, vmax, cmap, max_alpha=0.85):
+    """Non-negative (H, W) values -> (H, W, 4) uint8: colour-mapped, alpha growing with the
+    value (transparent where there is nothing), for stacking over the X-ray in a browser."""
+    import matplotlib
+
+    scaled = np.clip(np.asarray(values, np.float64) / vmax, 0, 1)
+    # Blues starts almost white: use its darker upper half so weak evidence stays visible.
+    colours = matplotlib.colormaps[cmap](0.35 + 0.65 * scaled if cmap == "Blues" else scaled)
+    rgba = (colours * 255).round().astype(np.uint8)
+    rgba[..., 3] = (255 * max_alpha * np.sqrt(scaled)).round().astype(np.uint8)
+    return rgba
+
+
+def scale_sample(values, rng, size=256):
+    """A fixed-size random sample of a map's positive values, to pool a run-wide scale
+    (256 float32 per map and view: ~3 KB per image and method, whatever the map size)."""
+    positive = np.asarray(values, np.float32)[np.asarray(values) > 0]
+    if positive.size > size:
+        positive = rng.choice(positive, size, replace=False)
+    return positive
 
 
 def _draw_boxes(ax, boxes):
