@@ -16,7 +16,7 @@ import ctypes
 import multiprocessing
 import os
 
-from scraper.images import BadImage, load_rgb
+from scraper.images import BadImage, load_rgb, max_pixels, set_max_pixels
 
 DECODE_MODES = ("auto", "threads", "processes")
 AUTO_MIN_IMAGES = 256
@@ -44,8 +44,10 @@ def choose_mode(mode, count, cpus=None):
 
 def make_pool(mode, workers):
     if mode == "processes":
+        # spawned workers start with the default pixel limit: pass this process's on
         return concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"))
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=set_max_pixels, initargs=(max_pixels(),))
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
 
 

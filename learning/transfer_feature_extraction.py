@@ -41,14 +41,13 @@ from learning.features_store import FORMAT, PARTIAL_FORMAT, partial_path  # noqa
 from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import folder_lock, remove_stale_temp_files
-from scraper.images import BadImage
+from scraper.images import BadImage, add_max_pixels_argument, set_max_pixels
 
 PROG = "cxr-extract-features"
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Keras mixed precision: variables stay float32, the convolutions run in the low precision.
 _DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-MAX_IMAGE_SIZE = 1024
 MAX_BATCH_SIZE = 1024
 
 
@@ -318,9 +317,10 @@ def get_args_parser():
                              "ONLY: the features carry no ImageNet knowledge)")
     parser.add_argument("--seed", type=flags.seed, default=0,
                         help="seed of --random-weights")
-    parser.add_argument("--image-size", type=flags.bounded_int(MAX_IMAGE_SIZE, 32, "image size"), default=224,
+    parser.add_argument("--image-size", type=flags.bounded_int(vgg.MAX_IMAGE_SIZE, vgg.MIN_IMAGE_SIZE,
+                                                        "image size"), default=224,
                         help=f"images are resized to this square size (pixels, "
-                             f"32..{MAX_IMAGE_SIZE})")
+                             f"{vgg.MIN_IMAGE_SIZE}..{vgg.MAX_IMAGE_SIZE})")
     parser.add_argument("--layer", default="block5_pool", choices=vgg.LAYERS,
                         help="VGG16 layer whose output is stored")
     parser.add_argument("--pooling", default="none", choices=vgg.POOLINGS,
@@ -341,11 +341,13 @@ def get_args_parser():
                         help="seconds between checkpoints of a long run to <features>.partial "
                              "(0: only on Ctrl-C)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    set_max_pixels(args.max_image_pixels)
     if args.random_weights and args.weights:
         log(f"cxr-extract-features: WARNING: --random-weights given, ignoring the weights file "
             f"{args.weights}")

@@ -308,8 +308,8 @@ def test_a_running_writer_is_not_disturbed(first, tmp_path, net, capsys):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--image-size", "100000", "must be between 32 and 1,024"),
-    ("--image-size", "16", "must be between 32 and 1,024"),
+    ("--image-size", "100000", "must be between 32 and 2,048"),
+    ("--image-size", "16", "must be between 32 and 2,048"),
     ("--batch-size", "1000000000", "must be between 1 and 1,024"),
     ("--batch-size", "0", "must be between 1 and 1,024"),
     ("--seed", "-5", "must be between 0 and 4,294,967,295"),
@@ -344,6 +344,22 @@ def test_decode_pipeline_keeps_order_and_reports_bad_images(tmp_path, mode):
     assert features_decode.choose_mode("auto", 10_000, cpus=16) == "processes"
     assert features_decode.choose_mode("auto", 10_000, cpus=2) == "threads"
     assert features_decode.choose_mode("auto", 10, cpus=16) == "threads"
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_pixel_limit_holds_in_decode_processes_too(tmp_path, mode):
+    """--max-image-pixels set in the stage applies in spawned decode workers as well."""
+    from learning import features_decode
+    from scraper.images import DEFAULT_MAX_PIXELS, set_max_pixels
+
+    images = make_images(tmp_path / "images", DEMO_NAMES[:1])
+    set_max_pixels(512 * 512 - 1)                     # the demo X-rays are 512 x 512
+    try:
+        [(_, result)] = features_decode.iter_decoded([str(images / DEMO_NAMES[0])], 32, 1, 1,
+                                                     mode)
+    finally:
+        set_max_pixels(DEFAULT_MAX_PIXELS)
+    assert isinstance(result, features_decode.BadImage) and "max-image-pixels" in str(result)
 
 
 def test_reuse_plan_and_feature_table_alone():
