@@ -26,7 +26,7 @@ def main(work):
     from learning import fully_connected_layers_training as training
     from learning.vgg import build_conv_base
     from tests.learning.test_fully_connected_layers_training import make_split
-    from tests.learning.test_visualization import _argv, _build_data
+    from tests.learning.stage6_data import argv, build_data
 
     work = pathlib.Path(work)
     out = work / keras.backend.backend()
@@ -60,8 +60,8 @@ def main(work):
                           str(out / "model"), "--epochs", "2", "--bootstrap", "20"]) == 0
     trained = keras.models.load_model(str(out / "model" / training.HEAD_FILE))
     results["trained_logits"] = attribution.forward(trained, inputs["small_features"])
-    stage6 = _build_data(out / "stage6")
-    assert visualization.main(_argv(stage6, "--method", "deeplift,grad-cam",
+    stage6 = build_data(out / "stage6")
+    assert visualization.main(argv(stage6, "--method", "deeplift,grad-cam",
                                     "--batch-size", "2")) == 0
     np.savez(out / "outputs.npz", **results)
     return 0
