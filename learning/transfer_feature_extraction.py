@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from learning import features_decode, features_store, safe_pickle, vgg
-from learning.features_store import FORMAT, PARTIAL_FORMAT, partial_path  # noqa: F401 (API)
+from learning.features_store import FORMAT, partial_path
 from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import folder_lock, remove_stale_temp_files
@@ -49,6 +49,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_BATCH_SIZE = 1024
+# Range-checked flag types (one line on a bad value, before any work or allocation).
+IMAGE_SIZE = flags.bounded_int(vgg.MAX_IMAGE_SIZE, vgg.MIN_IMAGE_SIZE, "image size")
+BATCH_SIZE = flags.bounded_int(MAX_BATCH_SIZE, what="batch size")
 
 
 @dataclasses.dataclass
@@ -317,8 +320,7 @@ def get_args_parser():
                              "ONLY: the features carry no ImageNet knowledge)")
     parser.add_argument("--seed", type=flags.seed, default=0,
                         help="seed of --random-weights")
-    parser.add_argument("--image-size", type=flags.bounded_int(vgg.MAX_IMAGE_SIZE, vgg.MIN_IMAGE_SIZE,
-                                                        "image size"), default=224,
+    parser.add_argument("--image-size", type=IMAGE_SIZE, default=224,
                         help=f"images are resized to this square size (pixels, "
                              f"{vgg.MIN_IMAGE_SIZE}..{vgg.MAX_IMAGE_SIZE})")
     parser.add_argument("--layer", default="block5_pool", choices=vgg.LAYERS,
@@ -328,7 +330,7 @@ def get_args_parser():
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="compute precision (Keras mixed precision); features are stored as "
                              "float32 either way, and changing it recomputes all features")
-    parser.add_argument("--batch-size", type=flags.bounded_int(MAX_BATCH_SIZE, what="batch size"), default=16,
+    parser.add_argument("--batch-size", type=BATCH_SIZE, default=16,
                         help="images per network call")
     parser.add_argument("--workers", type=flags.bounded_int(256, what="worker count"), default=2,
                         help="threads or processes decoding and resizing images ahead of the "
