@@ -3,40 +3,64 @@
 #
 #   ./run_pipeline.sh [DATA_DIR] [options] [-- stage-2 source options]
 #   ./run_pipeline.sh --demo                    # offline demo on demo/nih-24 into data/demo
-#   ./run_pipeline.sh data --source folder --images ~/xrays --labels ~/xrays/labels.csv
+#   ./run_pipeline.sh data --source folder --images "my xrays" --labels "my xrays/labels.csv"
 #
-# Options (everything else is passed to stage 2, cxr-scrape):
+# Options (cxr-scrape's own options, e.g. --source, go to stage 2; any other is refused):
 #   --demo               use the bundled 24 NIH images (folder source); DATA_DIR defaults to data/demo
 #   --from STAGE         re-run stage STAGE and every later one; earlier stages are taken as done
 #                        (STAGE: 1-6 or download, scrape, features, examples, train, visualize)
 #   --force              re-run every stage
+#   --set STAGE.FLAG=VALUE  one stage's flag for this run, over DATA_DIR/params.toml
+#                        (e.g. --set train.epochs=20, --set visualize.method=grad-cam)
+#   --limit N            explain only N test images in stage 6 (= --set visualize.limit=N)
 #   --random-weights     use seeded random VGG16 weights (offline smoke runs; heatmaps mean nothing)
 #   --weights-from FILE  install VGG16 weights from a file you brought (air-gapped sites)
 #   --seed N             seed for the split, the training and the random weights (default 0)
+#   --version            print the version
 #   -h, --help           this text
 #
-# A stage is skipped when its outputs exist, are newer than its inputs, and it was last run with
-# the same command line (kept in DATA_DIR/.stamps/). A stage that fails stops the chain with its
-# own message and a non-zero exit; an interrupted stage leaves complete files only and is re-run.
+# Parameters: DATA_DIR/params.toml holds one table per stage (download, scrape, features,
+# examples, train, visualize); each key is a flag of that stage's command (see its --help),
+# true/false for switches, a list for flags that repeat. For example data/demo/params.toml:
+#
+#   [train]
+#   epochs = 20                       # cxr-train --epochs 20
+#   [visualize]
+#   method = ["deeplift", "grad-cam"] # cxr-visualize --method deeplift --method grad-cam
+#
+# then `./run_pipeline.sh --demo` re-runs stage 5 and 6 only. A key that is no flag of its stage
+# is refused before anything runs, naming it.
+#
+# A stage is skipped when its outputs exist, are newer than its inputs, it was last run with the
+# same command line (kept in DATA_DIR/.stamps/; parameters are part of it), and no earlier stage
+# ran in this call. So a changed parameter re-runs its stage and every later one, never an
+# earlier one. A stage that fails stops the chain with its own message and a non-zero exit; an
+# interrupted stage leaves complete files only and is re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run_pipeline: error: $*" >&2; exit 2; }
+need_value() { [ "$2" -ge 2 ] || die "$1 needs a value (see ./run_pipeline.sh --help)"; }
 
-DATA="" DEMO=0 FROM=1 FROM_GIVEN=0 FORCE=0 RANDOM_WEIGHTS=0 WEIGHTS_FROM="" SEED=0 SOURCE_ARGS=()
+DATA="" DEMO=0 FROM=1 FROM_GIVEN=0 FORCE=0 RANDOM_WEIGHTS=0 WEIGHTS_FROM="" SEED=0
+SOURCE_ARGS=() OVERRIDES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) DEMO=1 ;;
-    --from) [ $# -ge 2 ] || die "--from needs a stage (1-6)"; FROM="$2"; FROM_GIVEN=1; shift ;;
+    --from) need_value "$1" $#; FROM="$2"; FROM_GIVEN=1; shift ;;
     --force) FORCE=1 ;;
+    --set) need_value "$1" $#; OVERRIDES+=(--set "$2"); shift ;;
+    --limit) need_value "$1" $#; [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "invalid --limit $2: a positive integer"
+             OVERRIDES+=(--set "visualize.limit=$2"); shift ;;
     --random-weights) RANDOM_WEIGHTS=1 ;;
-    --weights-from) [ $# -ge 2 ] || die "--weights-from needs a file"; WEIGHTS_FROM="$2"; shift ;;
-    --seed) [ $# -ge 2 ] || die "--seed needs a number"; SEED="$2"; shift ;;
+    --weights-from) need_value "$1" $#; WEIGHTS_FROM="$2"; shift ;;
+    --seed) need_value "$1" $#; SEED="$2"; shift ;;
+    --version) echo "run_pipeline $(sed -n 's/^__version__ = "\(.*\)".*/\1/p' scraper/__init__.py)"; exit 0 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; SOURCE_ARGS+=("$@"); break ;;
-    -*) SOURCE_ARGS+=("$1") ;;
+    -*) SOURCE_ARGS+=("$1") ;;  # checked against cxr-scrape's parser below, before any stage
     *) if [ -z "$DATA" ] && [ ${#SOURCE_ARGS[@]} -eq 0 ]; then DATA="$1"; else SOURCE_ARGS+=("$1"); fi ;;
   esac
   shift
@@ -47,23 +71,30 @@ case "$FROM" in
   *) die "invalid --from $FROM; use 1-6 or download, scrape, features, examples, train, visualize" ;;
 esac
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "invalid --seed $SEED: a non-negative integer"
-if [ "$DEMO" = 1 ]; then
-  DATA="${DATA:-data/demo}"
-  [ ${#SOURCE_ARGS[@]} -eq 0 ] || die "--demo brings its own data; drop: ${SOURCE_ARGS[*]}"
-  SOURCE_ARGS=(--source folder --images "$ROOT/demo/nih-24/images" --labels "$ROOT/demo/nih-24/labels.csv"
-               --label-column abnormal --group-column patient_id --boxes "$ROOT/demo/nih-24/bboxes.csv")
-fi
+[ "$DEMO" = 1 ] && DATA="${DATA:-data/demo}"
 DATA="${DATA:-data}"
 [ -n "$WEIGHTS_FROM" ] && [ ! -f "$WEIGHTS_FROM" ] && die "--weights-from file not found: $WEIGHTS_FROM"
 
 source scripts/ensure_venv.sh
+# Every stage's extra flags (params.toml + --set), checked by the stages' own parsers before
+# any stage runs; printed as quoted bash arrays PARAMS_1..PARAMS_6 and SOURCE_ARGS.
+RESOLVED="$(python -m learning.pipeline_params ${OVERRIDES[@]+"${OVERRIDES[@]}"} "$DATA/params.toml" \
+            -- ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"})" || exit $?
+eval "$RESOLVED"
+if [ "$DEMO" = 1 ]; then
+  [ ${#SOURCE_ARGS[@]} -eq 0 ] || die "--demo brings its own data; drop: ${SOURCE_ARGS[*]}"
+  SOURCE_ARGS=(--source folder --images "$ROOT/demo/nih-24/images" --labels "$ROOT/demo/nih-24/labels.csv"
+               --label-column abnormal --group-column patient_id --boxes "$ROOT/demo/nih-24/bboxes.csv")
+fi
 mkdir -p "$DATA/.stamps"
 STARTED=$SECONDS
+RAN=0  # set once a stage ran: every later stage runs too
 
-# newest modification time (whole seconds) of the files under the given paths; 0 if none
+# newest modification time (whole seconds) of the files and folders under the given paths (a
+# folder's time changes when a file is added to it, even one copied with an old time); 0 if none
 newest() {
   [ $# -gt 0 ] || { echo 0; return; }
-  local t; t="$(find "$@" -type f ! -name '.*' -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)"
+  local t; t="$(find "$@" ! -name '.*' -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)"
   t="${t%%.*}"; echo "${t:-0}"
 }
 # oldest modification time of the given outputs; nothing if one of them is missing
@@ -74,20 +105,23 @@ oldest() {
   echo "${t%%.*}"
 }
 
-# stage NUM NAME "INPUTS" "OUTPUTS" COMMAND...   (INPUTS/OUTPUTS: space-separated paths)
-# Skipped when: before --from; or (no --force/--from) the last successful run had the same
-# command line, every output exists and no input is newer than the oldest output.
+# stage NUM NAME --deps [INPUT...] --outs OUTPUT... -- COMMAND...   (as dvc.yaml's deps and outs)
+# Skipped when: before --from; or (no --force/--from, no earlier stage ran) the last successful
+# run had the same command line, every output exists and no input is newer than the oldest output.
 stage() {
-  local num="$1" name="$2" stamp="$DATA/.stamps/$1-$2" out_time
-  local -a inputs outputs
-  read -r -a inputs <<< "$3"; read -r -a outputs <<< "$4"; shift 4
-  local cmd="$*"
+  local num="$1" name="$2" stamp="$DATA/.stamps/$1-$2" out_time cmd
+  local -a inputs=() outputs=()
+  shift 2
+  [ "$1" = "--deps" ] && shift
+  while [ "$1" != "--outs" ]; do inputs+=("$1"); shift; done; shift
+  while [ "$1" != "--" ]; do outputs+=("$1"); shift; done; shift
+  cmd="$(printf '%q ' "$@")"; cmd="${cmd% }"  # the exact words, quoted as a shell would
   if [ "$num" -lt "$FROM" ]; then
     echo "== stage $num ($name): before --from $FROM, not checked" >&2; return 0
   fi
-  if [ "$FORCE" = 0 ] && [ "$FROM_GIVEN" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$cmd" ]; then
+  if [ "$FORCE" = 0 ] && [ "$FROM_GIVEN" = 0 ] && [ "$RAN" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$cmd" ]; then
     out_time="$(oldest "${outputs[@]}")"
-    if [ -n "$out_time" ] && [ "$(newest "${inputs[@]}")" -le "$out_time" ]; then
+    if [ -n "$out_time" ] && [ "$(newest ${inputs[@]+"${inputs[@]}"})" -le "$out_time" ]; then
       echo "== stage $num ($name): up to date, skipped" >&2; return 0
     fi
   fi
@@ -95,6 +129,7 @@ stage() {
   rm -f "$stamp"
   "$@" || return $?
   echo "$cmd" > "$stamp"
+  RAN=1
 }
 
 W="$DATA/vgg16.weights.h5"
@@ -102,7 +137,7 @@ URL_ARGS=()  # CXR_WEIGHTS_URL: a mirror of the VGG16 weights file (same hash), 
 [ -n "${CXR_WEIGHTS_URL:-}" ] && URL_ARGS=(--url "$CXR_WEIGHTS_URL")
 if [ "$RANDOM_WEIGHTS" = 0 ]; then
   if [ -n "$WEIGHTS_FROM" ]; then
-    stage 1 download "$WEIGHTS_FROM" "$W" cxr-download-model "$W" --from "$WEIGHTS_FROM"
+    stage 1 download --deps "$WEIGHTS_FROM" --outs "$W" -- cxr-download-model "$W" --from "$WEIGHTS_FROM" ${PARAMS_1[@]+"${PARAMS_1[@]}"}
   elif [ "$DEMO" = 1 ]; then
     # The demo must run offline: without the ImageNet weights it falls back to random ones,
     # and remembers that, so re-runs do not wait for the network again (--force retries).
@@ -110,7 +145,7 @@ if [ "$RANDOM_WEIGHTS" = 0 ]; then
     if [ ! -e "$W" ] && [ -e "$FALLBACK" ] && [ "$FORCE" = 0 ] && [ "$FROM" -gt 1 -o "$FROM_GIVEN" = 0 ]; then
       echo "== stage 1 (download): weights were unavailable last time; skipped (--force retries)" >&2
     else
-      stage 1 download "" "$W" cxr-download-model "$W" "${URL_ARGS[@]}" || true
+      stage 1 download --deps --outs "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"} || true
     fi
     if [ -e "$W" ]; then
       rm -f "$FALLBACK"
@@ -120,12 +155,13 @@ if [ "$RANDOM_WEIGHTS" = 0 ]; then
       RANDOM_WEIGHTS=1
     fi
   else
-    stage 1 download "" "$W" cxr-download-model "$W" "${URL_ARGS[@]}"
+    stage 1 download --deps --outs "$W" -- cxr-download-model "$W" ${URL_ARGS[@]+"${URL_ARGS[@]}"} ${PARAMS_1[@]+"${PARAMS_1[@]}"}
   fi
 fi
-RANDOM_FLAGS=()
+# With random weights no weights file is passed or tracked (no "ignoring the weights file").
+RANDOM_FLAGS=() WEIGHTS_ARG=("$W") WEIGHTS_INPUT=("$W") TRAIN_WEIGHTS=(--weights "$W")
 if [ "$RANDOM_WEIGHTS" = 1 ]; then
-  RANDOM_FLAGS=(--random-weights --seed "$SEED")
+  RANDOM_FLAGS=(--random-weights --seed "$SEED") WEIGHTS_ARG=() WEIGHTS_INPUT=() TRAIN_WEIGHTS=()
   cat >&2 <<'EOF'
 ##########################################################################################
 #  RANDOM VGG16 WEIGHTS: features, classifier and heatmaps are a smoke test only and     #
@@ -135,23 +171,26 @@ if [ "$RANDOM_WEIGHTS" = 1 ]; then
 EOF
 fi
 SOURCE_INPUTS=()
-for arg in "${SOURCE_ARGS[@]}"; do [ -e "$arg" ] && SOURCE_INPUTS+=("$arg"); done
-WEIGHTS_INPUT="$W"; [ "$RANDOM_WEIGHTS" = 1 ] && WEIGHTS_INPUT=""
+for arg in ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"}; do [ -e "$arg" ] && SOURCE_INPUTS+=("$arg"); done
 SPLIT_ARGS=(--seed "$SEED")
 [ "$DEMO" = 1 ] && SPLIT_ARGS+=(--test-fraction 0.3)  # a gallery of ~8 demo images, not 2
 
-stage 2 scrape "${SOURCE_INPUTS[*]}" "$DATA/images-description.json" \
-  cxr-scrape "$DATA" "${SOURCE_ARGS[@]}"
-stage 3 features "$DATA/images $WEIGHTS_INPUT" "$DATA/transfer_features.pickle" \
-  cxr-extract-features "$DATA/images" "$DATA/transfer_features.pickle" "$W" "${RANDOM_FLAGS[@]}"
-stage 4 examples "$DATA/images-description.json $DATA/transfer_features.pickle" \
-  "$DATA/training.pickle $DATA/testing.pickle $DATA/examples.json" \
+stage 2 scrape --deps ${SOURCE_INPUTS[@]+"${SOURCE_INPUTS[@]}"} --outs "$DATA/images-description.json" -- \
+  cxr-scrape "$DATA" ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"} ${PARAMS_2[@]+"${PARAMS_2[@]}"}
+stage 3 features --deps "$DATA/images" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} --outs "$DATA/transfer_features.pickle" -- \
+  cxr-extract-features "$DATA/images" "$DATA/transfer_features.pickle" ${WEIGHTS_ARG[@]+"${WEIGHTS_ARG[@]}"} \
+    ${RANDOM_FLAGS[@]+"${RANDOM_FLAGS[@]}"} ${PARAMS_3[@]+"${PARAMS_3[@]}"}
+stage 4 examples --deps "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
+  --outs "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" -- \
   cxr-prepare-examples "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
-    "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" "${SPLIT_ARGS[@]}"
-stage 5 train "$DATA/training.pickle $DATA/testing.pickle" "$DATA/model/head.keras $DATA/model/metrics.json" \
-  cxr-train "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/model" --seed "$SEED"
-stage 6 visualize "$DATA/model $DATA/examples.json $DATA/images-description.json $WEIGHTS_INPUT" \
-  "$DATA/results/index.html $DATA/results/index.json" \
-  cxr-visualize "$W" "$DATA/model" "$DATA/examples.json" "$DATA/images" "$DATA/results" "${RANDOM_FLAGS[@]}"
+    "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" "${SPLIT_ARGS[@]}" \
+    ${PARAMS_4[@]+"${PARAMS_4[@]}"}
+stage 5 train --deps "$DATA/training.pickle" "$DATA/testing.pickle" --outs "$DATA/model/head.keras" "$DATA/model/metrics.json" -- \
+  cxr-train "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/model" --seed "$SEED" \
+    ${TRAIN_WEIGHTS[@]+"${TRAIN_WEIGHTS[@]}"} ${PARAMS_5[@]+"${PARAMS_5[@]}"}
+stage 6 visualize --deps "$DATA/model" "$DATA/examples.json" "$DATA/images-description.json" ${WEIGHTS_INPUT[@]+"${WEIGHTS_INPUT[@]}"} \
+  --outs "$DATA/results/index.html" "$DATA/results/index.json" -- \
+  cxr-visualize "$W" "$DATA/model" "$DATA/examples.json" "$DATA/images" "$DATA/results" \
+    ${RANDOM_FLAGS[@]+"${RANDOM_FLAGS[@]}"} ${PARAMS_6[@]+"${PARAMS_6[@]}"}
 
 echo "run_pipeline: done in $((SECONDS - STARTED)) s; open $DATA/results/index.html" >&2

@@ -137,7 +137,7 @@ def main(argv=None):
                                args.bootstrap)
     log(f"[bench] logistic regression: {elapsed_since(step)}")
     first = next(iter(results.values()))
-    baseline = first["baseline_majority"] if results else logreg["baseline_majority"]
+    baseline = first["test"]["baseline_majority"] if results else logreg["baseline_majority"]
     rows = [(name, m["test"]["roc_auc"], auc_text(m["test"]), m["test"]["accuracy"],
              f"{m['epochs_run']} (kept {m['best_epoch']})") for name, m in results.items()]
     rows.append(("logistic regression", logreg["roc_auc"], auc_text(logreg),

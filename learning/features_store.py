@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from learning import safe_pickle
-from scraper.cli import UserError, log
+from scraper.cli import UserError, log, progress_bar
 from scraper.fileio import file_hash
 from scraper.images import is_image_name
 
@@ -50,11 +50,9 @@ def list_images(images_dir):
 
 def hash_images(images_dir, names, progress=True):
     """sha256 of each file's bytes; None (with the reason) for files that cannot be read."""
-    from tqdm import tqdm
-
     hashes, unreadable = [], {}
-    for name in tqdm(names, desc="hashing", unit="img", disable=not progress or len(names) < 2000,
-                     leave=False):
+    for name in progress_bar(names, desc="hashing", unit="img",
+                             disable=not progress or len(names) < 2000, leave=False):
         try:
             hashes.append(file_hash(os.path.join(images_dir, name)))
         except OSError as error:

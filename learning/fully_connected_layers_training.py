@@ -4,35 +4,45 @@ Reads:  training.pickle and testing.pickle from stage 4 ({"format": "cxr-example
 Writes: into the <model> directory, each file atomically:
         head.keras         the head (features (N, 7, 7, 512) -> 2 logits [normal, abnormal], no
                            softmax), built-in layers only: keras.models.load_model needs
-                           nothing else
+                           nothing else; saved without optimizer state
+        classifier.keras   the same classifier end to end: RGB pixels (N, S, S, 3) -> the 2
+                           logits, VGG16 preprocessing and conv base included (learning/export.py);
+                           needs --weights unless the features came from random weights
         config.json        {"feature_params", "class_names", "head", "args"}
-        metrics.json       test metrics (per-class table, accuracy, ROC AUC + grouped bootstrap
-                           95% CI, confusion matrix, majority baseline), sizes, epochs, history
+        metrics.json       test metrics (scikit-learn's per-class table, accuracy, ROC AUC +
+                           grouped bootstrap 95% CI, PR AUC, sensitivity/specificity at the
+                           threshold used, confusion matrix, majority baseline), sizes, epochs,
+                           history, warnings (tiny test or validation set)
+        test_predictions.csv  one row per test image: name, group, label, p_abnormal, predicted
         roc.png, training_curve.png
 
 Early stopping (default head) watches the "validation" subset of training.pickle, never the test
 set; the test set is touched once, after training, for the reported metrics.
 
 Example:
-    cxr-train data/training.pickle data/testing.pickle data/model
+    cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
 """
+import csv
+import io
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 
 from learning import safe_pickle
 from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
-from learning.metrics import CLASS_NAMES, evaluate, format_report, roc_auc
+from learning.export import (CLASSIFIER_FILE, NeedsWeights, check_weights, export_classifier,
+                             save_keras)
+from learning.metrics import (CLASS_NAMES, evaluate, format_report, roc_auc,
+                              small_set_warnings)
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import seed as seed_type
-from scraper.fileio import atomic_write, atomic_write_json, check_outputs
+from scraper.fileio import atomic_write, atomic_write_json, atomic_write_text, check_outputs
 
 EXAMPLES_FORMAT = "cxr-examples/1"
 HEAD_FILE = "head.keras"
+PREDICTIONS_FILE = "test_predictions.csv"
 
 
 def load_examples(path, split):
@@ -199,15 +209,38 @@ def predict_logits(model, features, batch_size=256):
 
 
 def save_model(model, directory):
-    """Save head.keras atomically (Keras needs the .keras suffix, so a temp dir + rename)."""
-    os.makedirs(directory, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".head-", suffix=".part", dir=directory)
+    """Save head.keras atomically and without optimizer state (Adam's moments are two thirds
+    of a file nobody resumes training from); returns its size in bytes."""
+    return save_keras(model, os.path.join(directory, HEAD_FILE))
+
+
+def export_end_to_end(model, model_dir, feature_params, weights_path):
+    """classifier.keras next to the head; returns its size, or None with a warning when it
+    cannot be built (the head and metrics are the stage's product; this is an extra)."""
     try:
-        tmp = os.path.join(tmp_dir, HEAD_FILE)
-        model.save(tmp)
-        os.replace(tmp, os.path.join(directory, HEAD_FILE))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        check_weights(feature_params, weights_path)
+        log(f"cxr-train: writing {CLASSIFIER_FILE} (VGG16 conv base + head: image -> logits)")
+        return export_classifier(os.path.join(model_dir, CLASSIFIER_FILE), model,
+                                 feature_params or {}, weights_path)
+    except NeedsWeights as error:
+        log(f"cxr-train: note: no {CLASSIFIER_FILE} (image -> logits): {error}")
+    except (UserError, ValueError, KeyError) as error:
+        log(f"cxr-train: WARNING: no {CLASSIFIER_FILE} written: {error}")
+    return None
+
+
+def write_predictions(path, testing, logits):
+    """One CSV row per test image: name, group, label, p_abnormal (softmax), predicted."""
+    logits = np.asarray(logits, dtype=np.float64)
+    p_abnormal = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax of 2 logits
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["name", "group", "label", "p_abnormal", "predicted"])
+    for name, group, label, p, row in zip(testing["names"], testing["groups"], testing["labels"],
+                                          p_abnormal, logits):
+        writer.writerow([name, group, CLASS_NAMES[int(label)], f"{p:.6f}",
+                         CLASS_NAMES[int(np.argmax(row))]])
+    atomic_write_text(path, text.getvalue())
 
 
 def _save_figure(figure, path):
@@ -297,27 +330,45 @@ def get_args_parser():
                         help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
     parser.add_argument("--seed", type=seed_type, default=0,
                         help="seed of weights init, shuffling, dropout and bootstrap")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help=f"the VGG16 weights file stage 3 used: with it {CLASSIFIER_FILE} "
+                             f"(image -> logits) is written next to the head; not needed when "
+                             f"the features came from --random-weights")
     return parser
 
 
-def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None):
+def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
+        weights_path=None):
     """Train, evaluate and write the model directory; returns (metrics dict, model)."""
     check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)],
                   outputs=[("model folder", model_dir, "folder")] + [
                       (f"model file {name}", os.path.join(model_dir, name), None)
-                      for name in (HEAD_FILE, "config.json", "metrics.json", "roc.png",
-                                   "training_curve.png")])
+                      for name in (HEAD_FILE, CLASSIFIER_FILE, "config.json", "metrics.json",
+                                   PREDICTIONS_FILE, "roc.png", "training_curve.png")])
+    if weights_path:
+        check_outputs(inputs=[("VGG16 weights", weights_path)],
+                      outputs=[(f"model file {CLASSIFIER_FILE}",
+                                os.path.join(model_dir, CLASSIFIER_FILE), None)])
     training = load_examples(training_path, "training")
     testing = load_examples(testing_path, "testing")
     check_compatible(training, testing, training_path, testing_path)
+    if weights_path:
+        check_weights(training.get("feature_params"), weights_path)  # fail before training
+    subset = np.asarray(training["subset"], dtype=object)
+    warnings = (small_set_warnings("test", testing["labels"]) +
+                small_set_warnings("validation", training["labels"][subset == "validation"])
+                if (subset == "validation").any() else
+                small_set_warnings("test", testing["labels"]))
+    for line in warnings:
+        log(f"cxr-train: {line}")
     model, info = train_head(training, config, seed)
     logits = predict_logits(model, testing["features"])
     train_labels = training["labels"][np.asarray(training["subset"], dtype=object) == "train"]
     test_metrics = evaluate(testing["labels"], logits, testing["groups"], train_labels,
                             n_resamples, seed)
     metrics = {
-        "test": test_metrics,
-        "baseline_majority": test_metrics["baseline_majority"],
+        "test": test_metrics,  # its "baseline_majority" is the one baseline entry
+        "warnings": warnings,
         "n_train": info["n_train"], "n_validation": info["n_validation"],
         "n_test": int(len(testing["labels"])),
         "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
@@ -326,13 +377,18 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
                                      if info["history"]["val_auroc"] else None),
         "history": info["history"], "head": config["head"], "seed": seed,
     }
-    save_model(model, model_dir)
+    sizes = {"head_bytes": save_model(model, model_dir),
+             "classifier_bytes": export_end_to_end(model, model_dir,
+                                                   training.get("feature_params"), weights_path)}
+    metrics["files"] = sizes
+    write_predictions(os.path.join(model_dir, PREDICTIONS_FILE), testing, logits)
     head_config = {k: v for k, v in config.items() if k != "why"}
     head_config["class_weights_used"] = info["class_weights"]
     atomic_write_json(os.path.join(model_dir, "config.json"), {
         "feature_params": training.get("feature_params"), "class_names": list(CLASS_NAMES),
         "head": head_config, "args": args or {}, "split_params": training.get("split_params"),
-        "output": "2 pre-softmax logits [normal, abnormal]"})
+        "output": "2 pre-softmax logits [normal, abnormal]",
+        "end_to_end": (CLASSIFIER_FILE if sizes["classifier_bytes"] else None)})
     atomic_write_json(os.path.join(model_dir, "metrics.json"), metrics)
     plot_roc(testing["labels"], logits, test_metrics, os.path.join(model_dir, "roc.png"))
     plot_training_curve(info, os.path.join(model_dir, "training_curve.png"))
@@ -345,9 +401,13 @@ def main(argv=None):
     config = resolve_config(args)
     if args.bootstrap < 1:
         raise UserError(f"invalid --bootstrap {args.bootstrap}: must be >= 1")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UserError(f"VGG16 weights file not found: --weights {args.weights}")
     metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
-                     args.bootstrap, vars(args))
+                     args.bootstrap, vars(args), args.weights)
     print(format_report(metrics["test"]))
+    for line in metrics["warnings"]:  # again, next to the numbers they qualify
+        log(f"cxr-train: {line}")
     log(f"cxr-train: head {config['head']!r} trained on {fmt_count(metrics['n_train'])} images "
         f"(validation {fmt_count(metrics['n_validation'])}), {metrics['epochs_run']} epochs run, "
         f"kept epoch {metrics['best_epoch']}; tested on {fmt_count(metrics['n_test'])}; "

@@ -8,6 +8,8 @@ patient are correlated, so resampling images would give a falsely narrow interva
 import numpy as np
 
 CLASS_NAMES = ("normal", "abnormal")
+# Below this many images of a class in the test or validation set, stage 5 warns loudly.
+MIN_PER_CLASS = 10
 
 
 def roc_auc(labels, scores):
@@ -52,22 +54,60 @@ def grouped_bootstrap_auc(labels, scores, groups, n_resamples=1000, seed=0, leve
 
 
 def classification_table(labels, predictions):
-    """Per-class precision/recall/F1/support and their support-weighted average (the original's
-    sklearn classification_report 'avg / total' row). Zero-division gives 0, not a warning."""
-    from sklearn.metrics import precision_recall_fscore_support
+    """scikit-learn's classification_report as a dict, with its own key names: per class and
+    "macro avg" / "weighted avg" rows of precision, recall, f1-score, support, and "accuracy".
+    Zero-division gives 0, not a warning."""
+    from sklearn.metrics import classification_report
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=[0, 1], zero_division=0)
+    report = classification_report(labels, predictions, labels=[0, 1],
+                                   target_names=list(CLASS_NAMES), zero_division=0,
+                                   output_dict=True)
     table = {}
-    for index, name in enumerate(CLASS_NAMES):
-        table[name] = {"precision": float(precision[index]), "recall": float(recall[index]),
-                       "f1": float(f1[index]), "support": int(support[index])}
-    total = int(support.sum())
-    weights = support / total if total else np.zeros(2)
-    table["avg / total"] = {"precision": float(np.dot(weights, precision)),
-                            "recall": float(np.dot(weights, recall)),
-                            "f1": float(np.dot(weights, f1)), "support": total}
+    for name, row in report.items():  # numpy scalars -> JSON-ready Python numbers
+        table[name] = (float(row) if not isinstance(row, dict) else
+                       {key: int(value) if key == "support" else float(value)
+                        for key, value in row.items()})
     return table
+
+
+def wilson_interval(successes, n, level=0.95):
+    """Wilson score interval of a proportion (sensible at 0/n and n/n); None when n == 0."""
+    from scipy.stats import norm
+
+    if n == 0:
+        return None
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"low": float(max(0.0, centre - half)), "high": float(min(1.0, centre + half)),
+            "level": level, "method": "Wilson score, over images"}
+
+
+def operating_point(labels, predictions):
+    """Sensitivity (abnormal found) and specificity (normal cleared) at the threshold the head
+    uses: argmax of the two logits, i.e. p(abnormal) > 0.5. Each with a Wilson 95% CI."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    point = {"threshold": "p(abnormal) > 0.5 (argmax of the logits)"}
+    for key, cls in (("sensitivity", 1), ("specificity", 0)):
+        members = labels == cls
+        hits = int(np.sum(predictions[members] == cls))
+        point[key] = hits / int(members.sum()) if members.any() else None
+        point[f"{key}_ci"] = wilson_interval(hits, int(members.sum()))
+    return point
+
+
+def pr_auc(labels, scores):
+    """Area under the precision-recall curve for "abnormal" (average precision) and its
+    no-skill baseline, the share of abnormal images; None values with one class only."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return {"pr_auc": None, "baseline_prevalence": float(labels.mean()) if len(labels)
+                else None}
+    return {"pr_auc": float(average_precision_score(labels, scores)),
+            "baseline_prevalence": float(labels.mean())}
 
 
 def evaluate(labels, logits, groups, train_labels=None, n_resamples=1000, seed=0):
@@ -80,12 +120,17 @@ def evaluate(labels, logits, groups, train_labels=None, n_resamples=1000, seed=0
     scores = logits[:, 1] - logits[:, 0]
     predictions = np.argmax(logits, axis=1)
     auc = roc_auc(labels, scores)
+    precision_recall = pr_auc(labels, scores)
     result = {
         "n": int(len(labels)),
+        "n_per_class": {name: int(np.sum(labels == c)) for c, name in enumerate(CLASS_NAMES)},
         "accuracy": float(np.mean(predictions == labels)) if len(labels) else None,
         "roc_auc": auc,
         "roc_auc_ci": (grouped_bootstrap_auc(labels, scores, groups, n_resamples, seed)
                        if auc is not None else None),
+        "pr_auc": precision_recall["pr_auc"],
+        "pr_auc_baseline": precision_recall["baseline_prevalence"],
+        "operating_point": operating_point(labels, predictions),
         "classification": classification_table(labels, predictions),
         "confusion_matrix": {"labels": list(CLASS_NAMES), "rows": "true", "columns": "predicted",
                              "matrix": confusion_matrix(labels, predictions,
@@ -97,6 +142,21 @@ def evaluate(labels, logits, groups, train_labels=None, n_resamples=1000, seed=0
         result["note"] = (f"test set holds only one class ({present}): AUROC and its CI are "
                           f"undefined")
     return result
+
+
+def small_set_warnings(name, labels, minimum=MIN_PER_CLASS):
+    """Loud lines when a set has fewer than `minimum` images of a class: its AUROC, CI and
+    early stopping then rest on a handful of images. [] when the set is large enough."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    if counts.min() >= minimum:
+        return []
+    return [f"WARNING: tiny {name} set: {fmt_counts(counts)} (fewer than {minimum} of a "
+            f"class); its numbers are anecdotes, not estimates: read the intervals, or give "
+            f"more images / a larger --test-fraction / --validation-fraction"]
+
+
+def fmt_counts(counts):
+    return f"{int(counts.sum()):,} images ({int(counts[0]):,} normal, {int(counts[1]):,} abnormal)"
 
 
 def majority_baseline(test_labels, train_labels=None):
@@ -112,13 +172,17 @@ def majority_baseline(test_labels, train_labels=None):
 
 
 def format_report(metrics):
-    """The printed report: the original's table, then accuracy, AUROC with CI, baseline."""
+    """The printed report: scikit-learn's table, then accuracy, AUROC with its CI (and the
+    resamples it skipped), PR AUC, the operating point, the confusion matrix, the baseline."""
+    table = metrics["classification"]
     lines = [f"{'':>13}{'precision':>11}{'recall':>9}{'f1-score':>10}{'support':>9}"]
-    for name, row in metrics["classification"].items():
-        if name == "avg / total":
+    for name, row in table.items():
+        if name == "accuracy":
+            continue
+        if name == "macro avg":
             lines.append("")
         lines.append(f"{name:>13}{row['precision']:>11.3f}{row['recall']:>9.3f}"
-                     f"{row['f1']:>10.3f}{row['support']:>9,}")
+                     f"{row['f1-score']:>10.3f}{row['support']:>9,}")
     lines.append("")
     lines.append(f"accuracy {metrics['accuracy']:.3f}" if metrics["accuracy"] is not None
                  else "accuracy n/a (empty test set)")
@@ -128,8 +192,18 @@ def format_report(metrics):
         ci = metrics["roc_auc_ci"]
         interval = (f"{ci['level']:.0%} CI {ci['low']:.3f}-{ci['high']:.3f}"
                     if ci["low"] is not None else "CI n/a")
+        skipped = (f"; {ci['n_skipped']:,} of {ci['n_resamples']:,} resamples skipped: they "
+                   f"held one class only" if ci["n_skipped"] else "")
         lines.append(f"ROC AUC {metrics['roc_auc']:.3f} ({interval}, {ci['n_resamples']:,} "
-                     f"bootstrap resamples of {ci['n_groups']:,} reports)")
+                     f"bootstrap resamples of {ci['n_groups']:,} reports{skipped})")
+    if metrics.get("pr_auc") is not None:
+        lines.append(f"PR AUC (average precision) {metrics['pr_auc']:.3f} (no-skill baseline "
+                     f"= share of abnormal {metrics['pr_auc_baseline']:.3f})")
+    point = metrics.get("operating_point")
+    if point:
+        lines.append(f"at {point['threshold']}: " + ", ".join(
+            f"{key} {_rate(point[key], point[key + '_ci'])}"
+            for key in ("sensitivity", "specificity")))
     matrix = metrics["confusion_matrix"]["matrix"]
     lines.append(f"confusion (rows true, cols predicted; normal, abnormal): {matrix}")
     base = metrics["baseline_majority"]
@@ -138,3 +212,9 @@ def format_report(metrics):
     lines.append(f"majority baseline (always {base['predicts']!r}): accuracy {base_acc}, "
                  f"ROC AUC {base_auc}")
     return "\n".join(lines)
+
+
+def _rate(value, ci):
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({ci['level']:.0%} CI {ci['low']:.3f}-{ci['high']:.3f})"

@@ -198,6 +198,11 @@ def loads(data, what="pickle"):
                         f"{str(error)[:200]})") from None
 
 
+# Which stage writes each pickle format: a missing file's error says what to run.
+MADE_BY = {"cxr-features/1": "stage 3, cxr-extract-features",
+           "cxr-examples/1": "stage 4, cxr-prepare-examples"}
+
+
 def load(path, what="pickle", kind=None, max_bytes=None):
     """Read a pipeline pickle; check it is a dict with `format` == kind when given.
 
@@ -207,7 +212,8 @@ def load(path, what="pickle", kind=None, max_bytes=None):
     try:
         data = read_regular(path, limit, what)
     except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
+        maker = f" (made by {MADE_BY[kind]}: run it first)" if kind in MADE_BY else ""
+        raise UserError(f"{what} not found: {path}{maker}") from None
     except IsADirectoryError:
         raise UserError(f"{what} is a directory, expected a file: {path}") from None
     obj = loads(data, f"{what} {path}")

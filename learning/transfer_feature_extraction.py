@@ -39,7 +39,8 @@ import numpy as np
 from learning import features_decode, features_store, safe_pickle, vgg
 from learning.features_store import FORMAT, partial_path
 from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
-from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
+from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
+                         progress_bar)
 from scraper.fileio import folder_lock, remove_stale_temp_files
 from scraper.images import BadImage, add_max_pixels_argument, set_max_pixels
 
@@ -239,14 +240,12 @@ class _Run:
                 self.bar.close()
 
     def run_batch(self, batch, positions):
-        from tqdm import tqdm
-
         n = len(positions)
         if self.bar is None:
             self.net.build()
-            self.bar = tqdm(total=len(self.to_compute), initial=self.seen - n, desc="features",
-                            unit="img", disable=not self.progress, dynamic_ncols=True,
-                            smoothing=0.1)
+            self.bar = progress_bar(total=len(self.to_compute), initial=self.seen - n,
+                                    desc="features", unit="img", disable=not self.progress,
+                                    dynamic_ncols=True, smoothing=0.1)
         self.table.put(positions, self.net(batch[:n]))     # (n, *row_shape) float32
         self.stats.computed += n
         self.bar.update(n)

@@ -61,7 +61,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from types import SimpleNamespace
 
@@ -70,7 +69,7 @@ import numpy as np
 from learning import (attribution, box_scores, gallery, localization, render, results_folder,
                       sanity)
 from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
-                         fmt_count, log, number, positive_int, seed)
+                         fmt_count, log, number, positive_int, progress_bar, seed)
 from scraper.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_outputs,
                             read_json)
 from scraper.images import (BadImage, add_max_pixels_argument, image_size as original_image_size,
@@ -164,8 +163,6 @@ def check_model_config(config, path):
 
 def load_model_dir(model_dir):
     """(head keras model, config dict) from stage 5's directory; UserError when unusable."""
-    import keras
-
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir} (run cxr-train first)")
     config_path = os.path.join(model_dir, CONFIG_FILE)
@@ -174,6 +171,8 @@ def load_model_dir(model_dir):
     head_path = os.path.join(model_dir, HEAD_FILE)
     if not os.path.isfile(head_path):
         raise UserError(f"trained head not found: {head_path} (run cxr-train first)")
+    import keras  # only now: the checks above answer without TensorFlow's start-up
+
     try:
         head = keras.models.load_model(head_path, compile=False)
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -354,8 +353,8 @@ def load_inputs(args):
         raise UserError(f"none of the {fmt_count(len(names))} examples has an image file in "
                         f"{args.images} (first: {names[0]})")
     records, descriptions_path = load_records(args.descriptions, args.images)
-    head, config = load_model_dir(args.model)
     weights_id = weights_identity(args.weights, args.random_weights, args.seed)
+    head, config = load_model_dir(args.model)
     check_weights(config, weights_id)
     return SimpleNamespace(found=found, missing=missing, records=records,
                            descriptions_path=descriptions_path, head=head, config=config,
@@ -420,14 +419,12 @@ def describe_item(args, inputs, item, probs):
 
 def explain_all(args, inputs, explainer, methods, maps):
     """Step 3: every image in batches -> maps.npz entries, entries, localization scores."""
-    from tqdm import tqdm
-
     rng = np.random.default_rng(args.seed)
     run = SimpleNamespace(counts={"explained": 0, "unreadable": 0}, entries=[], kept=[],
                           image_size=inputs.image_size,
                           samples={m: {v: [] for v in render.VIEWS} for m in methods})
-    progress = tqdm(total=len(inputs.found), unit="img", desc="attributing", file=sys.stderr,
-                    dynamic_ncols=True)
+    progress = progress_bar(total=len(inputs.found), unit="img", desc="attributing",
+                            dynamic_ncols=True)
     for batch in _batches(inputs.found, args.batch_size):
         items = load_batch(batch, inputs.image_size, run.counts)
         probs, per_method = explain_batch(explainer, methods, items) if items else (None, {})
@@ -487,12 +484,10 @@ def colour_top(values):
 
 def render_all(args, inputs, run, methods, scales, written):
     """Step 4: the pictures of every image and method, from maps.npz (see render_image)."""
-    from tqdm import tqdm
-
     with np.load(os.path.join(args.results, results_folder.MAPS_FILE),
                  allow_pickle=False) as maps:
-        for entry in tqdm(run.entries, unit="img", desc="rendering", file=sys.stderr,
-                          dynamic_ncols=True):
+        for entry in progress_bar(run.entries, unit="img", desc="rendering",
+                                  dynamic_ncols=True):
             entry["files"] = results_folder.image_files(entry["prefix"])
             entry["methods"] = {}
             base = render_base(args, inputs, entry, written)
@@ -584,14 +579,13 @@ def load_batch(batch, image_size, counts):
 def run_sanity(explainer, methods, kept, rng_seed, batch_size):
     """Spearman rho of |signed map| trained vs cascading randomization; report dict."""
     import keras
-    from tqdm import tqdm
 
     correlations = {method: {stage: [] for stage in sanity.STAGES} for method in methods}
     block = "block5" if any(layer.name.startswith("block5_") for layer in
                             explainer.conv_base.layers if isinstance(layer, keras.layers.Conv2D)) \
         else "block4"
-    progress = tqdm(total=len(sanity.STAGES) * len(kept), unit="img", desc="sanity check",
-                    file=sys.stderr, dynamic_ncols=True)
+    progress = progress_bar(total=len(sanity.STAGES) * len(kept), unit="img",
+                            desc="sanity check", dynamic_ncols=True)
     for stage, layers in sanity.cascade(explainer.head, explainer.conv_base, block):
         saved = sanity.randomize_layers(layers, np.random.default_rng(rng_seed))
         try:

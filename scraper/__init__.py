@@ -2,3 +2,5 @@
 
 Dependency direction: `learning` may import `scraper`, never the reverse.
 """
+
+__version__ = "0.1.0"  # the one place; setup.cfg reads it (version = attr: ...)

@@ -27,9 +27,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 import zlib
 
-from tqdm import tqdm
-
-from scraper.cli import UserError, fmt_count, log
+from scraper.cli import UserError, fmt_count, log, progress_bar
 from scraper.download import DownloadRefused, download
 from scraper.fileio import (NotRegularFile, TooLarge, atomic_write_bytes, read_regular,
                             remove_stale_temp_files)
@@ -263,8 +261,8 @@ def scrape_archive(data_dir, png_source, reports_source, limit=None, progress=Tr
     refused = []
     if needed:
         png_path = fetch_source(png_source, data_dir, "PNG archive", session, progress)
-        with tqdm(total=len(needed), unit="img", desc="archive images", disable=not progress,
-                  leave=False) as bar:
+        with progress_bar(total=len(needed), unit="img", desc="archive images",
+                          disable=not progress, leave=False) as bar:
             for member, read in _stream_members(png_path, "PNG archive"):
                 base = os.path.basename(member.name)
                 if base not in needed:

@@ -3,12 +3,21 @@
 Every stage raises `UserError` for problems the user can fix (missing file, bad flag value,
 unreachable server) and wraps its `main` with `run_main`, which prints
 `<prog>: error: <message>` on stderr and returns a non-zero exit code.
+
+Also the terminal conventions every command shares: `--version` on every parser, and one
+progress-bar configuration (`progress_bar`): live bars on a terminal, periodic plain lines when
+stderr is a log file or CI (no `\r` frames).
 """
 import argparse
 import errno
 import os
 import sys
 import time
+
+from scraper import __version__
+
+# Seconds between progress lines when stderr is not a terminal (CXR_PROGRESS_INTERVAL overrides).
+LOG_PROGRESS_INTERVAL = 30.0
 
 # OS errors that no retry fixes and that the user must act on (free space, a writable folder,
 # a shorter name): each becomes one line instead of a traceback, wherever it is raised.
@@ -48,6 +57,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the version and exit")
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
@@ -170,3 +181,44 @@ def elapsed_since(start):
         return f"{seconds:.1f} s"
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes} min {seconds:02d} s"
+
+
+class _LineStream:
+    """What tqdm writes, as whole lines: its `\r` redraws and cursor moves become one plain
+    line per refresh, so a log file reads "features: 40%|... 400/1000" lines, not frames."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last = None
+
+    def write(self, text):
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text and text != self.last:  # closing re-draws the final state: print it once
+            self.stream.write(text + "\n")
+            self.last = text
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, **kwargs):
+    """tqdm on stderr, configured once for every stage: on a terminal a live bar; otherwise
+    (log file, CI, pipe) a plain line at most every LOG_PROGRESS_INTERVAL seconds, plus the
+    first and the last. Takes tqdm's arguments (total, desc, unit, disable, leave, ...)."""
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", None) or sys.stderr
+    if not _is_terminal(stream):
+        interval = float(os.environ.get("CXR_PROGRESS_INTERVAL", LOG_PROGRESS_INTERVAL))
+        kwargs.update(file=_LineStream(stream), mininterval=interval, maxinterval=interval,
+                      miniters=0, ncols=100, dynamic_ncols=False, ascii=True, leave=True)
+    else:
+        kwargs["file"] = stream
+    return tqdm(iterable, **kwargs)
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -16,9 +16,7 @@ import shutil
 import stat
 
 import requests
-from tqdm import tqdm
-
-from scraper.cli import UserError, log
+from scraper.cli import UserError, log, progress_bar
 from scraper.fileio import atomic_write, file_hash, open_nofollow
 from scraper.http_client import (DEFAULT_TIMEOUT, BodyTooLarge, declared_length,
                                  describe_request_error, make_session)
@@ -135,7 +133,7 @@ def _fetch(session, url, partial, timeout, progress, max_bytes=DEFAULT_MAX_BYTES
             raise BodyTooLarge(f"{url} declares {total:,} bytes, more than the {max_bytes:,} "
                                f"allowed")
         written = 0
-        with _open_partial(partial, append=bool(have)) as handle, tqdm(
+        with _open_partial(partial, append=bool(have)) as handle, progress_bar(
                 total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=os.path.basename(partial[:-len(PARTIAL_SUFFIX)]), disable=not progress,
                 leave=False) as bar:

@@ -67,8 +67,9 @@ def download_weights(weights_path, url=WEIGHTS_URL, expected_hash=WEIGHTS_HASH, 
                             f"{error.strerror or error}") from None
         return "installed"
     try:
-        return download(url, weights_path, expected_hash, session=make_session(retries=retries),
-                        progress=progress, max_bytes=MAX_WEIGHTS_BYTES)
+        session = make_session(retries=retries, announce=progress)  # offline: waits are said
+        return download(url, weights_path, expected_hash, session=session, progress=progress,
+                        max_bytes=MAX_WEIGHTS_BYTES)
     except (HashMismatch, DownloadRefused):
         raise
     except UserError as error:

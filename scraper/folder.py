@@ -47,10 +47,9 @@ import time
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from scraper import dicom
-from scraper.cli import UserError, fmt_count, log
+from scraper.cli import UserError, fmt_count, log, progress_bar
 from scraper.fileio import atomic_write, remove_stale_temp_files
 from scraper.images import BadImage, check_image_file, is_image_name
 from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, load_descriptions, make_box,
@@ -481,8 +480,8 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
                 progress):
     """Write every selected image into out_dir; returns the new records."""
     records, owner, tolerated = [], {}, []
-    for relative in tqdm(sorted(entries), unit="img", desc="folder images",
-                         disable=not progress, leave=False):
+    for relative in progress_bar(sorted(entries), unit="img", desc="folder images",
+                                 disable=not progress, leave=False):
         source, name = sources[relative], names[relative]
         if name in owner:
             fail(relative, f"the same DICOM image (SOPInstanceUID) as {owner[name]}: a duplicate"

@@ -3,6 +3,7 @@
 Retries cover connection errors, read errors and 429/500/502/503/504 with exponential backoff,
 honouring Retry-After. Callers always pass a timeout and call raise_for_status().
 """
+import sys
 import threading
 import time
 
@@ -16,12 +17,30 @@ DEFAULT_TIMEOUT = (10, 60)  # (connect, read) seconds
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
-def make_session(retries=5, backoff=0.5, pool_size=16, max_backoff=30):
-    """Session retrying idempotent GETs; backoff doubles each try (0.5, 1, 2, 4 s ...)."""
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries,
-                  backoff_factor=backoff, backoff_max=max_backoff,
-                  status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
-                  respect_retry_after_header=True, raise_on_status=False)
+class AnnouncedRetry(Retry):
+    """Retry that says on stderr what it is waiting for: stage 1's five retries offline add up
+    to 15 s, which look like a hang without a word."""
+
+    def sleep(self, response=None):
+        wait = (self.get_retry_after(response) if response is not None else None)
+        wait = self.get_backoff_time() if wait is None else wait
+        last = self.history[-1] if self.history else None
+        reason = (f"HTTP {last.status}" if last and last.status else
+                  str(last.error).split(": ")[-1][:120] if last and last.error else "no answer")
+        if wait > 0:
+            print(f"  {reason}; retry {len(self.history)} of {len(self.history) + self.total} "
+                  f"in {wait:.1f} s", file=sys.stderr, flush=True)
+        super().sleep(response)
+
+
+def make_session(retries=5, backoff=0.5, pool_size=16, max_backoff=30, announce=False):
+    """Session retrying idempotent GETs; backoff doubles each try (0.5, 1, 2, 4 s ...).
+    `announce`: print one line per retry wait (for single downloads, not concurrent scrapes)."""
+    retry_class = AnnouncedRetry if announce else Retry
+    retry = retry_class(total=retries, connect=retries, read=retries, status=retries,
+                        backoff_factor=backoff, backoff_max=max_backoff,
+                        status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
+                        respect_retry_after_header=True, raise_on_status=False)
     adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
     session = requests.Session()
     session.mount("http://", adapter)

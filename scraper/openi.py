@@ -31,7 +31,6 @@ import json
 import os
 import posixpath
 import re
-import sys
 import threading
 import time
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -39,9 +38,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 from bs4 import BeautifulSoup
-from tqdm import tqdm
-
-from scraper.cli import UserError, fmt_count, is_environment_error, log
+from scraper.cli import UserError, fmt_count, is_environment_error, log, progress_bar
 from scraper.fileio import atomic_write_bytes, remove_stale_temp_files
 from scraper.http_client import (MAX_IMAGE_BYTES, RETRY_STATUSES, BodyTooLarge, RateLimiter,
                                  describe_request_error, make_session, read_body)
@@ -490,8 +487,8 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
         first = next(pages, None)
     except ListingStopped as error:
         raise UserError(f"Open-i API {base_url}: {error}") from None
-    bar = tqdm(total=0, unit="img", desc="images", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = progress_bar(total=0, unit="img", desc="images", disable=not progress,
+                       dynamic_ncols=True)
     book = _Book(data_dir, existing, bar, checkpoint_seconds, checkpoint_images)
     listing_error, seen, futures = None, set(), []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)

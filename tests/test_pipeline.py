@@ -2,12 +2,16 @@
 
 The weights URL points at a closed local port, so stage 1 fails the way it does on a machine
 without internet and the demo falls back to random weights (loudly). Then: every stage's outputs
-exist and are consistent; a second run skips every stage; a run killed mid-stage recovers.
+exist and are consistent; the terminal carries no TensorFlow chatter; a second run skips every
+stage (the data folder's name has a space); a changed stage-6 parameter re-runs stage 6 only; a
+run killed mid-stage recovers. The fast cases check the command line and the parameters file
+without running a model.
 """
 import csv
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,12 +39,13 @@ def pipeline_env():
     env = dict(os.environ)
     env["CXR_VENV"] = sys.prefix  # the venv running the tests already has everything
     env["CXR_WEIGHTS_URL"] = closed_port_url()
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the user's default: the pipeline itself keeps quiet
     return env
 
 
-def run_pipeline(data_dir, *args, check=True):
-    result = subprocess.run([str(ROOT / "run_pipeline.sh"), str(data_dir), "--demo", *args],
+def run_pipeline(data_dir, *args, check=True, demo=True):
+    result = subprocess.run([str(ROOT / "run_pipeline.sh"), str(data_dir),
+                             *(["--demo"] if demo else []), *args],
                             env=pipeline_env(), capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"pipeline failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -49,7 +54,7 @@ def run_pipeline(data_dir, *args, check=True):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("pipeline") / "data"
+    data = tmp_path_factory.mktemp("pipeline") / "my data"  # a space: quoted everywhere
     first = run_pipeline(data)
     return data, first
 
@@ -59,6 +64,12 @@ def test_demo_produces_every_stage_output(demo_run):
     assert "RANDOM VGG16 WEIGHTS" in first.stderr
     assert "could not be had" in first.stderr
     assert not (data / "vgg16.weights.h5").exists()
+    # A quiet terminal: no TensorFlow/absl chatter, no warning the pipeline causes itself,
+    # retry waits announced, progress as plain lines (stderr is a pipe here, not a terminal).
+    for chatter in ("oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000",
+                    "ignoring the weights file"):
+        assert chatter not in first.stderr + first.stdout, chatter
+    assert "retry 5 of 5 in 8.0 s" in first.stderr and "\r" not in first.stderr
 
     with open(DEMO / "labels.csv", newline="") as handle:
         truth = {row["image"]: ("abnormal" if row["abnormal"] == "1" else "normal")
@@ -82,8 +93,11 @@ def test_demo_produces_every_stage_output(demo_run):
 
     metrics = json.loads((data / "model" / "metrics.json").read_text())
     assert metrics["n_test"] == len(examples)
-    for name in ("head.keras", "roc.png", "training_curve.png", "config.json"):
+    assert any("tiny test set" in w for w in metrics["warnings"])  # 8 demo test images
+    for name in ("head.keras", "classifier.keras", "roc.png", "training_curve.png",
+                 "config.json", "test_predictions.csv"):
         assert (data / "model" / name).is_file(), name
+    assert "WARNING: tiny test set: 8 images" in first.stderr
 
     index = json.loads((data / "results" / "index.json").read_text())
     assert {entry["name"] for entry in index} == set(examples)
@@ -112,6 +126,74 @@ def test_from_stage_reruns_that_stage_only_when_it_is_last(demo_run):
     assert "stage 6 (visualize): cxr-visualize" in third.stderr
     assert (data / "model" / "head.keras").stat().st_mtime_ns == model_before
     assert (data / "results" / "index.json").stat().st_mtime_ns > index_before
+
+
+def test_a_stage_6_parameter_reruns_stage_6_only(demo_run):
+    """params.toml's [visualize] table plus a --set override: stages 1-5 skipped."""
+    data, _ = demo_run
+    model_before = (data / "model" / "head.keras").stat().st_mtime_ns
+    (data / "params.toml").write_text('[visualize]\nmethod = "grad-cam"\n')
+    limit = ["--limit", "3"] if "--limit" in visualize_flags() else []
+    run = run_pipeline(data, "--set", "visualize.smooth=0", *limit)
+    for number, name in enumerate(STAGES[1:5], start=2):
+        assert f"stage {number} ({name}): up to date, skipped" in run.stderr
+    assert "--method grad-cam --smooth 0" in run.stderr  # the stage's own command line
+    assert (data / "model" / "head.keras").stat().st_mtime_ns == model_before
+    index = json.loads((data / "results" / "index.json").read_text())
+    assert {entry["method"] for entry in index} == {"grad-cam"}
+    if limit:
+        assert len(index) == 3
+
+
+def visualize_flags():
+    from learning.visualization import get_args_parser
+
+    return {flag for action in get_args_parser()._actions for flag in action.option_strings}
+
+
+def fast_run(*args, data=None):
+    """run_pipeline.sh with arguments that must be refused before any stage runs."""
+    return subprocess.run([str(ROOT / "run_pipeline.sh"), *([str(data)] if data else []), *args],
+                          env=pipeline_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_unknown_options_and_parameters_are_refused_at_once(tmp_path):
+    data = tmp_path / "my data"
+    result = fast_run("--demo", "--random-weight", data=data)
+    assert result.returncode == 2 and "unknown option --random-weight" in result.stderr
+    result = fast_run("--demo", "--from", "visualize", "--method", "grad-cam", data=data)
+    assert result.returncode == 2 and "--set visualize.method=VALUE" in result.stderr
+    data.mkdir()
+    (data / "params.toml").write_text("[visualize]\nmehtod = 'grad-cam'\n")
+    result = fast_run("--demo", data=data)
+    assert result.returncode != 0
+    assert "unknown parameter [visualize] mehtod: cxr-visualize has no --mehtod" in result.stderr
+    assert "== stage" not in result.stderr and sorted(os.listdir(data)) == ["params.toml"]
+    help_text = fast_run("--help").stdout
+    assert "params.toml" in help_text and 'method = ["deeplift", "grad-cam"]' in help_text
+    assert fast_run("--version").stdout.startswith("run_pipeline ")
+
+
+def test_images_added_to_a_folder_with_a_space_are_picked_up(tmp_path):
+    """Stage 2 only (stage 3 is made to fail fast with a too small image size): an unchanged
+    folder is skipped, an image added to "my xrays" re-runs stage 2."""
+    xrays = tmp_path / "my xrays"
+    xrays.mkdir()
+    names = sorted(os.listdir(DEMO / "images"))[:5]
+    for name in names[:4]:
+        shutil.copy2(DEMO / "images" / name, xrays / name)
+    data = tmp_path / "my data"
+    args = ["--source", "folder", "--images", str(xrays), "--random-weights",
+            "--set", "features.image-size=16"]
+    first = run_pipeline(data, *args, check=False, demo=False)
+    assert "stage 2 (scrape): cxr-scrape" in first.stderr and first.returncode != 0
+    assert "VGG16 needs at least 32 pixels" in first.stderr
+    again = run_pipeline(data, *args, check=False, demo=False)
+    assert "stage 2 (scrape): up to date, skipped" in again.stderr
+    shutil.copy2(DEMO / "images" / names[4], xrays / names[4])  # keeps its old mtime
+    third = run_pipeline(data, *args, check=False, demo=False)
+    assert "stage 2 (scrape): cxr-scrape" in third.stderr
+    assert len(load_descriptions(data / "images-description.json")) == 5
 
 
 def test_killed_run_recovers(tmp_path):

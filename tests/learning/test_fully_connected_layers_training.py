@@ -1,4 +1,5 @@
 """Stage 5 on tiny synthetic features: model dir contract, determinism, logits, bad inputs."""
+import csv
 import json
 import os
 import pickle
@@ -51,10 +52,16 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     training, testing = pickles
     model_dir = tmp_path / "model"
     assert train(training, testing, model_dir) == 0
+    # No classifier.keras: these synthetic (2, 2, 8) features come from no VGG16 layer.
     assert sorted(os.listdir(model_dir)) == ["config.json", "head.keras", "metrics.json",
-                                             "roc.png", "training_curve.png"]
-    out = capsys.readouterr().out
-    assert "avg / total" in out and "ROC AUC" in out and "majority baseline" in out
+                                             "roc.png", "test_predictions.csv",
+                                             "training_curve.png"]
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "weighted avg" in out and "ROC AUC" in out and "majority baseline" in out
+    assert "PR AUC" in out and "sensitivity" in out and "specificity" in out
+    assert "WARNING: no classifier.keras written" in captured.err
+    assert "tiny" not in captured.err  # 20 + 20 test, 12 + 12 validation images
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["n_train"], metrics["n_validation"], metrics["n_test"]) == (96, 24, 40)
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 3
@@ -62,8 +69,29 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
     assert test["roc_auc"] > 0.9  # separable synthetic data
     assert test["roc_auc_ci"]["low"] <= test["roc_auc"] <= test["roc_auc_ci"]["high"]
     assert test["roc_auc_ci"]["n_groups"] == 20  # resampled patients, not 40 images
-    assert metrics["baseline_majority"]["accuracy"] == 0.5
-    assert metrics["baseline_majority"]["roc_auc"] == 0.5
+    assert "baseline_majority" not in metrics  # one baseline entry, inside "test"
+    assert test["baseline_majority"]["accuracy"] == 0.5
+    assert test["baseline_majority"]["roc_auc"] == 0.5
+    assert set(test["classification"]) == {"normal", "abnormal", "accuracy", "macro avg",
+                                           "weighted avg"}
+    assert 0.9 < test["pr_auc"] <= 1 and test["pr_auc_baseline"] == 0.5
+    matrix = np.array(test["confusion_matrix"]["matrix"])
+    point = test["operating_point"]
+    assert point["sensitivity"] == matrix[1, 1] / 20 and point["specificity"] == matrix[0, 0] / 20
+    assert metrics["warnings"] == []
+    # Saved without Adam's two moment estimates: about the parameters' own bytes.
+    params = sum(int(np.prod(w.shape)) for w in keras.models.load_model(
+        model_dir / "head.keras").weights)
+    assert metrics["files"]["head_bytes"] < 4 * params * 1.2 + 100_000
+    with open(model_dir / "test_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    testing_data = safe_pickle.load(testing)
+    assert [r["name"] for r in rows] == testing_data["names"]
+    assert [r["group"] for r in rows] == testing_data["groups"]
+    assert [r["label"] for r in rows] == ["normal", "abnormal"] * 20
+    p_abnormal = np.array([float(r["p_abnormal"]) for r in rows])
+    assert ((p_abnormal > 0.5) == (np.array([r["predicted"] for r in rows]) == "abnormal")).all()
+    assert (p_abnormal > 0.5).sum() == matrix[:, 1].sum()
     assert sum(map(sum, test["confusion_matrix"]["matrix"])) == 40
     config = json.loads((model_dir / "config.json").read_text())
     assert config["feature_params"] == FEATURE_PARAMS
@@ -96,6 +124,26 @@ def test_original_head_reproduces_the_2018_choices(pickles, tmp_path):
             config["patience"], config["dropout"]) == ("tanh", 1e-5, False, None, 0.0)
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["epochs_run"] == metrics["best_epoch"] == 3  # no early stopping
+
+
+def test_tiny_sets_warn_loudly_with_their_numbers(tmp_path, capsys):
+    training = tmp_path / "training.pickle"
+    testing = tmp_path / "testing.pickle"
+    safe_pickle.dump(make_split("training", 40, 0,
+                                lambda i: "validation" if i % 10 in (0, 1) else "train"), training)
+    tiny = make_split("testing", 4, 1, lambda i: "test")
+    tiny["groups"] = ["p0", "p1", "p2", "p3"]  # one image per patient
+    safe_pickle.dump(tiny, testing)
+    assert train(training, testing, tmp_path / "m", "--epochs", "1") == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("WARNING: tiny test set: 4 images (2 normal, 2 abnormal)") == 2
+    assert err.count("WARNING: tiny validation set: 8 images (4 normal, 4 abnormal)") == 2
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert len(metrics["warnings"]) == 2
+    skipped = metrics["test"]["roc_auc_ci"]["n_skipped"]
+    assert skipped > 0  # about 1 in 8 resamples of 4 patients holds one class
+    assert f"{skipped:,} of 100 resamples skipped" in captured.out
 
 
 def test_single_class_test_set_gives_null_auroc(tmp_path):
@@ -174,3 +222,55 @@ def test_head_stacks_on_the_real_conv_base(tmp_path):
     stacked = keras.Model(base.input, head(base.output))
     np.testing.assert_allclose(np.asarray(stacked(pixels)), np.asarray(head(features)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_end_to_end_classifier_reproduces_stage_6_logits(tmp_path):
+    """classifier.keras (raw RGB pixels -> logits) loads with plain keras.models.load_model and
+    gives the logits stage 6 computes with its own conv base + head, on real tiny images."""
+    import keras
+
+    from learning.visualization import Explainer, load_model_dir
+    from learning.vgg import build_conv_base, load_image, preprocess
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "nih-24", "images")
+    names = sorted(os.listdir(root))[:6]
+    images = np.stack([load_image(os.path.join(root, n), 32) for n in names])  # (6, 32, 32, 3)
+    base = build_conv_base(random_weights=True, seed=0, image_size=32)
+    split = make_split("training", 6, 0, lambda i: "train", shape=(1, 1, 512))
+    split["features"] = np.asarray(base(preprocess(images)))
+    safe_pickle.dump(split, tmp_path / "training.pickle")
+    safe_pickle.dump(dict(split, split="testing", subset=["test"] * 6), tmp_path / "testing.pickle")
+    assert train(tmp_path / "training.pickle", tmp_path / "testing.pickle", tmp_path / "m",
+                 "--epochs", "2") == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    exported_file = tmp_path / "m" / "classifier.keras"
+    assert metrics["files"]["classifier_bytes"] == exported_file.stat().st_size
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["end_to_end"] == "classifier.keras"
+
+    classifier = keras.models.load_model(tmp_path / "m" / "classifier.keras")
+    exported = np.asarray(classifier.predict(images.astype(np.float32), verbose=0))
+    params = sum(int(np.prod(w.shape)) for w in classifier.weights)
+    assert metrics["files"]["classifier_bytes"] < 4 * params * 1.05 + 200_000  # no optimizer
+
+    head, config = load_model_dir(str(tmp_path / "m"))  # what stage 6 does
+    stage6_base = build_conv_base(None, True, 0, 32, "block5_pool", "none")
+    stage6 = Explainer(stage6_base, head, "difference", ["saliency"], "black", 32)
+    x, _ = stage6.inputs(images)
+    np.testing.assert_allclose(exported, stage6.logits(x), rtol=1e-5, atol=1e-5)
+    assert exported.shape == (6, 2) and np.ptp(exported[:, 1] - exported[:, 0]) > 0
+
+
+def test_export_refuses_a_weights_file_that_did_not_make_the_features(pickles, tmp_path, capsys):
+    training, testing = pickles
+    other = tmp_path / "other.weights.h5"
+    other.write_bytes(b"not these weights")
+    params = dict(FEATURE_PARAMS, weights="sha256:ab")  # features from a real weights file
+    safe_pickle.dump(dict(safe_pickle.load(training), feature_params=params), training)
+    safe_pickle.dump(dict(safe_pickle.load(testing), feature_params=params), testing)
+    assert train(training, testing, tmp_path / "m", "--weights", str(other)) == 1
+    err = capsys.readouterr().err
+    assert "is not the VGG16 weights file stage 3 used" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()  # refused before training
+    assert train(training, testing, tmp_path / "m", "--weights", str(tmp_path / "nope.h5")) == 1
+    assert "VGG16 weights file not found" in capsys.readouterr().err

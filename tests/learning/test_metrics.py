@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from learning.metrics import (classification_table, evaluate, format_report,
-                              grouped_bootstrap_auc, majority_baseline, roc_auc)
+                              grouped_bootstrap_auc, majority_baseline, roc_auc,
+                              small_set_warnings)
 
 
 def test_auc_and_table_on_a_hand_computed_example():
@@ -17,17 +18,31 @@ def test_auc_and_table_on_a_hand_computed_example():
     assert result["confusion_matrix"]["matrix"] == [[2, 1], [0, 2]]
     assert result["accuracy"] == pytest.approx(0.8)
     table = result["classification"]
-    assert table["normal"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8,
-                                             "support": 3})
-    assert table["abnormal"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
-                                               "support": 2})
-    # avg / total weights by support: precision 3/5 * 1 + 2/5 * 2/3 = 13/15.
-    assert table["avg / total"]["precision"] == pytest.approx(13 / 15)
-    assert table["avg / total"]["support"] == 5
+    assert table["normal"] == pytest.approx({"precision": 1.0, "recall": 2 / 3,
+                                             "f1-score": 0.8, "support": 3})
+    assert table["abnormal"] == pytest.approx({"precision": 2 / 3, "recall": 1.0,
+                                               "f1-score": 0.8, "support": 2})
+    # scikit-learn's names: "weighted avg" weights by support: 3/5 * 1 + 2/5 * 2/3 = 13/15.
+    assert table["weighted avg"]["precision"] == pytest.approx(13 / 15)
+    assert table["weighted avg"]["support"] == 5
+    assert table["macro avg"]["precision"] == pytest.approx((1 + 2 / 3) / 2)
+    assert table["accuracy"] == pytest.approx(0.8)
+    # Operating point (argmax): abnormal found 2 of 2, normal cleared 2 of 3.
+    point = result["operating_point"]
+    assert (point["sensitivity"], point["specificity"]) == (1.0, pytest.approx(2 / 3))
+    # Wilson 95% for 2/3: centre (2/3 + z^2/6) / (1 + z^2/3), z = 1.95996.
+    assert point["specificity_ci"]["low"] == pytest.approx(0.2077, abs=1e-4)
+    assert point["specificity_ci"]["high"] == pytest.approx(0.9385, abs=1e-4)
+    # Average precision by hand: ranked scores 2 (abn), 1 (norm), 0.5 (abn), ...:
+    # recall steps at ranks 1 and 3 with precision 1 and 2/3 -> (1 + 2/3) / 2 = 5/6.
+    assert result["pr_auc"] == pytest.approx(5 / 6) and result["pr_auc_baseline"] == 0.4
     ci = result["roc_auc_ci"]
     assert ci["low"] <= result["roc_auc"] <= ci["high"] and ci["n_groups"] == 5
     text = format_report(result)
-    assert "ROC AUC 0.833" in text and "avg / total" in text and "majority baseline" in text
+    assert "ROC AUC 0.833" in text and "weighted avg" in text and "majority baseline" in text
+    assert "PR AUC (average precision) 0.833" in text
+    skipped = ci["n_skipped"]
+    assert skipped > 0 and f"{skipped:,} of 200 resamples skipped" in text
 
 
 def test_bootstrap_resamples_groups_not_images():
@@ -70,3 +85,10 @@ def test_majority_baseline_uses_training_labels():
 def test_zero_division_gives_zero_precision():
     table = classification_table(np.array([0, 1]), np.array([0, 0]))
     assert table["abnormal"]["precision"] == 0.0 and table["normal"]["recall"] == 1.0
+
+
+def test_small_set_warnings_name_the_counts():
+    assert small_set_warnings("test", np.array([0, 1] * 10)) == []
+    (line,) = small_set_warnings("validation", np.array([0] * 30 + [1] * 3))
+    assert "tiny validation set: 33 images (30 normal, 3 abnormal)" in line
+    assert "fewer than 10 of a class" in line
