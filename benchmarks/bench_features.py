@@ -1,8 +1,11 @@
 """Benchmark of stage 3 (cxr-extract-features): throughput, precision, re-runs and memory.
 
 Prints, all in one run so that ratios compare like with like on a shared machine:
-  1. model-only img/s (pre-decoded, preprocessed batches in memory) vs end-to-end img/s
-     (PNG decode + resize + model through the stage's pipeline); goal: end-to-end >= 0.9x;
+  0. decode + resize alone: 1 thread, --workers threads, --workers spawn processes (img/s);
+  1. model-only img/s (pre-decoded, preprocessed batches in memory), eager model(x) and the
+     compiled forward the stage uses (learning.gradients.forward), vs end-to-end img/s (PNG
+     decode + resize + model through the stage's pipeline) with decode threads and with decode
+     processes; goal: end-to-end >= 0.9x model-only;
   2. fp32 vs bf16 (Keras mixed precision) model-only img/s and the max relative difference of
      the features; goal: >= 1.8x (needs a CPU with bf16 instructions: AVX512-BF16 or AMX);
   3. peak RSS of the CLI on 250 vs 1000 images (each in its own subprocess, ru_maxrss via
@@ -15,6 +18,7 @@ the weight values.
 Example:
     python benchmarks/bench_features.py ../shared/datasets/nih-cxr-1000/images
     python benchmarks/bench_features.py IMAGES --throughput-images 64 --rss-images 50 200
+    KERAS_BACKEND=jax python benchmarks/bench_features.py IMAGES --skip memory --precisions fp32
 """
 import argparse
 import os
@@ -44,15 +48,37 @@ def linked_subset(images_dir, count, target):
     return target
 
 
-def model_only(model, preprocessed, batch_size):
+def model_only(model, preprocessed, batch_size, compiled=True):
     """The network alone on batches already decoded and preprocessed in memory:
     (features float32, wall seconds, CPU seconds of this process)."""
+    from learning import gradients
+
+    def call(batch):
+        if compiled:
+            return gradients.forward(model, batch)
+        return gradients.to_numpy(model(batch, training=False))
+
     wall, cpu = time.perf_counter(), time.process_time()
     outputs = []
     for start in range(0, len(preprocessed), batch_size):
-        outputs.append(np.asarray(model(preprocessed[start:start + batch_size], training=False))
+        outputs.append(np.asarray(call(preprocessed[start:start + batch_size]))
                        .astype(np.float32))
     return np.concatenate(outputs), time.perf_counter() - wall, time.process_time() - cpu
+
+
+def decode_alone(paths, image_size, workers):
+    """img/s of decode + resize: 1 thread, `workers` threads, `workers` processes."""
+    from learning import features_decode
+
+    rates = {}
+    for label, mode, count in (("1 thread", "threads", 1), (f"{workers} threads", "threads",
+                                                            workers),
+                               (f"{workers} processes", "processes", workers)):
+        started = time.perf_counter()
+        for _ in features_decode.iter_decoded(paths, image_size, count, 2 * count + 8, mode):
+            pass
+        rates[label] = len(paths) / (time.perf_counter() - started)
+    return rates
 
 
 def tf_data_pipeline(model, paths, image_size, batch_size):
@@ -81,10 +107,10 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
     precisions = ["fp32"] + [p for p in precisions if p != "fp32"]   # e2e is measured in fp32
     subset = linked_subset(images_dir, count, os.path.join(work, f"throughput-{count}"))
     names = sorted(os.listdir(subset))
-    started = time.perf_counter()
+    rates = decode_alone([os.path.join(subset, n) for n in names], image_size, workers)
+    print("decode+resize alone (process start-up included): "
+          + ", ".join(f"{label} {rate:.1f} img/s" for label, rate in rates.items()), flush=True)
     decoded = np.stack([vgg.load_image(os.path.join(subset, n), image_size) for n in names])
-    print(f"decode+resize alone (1 thread): {count / (time.perf_counter() - started):.1f} img/s",
-          flush=True)
     preprocessed = vgg.preprocess(decoded)                  # (count, S, S, 3) float32
     del decoded
 
@@ -92,7 +118,8 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
             for p in precisions}
     for net in nets.values():
         net.build()(preprocessed[:batch_size], training=False)   # warm-up (oneDNN primitives)
-    keys = ["e2e"] + (["tf.data"] if with_tf_data else []) + list(precisions)
+    keys = (["e2e", "e2e processes", "eager"] + (["tf.data"] if with_tf_data else [])
+            + list(precisions))
     totals = {key: [0.0, 0.0] for key in keys}   # wall, cpu seconds
     features = {p: [] for p in precisions}
     bounds = np.linspace(0, count, rounds + 1).astype(int)
@@ -108,13 +135,18 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
             totals[precision][0] += wall
             totals[precision][1] += cpu
             if precision == "fp32":
-                cpu_start = time.process_time()
-                stats = tfe.extract_features(chunk, os.path.join(work, f"e2e-{number}.pickle"),
-                                             random_weights=True, image_size=image_size,
-                                             batch_size=batch_size, workers=workers,
-                                             progress=False, model=nets["fp32"])
-                totals["e2e"][0] += stats.compute_seconds
-                totals["e2e"][1] += time.process_time() - cpu_start
+                _, wall, cpu = model_only(nets[precision].model, preprocessed[low:high],
+                                          batch_size, compiled=False)
+                totals["eager"][0] += wall
+                totals["eager"][1] += cpu
+                for key, mode in (("e2e", "threads"), ("e2e processes", "processes")):
+                    cpu_start = time.process_time()
+                    stats = tfe.extract_features(
+                        chunk, os.path.join(work, f"{mode}-{number}.pickle"),
+                        random_weights=True, image_size=image_size, batch_size=batch_size,
+                        workers=workers, progress=False, model=nets["fp32"], decode=mode)
+                    totals[key][0] += stats.compute_seconds
+                    totals[key][1] += time.process_time() - cpu_start
                 if with_tf_data:
                     paths = [os.path.join(chunk, n) for n in names[low:high]]
                     _, wall, cpu = tf_data_pipeline(nets["fp32"].model, paths, image_size,
@@ -131,11 +163,18 @@ def throughput(images_dir, count, rounds, batch_size, workers, image_size, preci
 
     model_wall, model_cpu = rates("fp32")
     e2e_wall, e2e_cpu = rates("e2e")
-    print(f"model-only fp32: {model_wall:.2f} img/s wall, {model_cpu:.2f} img/CPU-s\n"
+    eager_wall, eager_cpu = rates("eager")
+    proc_wall, proc_cpu = rates("e2e processes")
+    print(f"model-only fp32, compiled (the stage's): {model_wall:.2f} img/s wall, "
+          f"{model_cpu:.2f} img/CPU-s; eager model(x): {eager_wall:.2f} img/s wall "
+          f"({eager_wall / model_wall:.2f}x compiled)\n"
           f"end-to-end (PNG decode + resize + model, {workers} decode threads): "
           f"{e2e_wall:.2f} img/s wall, {e2e_cpu:.2f} img/CPU-s\n"
           f"  end-to-end / model-only = {e2e_wall / model_wall:.2f}x wall, "
-          f"{e2e_cpu / model_cpu:.2f}x per CPU-second (goal >= 0.9x)", flush=True)
+          f"{e2e_cpu / model_cpu:.2f}x per CPU-second (goal >= 0.9x)\n"
+          f"end-to-end with {workers} decode processes: {proc_wall:.2f} img/s wall = "
+          f"{proc_wall / model_wall:.2f}x model-only (CPU-seconds of the parent only: "
+          f"{proc_cpu:.2f} img/CPU-s)", flush=True)
     if with_tf_data:
         wall, cpu = rates("tf.data")
         print(f"alternative tf.data + numpy_function pipeline: {wall:.2f} img/s wall "
@@ -226,9 +265,10 @@ def main(argv=None):
                         help="also time a tf.data pipeline (the design not chosen)")
     parser.add_argument("--skip", choices=("throughput", "memory"), action="append", default=[])
     args = parser.parse_args(argv)
-    import tensorflow as tf
+    import keras
 
-    print(f"bench_features: {os.cpu_count()} CPUs, TF {tf.__version__}, image size "
+    print(f"bench_features: {os.cpu_count()} CPUs, Keras {keras.__version__} backend "
+          f"{keras.backend.backend()}, image size "
           f"{args.image_size}, batch {args.batch_size}, random weights; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_features.") as work:

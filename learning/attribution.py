@@ -21,12 +21,14 @@ Target (the `postprocess` choice decides which logits are explained):
   abnormal              one output, logit_abnormal; shown map max(attr_abnormal, 0).
 
 Methods (all return per-pixel maps (N, H, W, n_outputs) float32):
-  deeplift              shap.DeepExplainer (DeepLIFT Rescale rule), run in batches: shap's own
-                        shap_values loops one image at a time against a shared background; here
-                        the image batch and a batch of per-image baselines go through shap's
-                        attribution graph in one call (its op handlers pair the first half of
-                        the batch with the second half), which is what makes --batch-size pay
-                        and allows per-image baselines (blur). Channel-summed.
+  deeplift              DeepLIFT Rescale (Shrikumar et al. 2017), our own implementation in
+                        keras.ops (learning/deeplift.py): a surrogate forward pass whose input
+                        gradient is the chain of DeepLIFT multipliers, for any Keras backend. It
+                        equals shap.DeepExplainer (the tests' oracle, TensorFlow only) to float
+                        rounding, and costs about one input gradient: the batch goes forward and
+                        backward once, a shared baseline (black, mean) forward once per batch
+                        (shap: forward and backward on image + baseline, 2.4x a gradient).
+                        Per-image baselines (blur) are supported. Channel-summed.
   integrated-gradients  Sundararajan et al. 2017, midpoint Riemann sum (--ig-steps). Channel-summed.
   grad-cam              Selvaraju et al. 2017 on the last Conv2D layer of the conv base,
                         bilinearly upsampled to the input size.
@@ -41,16 +43,16 @@ install next to TF 2.21; tf-keras-vis 0.8.7 (2024) targets tf.keras 2, offers on
 saliency (no integrated gradients, no occlusion) and needs two new dependencies; alibi 0.9.6
 brings a large dependency tree for IG alone; innvestigate 2.1.2 needs TF1-style graph mode; PAIR
 `saliency` 0.2.1 needs scikit-image and a framework callback we would write anyway. Each method
-below is a few lines of GradientTape code on the same model, so they share batching, baselines,
-targets and post-processing with DeepLIFT.
+below is a few lines of gradient code (learning.gradients: one adapter per Keras backend) on the
+same model, so they share batching, baselines, targets and post-processing with DeepLIFT.
 """
 import contextlib
-import os
 import warnings
 import weakref
 
 import numpy as np
 
+from learning import deeplift, gradients
 from scraper.cli import UserError
 
 METHODS = ("deeplift", "integrated-gradients", "grad-cam", "occlusion", "saliency")
@@ -82,7 +84,7 @@ def parse_methods(values):
 
 @contextlib.contextmanager
 def quiet_keras():
-    """Silence the harmless warnings shap triggers on Keras 3 ('Expected: keras_tensor ...')."""
+    """Silence harmless Keras 3 input-structure warnings ('Expected: keras_tensor ...')."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*doesn't match the expected structure")
         warnings.filterwarnings("ignore", message=r"(?s).*Your TensorFlow version is newer")
@@ -152,89 +154,25 @@ def preprocess_float(pixels):
     return preprocess(np.asarray(pixels, dtype=np.float32))
 
 
-class DeepLift:
-    """Batched DeepLIFT (Rescale) through shap.DeepExplainer's attribution graph."""
-
-    def __init__(self, target_model):
-        with warnings.catch_warnings():  # shap's import: matplotlib colormap deprecations
-            warnings.simplefilter("ignore", PendingDeprecationWarning)
-            import shap
-
-        self.model = target_model
-        shape = (1,) + tuple(target_model.input.shape[1:])
-        with quiet_keras():
-            self._explainer = shap.DeepExplainer(target_model, np.zeros(shape, np.float32))
-        self._inner = self._explainer.explainer
-        self.n_outputs = len(self._inner.phi_symbolics)
-
-    def attribute(self, x, baselines):
-        """x, baselines: preprocessed (N, S, S, 3) -> attributions (N, S, S, 3, n_outputs).
-
-        One graph call per output with the batch [x; baselines] (2N images): shap's handlers
-        split every tensor in halves and pair x[k] with baselines[k].
-        """
-        x = np.asarray(x, np.float32)
-        baselines = np.asarray(baselines, np.float32)
-        n = len(x)
-        joint = np.concatenate([x, baselines])
-        result = np.empty(x.shape + (self.n_outputs,), np.float32)
-        with quiet_keras():
-            for i in range(self.n_outputs):
-                try:
-                    grads = self._inner.run(self._inner.phi_symbolic(i),
-                                            self._inner.model_inputs, [joint])[0]
-                except (ValueError, TypeError, KeyError, LookupError) as error:
-                    # e.g. GlobalMaxPooling: shap treats its "Max" op as element-wise
-                    detail = str(error).strip().splitlines()[-1][:200]
-                    raise UserError(f"DeepLIFT (shap {_shap_version()}) cannot explain this model"
-                                    f" ({type(error).__name__}: {detail}); global max pooling "
-                                    f"is not supported, use features with pooling none or avg")\
-                        from None
-                result[..., i] = grads[n:] * (x - baselines)
-        return result
+def forward(model, x):
+    """model(x) as numpy (N, n_outputs), compiled (learning.gradients, any Keras backend)."""
+    return gradients.forward(model, x)
 
 
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def _compiled(model):
-    """tf.functions for the forward pass and input gradients of `model` (cached per model).
-
-    Eager op-by-op execution and keras' predict() cost far more per call than the compiled
-    graph for the many small calls IG, occlusion and saliency make.
-    """
-    import tensorflow as tf
-
+def input_gradients(model, x):
+    """d model(x)[:, o] / dx for every output o, one forward pass: (n_outputs, N, S, S, 3)."""
     if model not in _COMPILED:
-        @tf.function(reduce_retracing=True)
-        def forward(x):
-            return model(x, training=False)
-
-        @tf.function(reduce_retracing=True)
-        def gradient(x, output_index):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = model(x, training=False)
-                score = tf.gather(out, output_index, axis=1)
-            return tape.gradient(score, x)
-
-        _COMPILED[model] = (forward, gradient)
-    return _COMPILED[model]
-
-
-def forward(model, x):
-    """model(x) as numpy (N, n_outputs), compiled."""
-    import tensorflow as tf
-
-    return _compiled(model)[0](tf.convert_to_tensor(x, tf.float32)).numpy()
+        _COMPILED[model] = gradients.compile_gradients(
+            lambda inputs: (model(inputs, training=False), None), model)
+    return _COMPILED[model](x)[2]
 
 
 def _gradients(model, x, output_index):
     """d model(x)[:, output_index] / dx for a batch: (N, S, S, 3)."""
-    import tensorflow as tf
-
-    return _compiled(model)[1](tf.convert_to_tensor(x, tf.float32),
-                               tf.constant(output_index, tf.int32)).numpy()
+    return input_gradients(model, x)[output_index]
 
 
 def integrated_gradients(model, x, baselines, steps=32, chunk=16):
@@ -244,12 +182,11 @@ def integrated_gradients(model, x, baselines, steps=32, chunk=16):
     result = np.empty(np.shape(x) + (n_outputs,), np.float32)
     for j, (image, base) in enumerate(zip(x, baselines)):
         delta = image - base
-        for o in range(n_outputs):
-            total = np.zeros(image.shape, np.float64)
-            for start in range(0, steps, chunk):
-                a = alphas[start:start + chunk, None, None, None]
-                total += _gradients(model, base[None] + a * delta[None], o).sum(0)
-            result[j, ..., o] = (total / steps) * delta
+        total = np.zeros((n_outputs,) + image.shape, np.float64)
+        for start in range(0, steps, chunk):
+            a = alphas[start:start + chunk, None, None, None]
+            total += input_gradients(model, base[None] + a * delta[None]).sum(1)
+        result[j] = np.moveaxis(total / steps, 0, -1) * delta[..., None]
     return result
 
 
@@ -262,66 +199,56 @@ def last_conv_layer(model):
     return conv[-1]
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+_all_layers = deeplift.leaf_layers
+
+
+_CAM = weakref.WeakKeyDictionary()
+
+
+def _cam_gradients(model, layer):
+    """Compiled (probe, x) -> (outputs, features, d outputs / d features) for `layer`.
+
+    The gradient w.r.t. an inner layer's output is taken, on every backend, as the gradient
+    w.r.t. a zero `probe` added to that output (the model's graph is walked with the probe).
+    """
+    if model not in _CAM:
+        def probed(probe, inputs):
+            captured = []
+
+            def leaf(op):
+                if op is not layer:
+                    return op
+
+                def call(*args, **kwargs):
+                    captured.append(op(*args, **kwargs) + probe)   # (N, h, w, C)
+                    return captured[-1]
+                return call
+
+            outputs = deeplift.walk_graph(model, inputs, leaf)
+            return outputs, captured[0]
+
+        _CAM[model] = gradients.compile_gradients(probed, model)
+    return _CAM[model]
 
 
 def grad_cam(model, x):
     """Grad-CAM on the last conv layer, upsampled: (N, S, S, n_outputs), >= 0."""
     import keras
-    import tensorflow as tf
 
     layer = last_conv_layer(model)
-    if any(top is layer for top in model.layers):
-        cam_model = keras.Model(model.input, [layer.output, model.output])
-    else:  # the conv sits inside the nested head (e.g. a block5 / CAM head): walk the chain
-        def cam_model(inputs, training=False):
-            return _run_chain(model, inputs, layer)
-    n_outputs = model.output.shape[-1]
+    x = np.asarray(x, np.float32)
+    probe = np.zeros((len(x),) + tuple(layer.output.shape[1:]), np.float32)
+    _, features, grads = _cam_gradients(model, layer)(probe, x)  # (N,h,w,C), (O,N,h,w,C)
+    weights = grads.mean(axis=(2, 3), keepdims=True)              # (O, N, 1, 1, C)
+    cams = np.maximum((weights * features[None]).sum(-1), 0)      # (O, N, h, w)
     size = tuple(np.shape(x)[1:3])
-    result = np.empty(np.shape(x)[:3] + (n_outputs,), np.float32)
-    x = tf.convert_to_tensor(x, tf.float32)
-    for o in range(n_outputs):
-        with tf.GradientTape() as tape:
-            features, out = cam_model(x, training=False)  # (N, h, w, C), (N, n_outputs)
-            score = out[:, o]
-        grads = tape.gradient(score, features)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
-        result[..., o] = tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
-    return result
-
-
-def _run_chain(model, x, stop_layer):
-    """(output of stop_layer, model output) by calling the layers of a chain model in order,
-    walking into nested models; fails clearly on a model that is not a chain."""
-    import keras
-
-    found = None
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            inner, x = _run_chain(layer, x, stop_layer)
-            found = inner if inner is not None else found
-            continue
-        if len(layer._inbound_nodes) > 1 or len(getattr(layer._inbound_nodes[0],
-                                                         "input_tensors", [None])) != 1:
-            raise UserError(f"grad-cam: layer {layer.name} is not part of a simple chain")
-        x = layer(x, training=False)
-        if layer is stop_layer:
-            found = x
-    return found, x
+    resized = keras.ops.image.resize(np.moveaxis(cams, 0, -1), size, interpolation="bilinear")
+    return gradients.to_numpy(resized).astype(np.float32)          # (N, S, S, O)
 
 
 def saliency(model, x):
     """Vanilla gradient saliency: max_c |d out / d x_c|, (N, S, S, n_outputs)."""
-    n_outputs = model.output.shape[-1]
-    return np.stack([np.abs(_gradients(model, x, o)).max(-1) for o in range(n_outputs)], -1)
+    return np.moveaxis(np.abs(input_gradients(model, x)).max(-1), 0, -1)
 
 
 def occlusion(model, x, baselines, patch=None, stride=None, batch_size=32):
@@ -387,18 +314,8 @@ def check_completeness(deltas, expected, names, method="deeplift"):
         k = bad[0]
         raise UserError(
             f"{method} attributions of {names[k]} break completeness: |sum - (f(x) - f(baseline))|"
-            f" = {deltas[k]:.3g} > {limit[k]:.3g}; the heatmaps would be wrong (a layer shap "
-            f"{_shap_version()} cannot handle, e.g. GlobalMaxPooling, or a TensorFlow/shap "
-            f"version change); nothing written for this batch")
-
-
-def _shap_version():
-    try:
-        import shap
-
-        return shap.__version__
-    except ImportError:  # pragma: no cover
-        return "?"
+            f" = {deltas[k]:.3g} > {limit[k]:.3g}; the heatmaps would be wrong (a numerical "
+            f"problem in the model, e.g. huge activations); nothing written for this batch")
 
 
 class Attributor:
@@ -410,7 +327,8 @@ class Attributor:
         self.ig_steps = ig_steps
         self.occlusion_patch = occlusion_patch
         self.n_outputs = target_model.output.shape[-1]
-        self._deeplift = DeepLift(target_model) if "deeplift" in self.methods else None
+        self._deeplift = (deeplift.DeepLift(target_model) if "deeplift" in self.methods
+                          else None)
 
     def outputs(self, x):
         with quiet_keras():
@@ -441,4 +359,7 @@ class Attributor:
 
 def silence_tensorflow():
     """Keep TensorFlow's C++ start-up chatter off the terminal (set before importing it)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    gradients.silence()
+
+
+DeepLift = deeplift.DeepLift   # the name stage 6 and the tests have always used

@@ -218,10 +218,10 @@ def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=
     "n_validation", "class_weights", "scaling"}.
     """
     import keras
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    from learning.gradients import deterministic
+
+    deterministic(seed)   # any Keras backend (TensorFlow: also op determinism)
     subset = np.asarray(training["subset"], dtype=object)
     train_mask, val_mask = subset == "train", subset == "validation"
     x_train, y_train = training["features"][train_mask], training["labels"][train_mask]

@@ -18,33 +18,41 @@ recomputed; new or changed images are computed, deleted ones are dropped. Any ch
 bf16/fp16 features differ from fp32 ones by up to ~1%, and mixing them would make a head's
 inputs depend on which run computed them. Features are always stored as float32.
 
+        .cxr-lock   the output folder's lock (scraper.fileio.folder_lock): one writer at a time
+
+Layout: this file is the stage (parameters, the network, the run loop, the CLI); the decode
+pipeline is learning/features_decode.py, the incremental bookkeeping and the checkpoints
+learning/features_store.py.
+
 Example:
     cxr-extract-features data/images data/transfer_features.pickle data/vgg16.weights.h5
     python -m learning.transfer_feature_extraction demo/nih-24/images /tmp/features.pickle \\
         --random-weights --image-size 64      # offline smoke run, no ImageNet weights
 """
-import collections
-import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
 import os
 import time
 
 import numpy as np
 
-from learning import safe_pickle, vgg
+from learning import features_decode, features_store, safe_pickle, vgg
+from learning.features_store import FORMAT, partial_path
+from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
 from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
                          progress_bar)
-from scraper.fileio import file_hash, remove_stale_temp_files
-from scraper.images import BadImage, is_image_name
+from scraper.fileio import folder_lock, remove_stale_temp_files
+from scraper.images import BadImage, add_max_pixels_argument, set_max_pixels
 
-FORMAT = "cxr-features/1"
-PARTIAL_FORMAT = "cxr-features-partial/1"
+PROG = "cxr-extract-features"
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Keras mixed precision: variables stay float32, the convolutions run in the low precision.
 _DTYPE_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_BATCH_SIZE = 1024
+# Range-checked flag types (one line on a bad value, before any work or allocation).
+IMAGE_SIZE = flags.bounded_int(vgg.MAX_IMAGE_SIZE, vgg.MIN_IMAGE_SIZE, "image size")
+BATCH_SIZE = flags.bounded_int(MAX_BATCH_SIZE, what="batch size")
 
 
 @dataclasses.dataclass
@@ -62,30 +70,6 @@ class Stats:
     @property
     def images_per_second(self):
         return self.computed / self.compute_seconds if self.compute_seconds > 0 else 0.0
-
-
-def partial_path(output_path):
-    return os.fspath(output_path) + ".partial"
-
-
-def list_images(images_dir):
-    """Sorted image file names in `images_dir` and the number of other entries skipped."""
-    images_dir = os.fspath(images_dir)
-    if not os.path.exists(images_dir):
-        raise UserError(f"images folder not found: {images_dir}")
-    if not os.path.isdir(images_dir):
-        raise UserError(f"images path is not a folder: {images_dir}")
-    names, skipped = [], 0
-    with os.scandir(images_dir) as entries:
-        for entry in entries:
-            if entry.is_file() and is_image_name(entry.name):
-                names.append(entry.name)
-            else:
-                skipped += 1
-    if not names:
-        raise UserError(f"no image files in {images_dir} (looked for "
-                        f"{', '.join(('.png', '.jpg', '.jpeg', '...'))}; {skipped} other entries)")
-    return sorted(names), skipped
 
 
 def feature_params(weights_path=None, random_weights=False, seed=0, image_size=224,
@@ -120,103 +104,6 @@ def check_weights_file(weights_path):
                         f"Keras VGG16 no-top .h5 from cxr-download-model)")
 
 
-def hash_images(images_dir, names, progress=True):
-    """sha256 of each file's bytes; None (with the reason) for files that cannot be read."""
-    hashes, unreadable = [], {}
-    for name in progress_bar(names, desc="hashing", unit="img",
-                             disable=not progress or len(names) < 2000, leave=False):
-        try:
-            hashes.append(file_hash(os.path.join(images_dir, name)))
-        except OSError as error:
-            hashes.append(None)
-            unreadable[name] = f"unreadable file ({error.strerror or error})"
-    return hashes, unreadable
-
-
-def _read_previous(path, what):
-    """A previous features/partial pickle as {name: (hash, row)} plus its params and rows.
-
-    Returns None when there is no such file.
-    """
-    if not os.path.exists(path):
-        return None
-    kind = FORMAT if what == "features" else PARTIAL_FORMAT
-    try:
-        obj = safe_pickle.load(path, what=f"{what} file", kind=kind)
-    except UserError as error:
-        if what == "features":
-            raise UserError(f"{error}; refusing to overwrite it: delete it or choose another "
-                            f"output path") from None
-        log(f"cxr-extract-features: ignoring unusable checkpoint {path} ({error})")
-        return None
-    rows = obj.get("features") if what == "features" else obj.get("rows")
-    names, hashes = obj.get("names"), obj.get("content_hashes")
-    if not (isinstance(names, list) and isinstance(hashes, list)
-            and isinstance(obj.get("params"), dict) and rows is not None
-            and len(names) == len(hashes) == len(rows)):
-        if what == "features":
-            raise UserError(f"{path} is an inconsistent {FORMAT} file (names, content_hashes and "
-                            f"features differ in length); delete it to recompute")
-        return None
-    return {"params": obj["params"], "names": names, "rows": rows,
-            "index": {n: (h, i) for i, (n, h) in enumerate(zip(names, hashes))},
-            "failures": obj.get("failures", [])}
-
-
-def _iter_decoded(paths, image_size, workers, prefetch):
-    """Yield (position, uint8 (S, S, 3) array or BadImage) in order.
-
-    Decoding (PIL releases the GIL in zlib and resize) runs `prefetch` images ahead in a thread
-    pool, overlapping the network; at most `prefetch` decoded images exist at any time.
-    """
-    def load(path):
-        try:
-            return vgg.load_image(path, image_size)
-        except BadImage as error:
-            return error
-        except OSError as error:  # vanished or unreadable since it was listed
-            return BadImage(f"unreadable file ({error.strerror or error})")
-
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        items = iter(enumerate(paths))
-        pending = collections.deque()
-        for position, path in items:
-            pending.append((position, pool.submit(load, path)))
-            if len(pending) >= prefetch:
-                break
-        try:
-            while pending:
-                position, future = pending.popleft()
-                following = next(items, None)
-                if following is not None:
-                    pending.append((following[0], pool.submit(load, following[1])))
-                yield position, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-
-def _malloc_trim():
-    """Give freed heap memory back to the OS (glibc); a no-op elsewhere.
-
-    Decode threads and TensorFlow's threads allocate from separate glibc arenas; without a
-    trim their free lists grew the peak RSS by ~100 KB per image over long runs (measured:
-    +69 MiB for 600 more 64 px images), so memory was not "output array + a constant".
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
-
-
 class FeatureModel:
     """The VGG16 conv base at one precision; built on first use so cached runs skip TensorFlow."""
 
@@ -238,7 +125,9 @@ class FeatureModel:
 
     def __call__(self, images_uint8):
         """(n, S, S, 3) uint8 -> (n, ...) float32 features."""
-        outputs = self.build()(vgg.preprocess(images_uint8), training=False)
+        from learning.gradients import forward
+
+        outputs = forward(self.build(), vgg.preprocess(images_uint8))  # compiled, any backend
         return np.asarray(outputs).astype(np.float32, copy=False)
 
 
@@ -258,11 +147,11 @@ def dtype_policy(precision):
 def extract_features(images_dir, output_path, weights_path=None, random_weights=False, seed=0,
                      image_size=224, layer="block5_pool", pooling="none", precision="fp32",
                      batch_size=16, workers=2, checkpoint_every=300.0, progress=True,
-                     model=None):
+                     model=None, decode="auto"):
     """Compute (or reuse) features for every image in `images_dir`; write `output_path`.
 
     `model` (a FeatureModel) may be passed to reuse an already built network (benchmarks).
-    Returns Stats.
+    `decode`: "threads", "processes" or "auto" (learning.features_decode). Returns Stats.
     """
     start = time.monotonic()
     images_dir, output_path = os.fspath(images_dir), os.fspath(output_path)
@@ -270,143 +159,116 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
         raise UserError(f"invalid batch size {batch_size}: must be at least 1")
     if workers < 1:
         raise UserError(f"invalid number of workers {workers}: must be at least 1")
-    names, skipped = list_images(images_dir)
+    names, skipped = features_store.list_images(images_dir)
     params = feature_params(weights_path, random_weights, seed, image_size, layer, pooling,
                             precision)
     if random_weights:
-        log(f"cxr-extract-features: WARNING: --random-weights: these features come from a "
-            f"RANDOMLY initialised VGG16 (seed {seed}), not ImageNet weights; they are for "
-            f"offline smoke tests only and mean nothing about X-rays")
-    out_dir = os.path.dirname(os.path.abspath(output_path))
+        log(f"{PROG}: WARNING: --random-weights: these features come from a RANDOMLY "
+            f"initialised VGG16 (seed {seed}), not ImageNet weights; they are for offline "
+            f"smoke tests only and mean nothing about X-rays")
     if os.path.isdir(output_path):
         raise UserError(f"features path is a folder, expected a file: {output_path}")
-    remove_stale_temp_files(out_dir)
-    stats = Stats(total=len(names), skipped=skipped)
-    hashes, unreadable = hash_images(images_dir, names, progress)
+    # One writer per data folder; then the only temp files to clean are killed runs' (a
+    # running writer of any stage keeps its temp file locked, and a user's are not ours).
+    with folder_lock(os.path.dirname(os.path.abspath(output_path)), PROG):
+        remove_stale_temp_files(os.path.dirname(os.path.abspath(output_path)))
+        stats = Stats(total=len(names), skipped=skipped)
+        hashes, failures = features_store.hash_images(images_dir, names, progress)
+        # Reuse sources: the previous output, then the checkpoint of an interrupted run.
+        previous = features_store.read_previous(output_path, "features")
+        checkpoint = features_store.read_previous(partial_path(output_path), "checkpoint")
+        sources, reuse, to_compute = features_store.plan_reuse(
+            names, hashes, [previous, checkpoint], params)
+        stats.reused = len(reuse)
+        table = features_store.FeatureTable(len(names), sources, reuse, previous)
+        if to_compute:
+            net = model or FeatureModel(weights_path, random_weights, seed, image_size, layer,
+                                        pooling, precision)
+            if (net.kwargs["image_size"], net.kwargs["layer"], net.kwargs["pooling"],
+                    net.precision) != (image_size, layer, pooling, precision):
+                raise ValueError("the model passed was built for other parameters")
+            compute_start = time.monotonic()
+            run = _Run(net, table, names, hashes, params, output_path, to_compute, failures,
+                       stats, progress, features_store.Checkpointer(checkpoint_every))
+            run.compute(images_dir, image_size, batch_size, workers, decode)
+            built_here = net.build_seconds if model is None else 0.0
+            stats.compute_seconds = time.monotonic() - compute_start - built_here
+        stats.written = _write_result(output_path, images_dir, names, hashes, params, table,
+                                      failures, previous, sources, reuse, stats)
+    stats.seconds = time.monotonic() - start
+    return stats
 
-    # Reuse sources: the previous output, then the checkpoint of an interrupted run; only
-    # those made with exactly these params (weights, size, layer, pooling, precision...).
-    previous = _read_previous(output_path, "features")
-    checkpoint = _read_previous(partial_path(output_path), "checkpoint")
-    sources = [s for s in (previous, checkpoint) if s is not None and s["params"] == params]
-    for stale in (previous, checkpoint):
-        if stale is not None and all(stale is not source for source in sources):
-            stale["rows"] = None     # other params: nothing to reuse, free its array now
 
-    reuse = {}          # position -> (source number, row in that source)
-    to_compute = []     # positions, ascending (= sorted names)
-    for position, (name, digest) in enumerate(zip(names, hashes)):
-        if digest is None:
-            continue
-        for number, source in enumerate(sources):
-            found = source["index"].get(name)
-            if found is not None and found[0] == digest:
-                reuse[position] = (number, found[1])
-                break
-        else:
-            to_compute.append(position)
-    stats.reused = len(reuse)
+class _Run:
+    """The compute loop: decoded images -> batches -> network -> the table (+ checkpoints)."""
 
-    failures = dict(unreadable)
-    features = None
-    done = np.zeros(len(names), dtype=bool)   # rows of `features` that hold real values
+    def __init__(self, net, table, names, hashes, params, output_path, to_compute, failures,
+                 stats, progress, checkpointer):
+        self.net, self.table, self.names, self.hashes = net, table, names, hashes
+        self.params, self.output_path, self.to_compute = params, output_path, to_compute
+        self.failures, self.stats, self.progress = failures, stats, progress
+        self.checkpointer = checkpointer
+        self.bar = None      # opened once the network is built, so build errors print alone
+        self.seen = 0        # images taken from the decode pipeline (computed or failed)
 
-    def allocate(row_shape):
-        # The one big allocation, (N, *row_shape) float32. Reused rows are copied in (in chunks,
-        # so no second full-size temporary) and the previous arrays are released: peak memory
-        # is this array plus a constant (plus the previous file while it is read).
-        nonlocal features
-        features = np.empty((len(names),) + tuple(row_shape), dtype=np.float32)
-        for number, source in enumerate(sources):
-            pairs = np.array([(p, r) for p, (n, r) in reuse.items() if n == number],
-                             dtype=np.int64).reshape(-1, 2)
-            rows = source["rows"]   # an array (previous output) or a list of rows (checkpoint)
-            for chunk in range(0, len(pairs), 256):
-                part = pairs[chunk:chunk + 256]
-                block = (rows[part[:, 1]] if isinstance(rows, np.ndarray)
-                         else np.stack([rows[r] for r in part[:, 1]]))
-                features[part[:, 0]] = block
-            done[pairs[:, 0]] = True
-            source["rows"] = None
-
-    if reuse:
-        number, row = next(iter(reuse.values()))
-        allocate(np.shape(sources[number]["rows"][row]))
-
-    if to_compute:
-        net = model or FeatureModel(weights_path, random_weights, seed, image_size, layer,
-                                    pooling, precision)
-        if (net.kwargs["image_size"], net.kwargs["layer"], net.kwargs["pooling"],
-                net.precision) != (image_size, layer, pooling, precision):
-            raise ValueError("the model passed was built for other parameters")
-        from_previous = np.zeros(len(names), dtype=bool)   # rows still safe in the old output
-        for position, (number, _) in reuse.items():
-            from_previous[position] = sources[number] is previous
-        paths = [os.path.join(images_dir, names[p]) for p in to_compute]
+    def compute(self, images_dir, image_size, batch_size, workers, decode):
+        paths = [os.path.join(images_dir, self.names[p]) for p in self.to_compute]
+        mode = features_decode.choose_mode(decode, len(paths))
         batch = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
-        batch_positions = []
-        compute_start = time.monotonic()
-        last_checkpoint = time.monotonic()
-        bar = None       # opened once the network is built, so build errors print alone
-        seen = 0         # images taken from the decode pipeline (computed or failed)
-
-        def run_batch():
-            nonlocal last_checkpoint, bar
-            n = len(batch_positions)
-            if bar is None:
-                net.build()
-                bar = progress_bar(total=len(to_compute), initial=seen - n, desc="features",
-                                   unit="img", disable=not progress, dynamic_ncols=True,
-                                   smoothing=0.1)
-            outputs = net(batch[:n])                   # (n, *row_shape) float32
-            if features is None:
-                allocate(outputs.shape[1:])
-            features[batch_positions] = outputs
-            done[batch_positions] = True
-            stats.computed += n
-            bar.update(n)
-            batch_positions.clear()
-            _malloc_trim()
-            if checkpoint_every and time.monotonic() - last_checkpoint >= checkpoint_every:
-                started = time.monotonic()
-                _write_checkpoint(output_path, names, hashes, features,
-                                  done & ~from_previous, params)
-                # Keep checkpoints under ~10% of the run time as the file grows.
-                last_checkpoint = time.monotonic() + 9 * (time.monotonic() - started)
-
+        positions = []
         try:
-            for index, image in _iter_decoded(paths, image_size, workers,
-                                              prefetch=max(2 * batch_size, 2 * workers)):
-                seen += 1
-                position = to_compute[index]
+            for index, image in features_decode.iter_decoded(
+                    paths, image_size, workers, max(2 * batch_size, 2 * workers), mode):
+                self.seen += 1
+                position = self.to_compute[index]
                 if isinstance(image, BadImage):
-                    failures[names[position]] = str(image)
-                    if bar is not None:
-                        bar.update(1)
+                    self.failures[self.names[position]] = str(image)
+                    if self.bar is not None:
+                        self.bar.update(1)
                     continue
-                batch[len(batch_positions)] = image
-                batch_positions.append(position)
-                if len(batch_positions) == batch_size:
-                    run_batch()
-            if batch_positions:
-                run_batch()
+                batch[len(positions)] = image
+                positions.append(position)
+                if len(positions) == batch_size:
+                    self.run_batch(batch, positions)
+            if positions:
+                self.run_batch(batch, positions)
         except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-            unsaved = done & ~from_previous
-            if features is not None and unsaved.any():
-                _write_checkpoint(output_path, names, hashes, features, unsaved, params)
-                log(f"cxr-extract-features: saved {fmt_count(int(unsaved.sum()))} new features "
-                    f"to {partial_path(output_path)}; re-run the same command to continue")
+            self.save_on_interrupt()
             raise
         finally:
-            if bar is not None:
-                bar.close()
-        built_here = net.build_seconds if model is None else 0.0
-        stats.compute_seconds = time.monotonic() - compute_start - built_here
+            if self.bar is not None:
+                self.bar.close()
 
+    def run_batch(self, batch, positions):
+        n = len(positions)
+        if self.bar is None:
+            self.net.build()
+            self.bar = progress_bar(total=len(self.to_compute), initial=self.seen - n,
+                                    desc="features", unit="img", disable=not self.progress,
+                                    dynamic_ncols=True, smoothing=0.1)
+        self.table.put(positions, self.net(batch[:n]))     # (n, *row_shape) float32
+        self.stats.computed += n
+        self.bar.update(n)
+        positions.clear()
+        features_decode.malloc_trim()
+        self.checkpointer.maybe(lambda: features_store.write_checkpoint(
+            self.output_path, self.names, self.hashes, self.table, self.params))
+
+    def save_on_interrupt(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.table.features is not None and self.table.unsaved().any():
+            saved = features_store.write_checkpoint(self.output_path, self.names, self.hashes,
+                                                    self.table, self.params)
+            log(f"{PROG}: saved {fmt_count(saved)} new features to "
+                f"{partial_path(self.output_path)}; re-run the same command to continue")
+
+
+def _write_result(output_path, images_dir, names, hashes, params, table, failures, previous,
+                  sources, reuse, stats):
+    """Write the features file unless it is already right; -> whether it was written."""
     stats.failed = len(failures)
-    kept = np.flatnonzero(done)
+    kept, features = table.compact()
     if kept.size == 0:
         first = next(iter(sorted(failures.items())))
         raise UserError(f"none of the {fmt_count(len(names))} images in {images_dir} could be "
@@ -417,43 +279,16 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             and previous["names"] == [names[p] for p in kept]
             and previous["failures"] == failure_list):
         # Same images, same bytes, same params, same failures: the file is already right.
-        _cleanup_partial(output_path)
-        stats.seconds = time.monotonic() - start
-        return stats
-    if kept.size < len(names):
-        # Drop failed rows in place (ascending moves never overwrite a row still needed);
-        # the prefix view is pickled without a copy.
-        for target, source in enumerate(kept):
-            if target != source:
-                features[target] = features[source]
-        features = features[:kept.size]
-    result = {"format": FORMAT,
-              "names": [names[p] for p in kept],
-              "features": features,
-              "content_hashes": [hashes[p] for p in kept],
-              "params": params,
-              "failures": failure_list}
-    safe_pickle.dump(result, output_path)
-    stats.written = True
-    _cleanup_partial(output_path)
-    stats.seconds = time.monotonic() - start
-    return stats
-
-
-def _write_checkpoint(output_path, names, hashes, features, rows, params):
-    """The rows selected by the mask `rows` (those not in the previous output: computed in
-    this run or taken from an older checkpoint), as a list of row views (pickled without
-    copying the big array)."""
-    positions = np.flatnonzero(rows)
-    safe_pickle.dump({"format": PARTIAL_FORMAT, "params": params,
-                      "names": [names[p] for p in positions],
-                      "content_hashes": [hashes[p] for p in positions],
-                      "rows": [features[p] for p in positions]}, partial_path(output_path))
-
-
-def _cleanup_partial(output_path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial_path(output_path))
+        features_store.cleanup_partial(output_path)
+        return False
+    safe_pickle.dump({"format": FORMAT,
+                      "names": [names[p] for p in kept],
+                      "features": features,
+                      "content_hashes": [hashes[p] for p in kept],
+                      "params": params,
+                      "failures": failure_list}, output_path)
+    features_store.cleanup_partial(output_path)
+    return True
 
 
 def summary_line(stats, output_path):
@@ -482,9 +317,11 @@ def get_args_parser():
     parser.add_argument("--random-weights", action="store_true",
                         help="use a randomly initialised VGG16 (offline smoke runs and tests "
                              "ONLY: the features carry no ImageNet knowledge)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="images are resized to this square size (pixels)")
+    parser.add_argument("--seed", type=flags.seed, default=0,
+                        help="seed of --random-weights")
+    parser.add_argument("--image-size", type=IMAGE_SIZE, default=224,
+                        help=f"images are resized to this square size (pixels, "
+                             f"{vgg.MIN_IMAGE_SIZE}..{vgg.MAX_IMAGE_SIZE})")
     parser.add_argument("--layer", default="block4_pool", choices=vgg.LAYERS,
                         help="VGG16 layer whose output is stored (block4_pool: a 14x14 grid at "
                              "224 px for the cam head; block5_pool: the original's 7x7)")
@@ -493,18 +330,26 @@ def get_args_parser():
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="compute precision (Keras mixed precision); features are stored as "
                              "float32 either way, and changing it recomputes all features")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per network call")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="threads decoding and resizing images ahead of the network")
-    parser.add_argument("--checkpoint-every", type=float, default=300.0,
+    parser.add_argument("--batch-size", type=BATCH_SIZE, default=16,
+                        help="images per network call")
+    parser.add_argument("--workers", type=flags.bounded_int(256, what="worker count"), default=2,
+                        help="threads or processes decoding and resizing images ahead of the "
+                             "network")
+    parser.add_argument("--decode", default="auto", choices=features_decode.DECODE_MODES,
+                        help="decode pool: processes scale across cores (GPU machines), "
+                             "threads start at once; auto: processes for more than "
+                             f"{features_decode.AUTO_MIN_IMAGES} images on more than 2 cores")
+    parser.add_argument("--checkpoint-every", type=flags.non_negative_float, default=300.0,
                         help="seconds between checkpoints of a long run to <features>.partial "
                              "(0: only on Ctrl-C)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    set_max_pixels(args.max_image_pixels)
     if args.random_weights and args.weights:
         log(f"cxr-extract-features: WARNING: --random-weights given, ignoring the weights file "
             f"{args.weights}")
@@ -516,7 +361,8 @@ def main(argv=None):
         random_weights=args.random_weights, seed=args.seed, image_size=args.image_size,
         layer=args.layer, pooling=args.pooling, precision=args.precision,
         batch_size=args.batch_size, workers=args.workers,
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        decode=args.decode)
     log(summary_line(stats, args.features))
     return 0
 

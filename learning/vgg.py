@@ -11,6 +11,7 @@ from scraper.images import load_rgb
 
 LAYERS = ("block5_pool", "block5_conv3", "block4_pool")
 POOLINGS = ("none", "avg", "max")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048   # VGG16's five poolings need 32 px
 PREPROCESSING = "keras.applications.vgg16.preprocess_input (caffe: RGB->BGR, minus ImageNet mean)"
 # Keras' own VGG16 no-top weights (keras/src/applications/vgg16.py): URL and md5.
 WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"

@@ -139,16 +139,17 @@ def load_records(descriptions, images_dir):
 
 def check_model_config(config, path):
     """The feature parameters stage 5 recorded; UserError naming the field for a bad config."""
-    from learning.vgg import LAYERS, POOLINGS
+    from learning.vgg import LAYERS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, POOLINGS
 
     params = config.get("feature_params") if isinstance(config, dict) else None
     needed = ("weights", "image_size", "layer", "pooling")
     if not isinstance(params, dict) or any(key not in params for key in needed):
         raise UserError(f"{path}: feature_params must hold {', '.join(needed)} (re-run cxr-train)")
     size = params["image_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048:
+    if isinstance(size, bool) or not isinstance(size, int) \
+            or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
         raise UserError(f"{path}: feature_params.image_size {size!r} must be an integer "
-                        f"between 32 and 2048 (re-run cxr-train)")
+                        f"between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (re-run cxr-train)")
     for key, allowed in (("layer", LAYERS), ("pooling", POOLINGS)):
         if params[key] not in allowed:
             raise UserError(f"{path}: feature_params.{key} {params[key]!r} not one of "
@@ -368,10 +369,6 @@ def build_explainer(args, inputs, methods):
     from learning.vgg import build_conv_base
 
     params = inputs.params
-    if "deeplift" in methods and params["pooling"] == "max":
-        raise UserError("DeepLIFT cannot explain a head trained on max-pooled features (shap's "
-                        "DeepExplainer mishandles global max pooling); retrain with --pooling "
-                        "none or avg, or pick another --method")
     conv_base = build_conv_base(args.weights, args.random_weights, args.seed, inputs.image_size,
                                 params["layer"], params["pooling"])
     check_head_fits(inputs.head, conv_base, params)

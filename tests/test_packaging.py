@@ -45,7 +45,7 @@ def test_every_pin_of_the_lock_lies_inside_setup_cfg_ranges():
         assert ranges[name].specifier.contains(version), (name, version, ranges[name])
     # what the code imports directly is declared, not left to luck
     for needed in ("requests", "urllib3", "beautifulsoup4", "pillow", "numpy", "scipy", "h5py",
-                   "keras", "tensorflow-cpu", "shap", "scikit-learn", "tqdm", "matplotlib",
+                   "keras", "tensorflow-cpu", "scikit-learn", "tqdm", "matplotlib",
                    "pydicom", "python-gdcm"):
         assert needed in ranges, needed
 

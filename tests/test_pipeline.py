@@ -175,7 +175,8 @@ def test_unknown_options_and_parameters_are_refused_at_once(tmp_path):
 
 
 def test_images_added_to_a_folder_with_a_space_are_picked_up(tmp_path):
-    """Stage 2 only (stage 3 is made to fail fast with a too small image size): an unchanged
+    """Stage 2 only (stage 3 is made to fail fast: a 1-pixel image limit refuses every image;
+    a too small image size is now refused at parse time, before stage 2): an unchanged
     folder is skipped, an image added to "my xrays" re-runs stage 2."""
     xrays = tmp_path / "my xrays"
     xrays.mkdir()
@@ -184,10 +185,10 @@ def test_images_added_to_a_folder_with_a_space_are_picked_up(tmp_path):
         shutil.copy2(DEMO / "images" / name, xrays / name)
     data = tmp_path / "my data"
     args = ["--source", "folder", "--images", str(xrays), "--random-weights",
-            "--set", "features.image-size=16"]
+            "--set", "features.max-image-pixels=1"]
     first = run_pipeline(data, *args, check=False, demo=False)
     assert "stage 2 (scrape): cxr-scrape" in first.stderr and first.returncode != 0
-    assert "VGG16 needs at least 32 pixels" in first.stderr
+    assert "could be read" in first.stderr and "--max-image-pixels" in first.stderr
     again = run_pipeline(data, *args, check=False, demo=False)
     assert "stage 2 (scrape): up to date, skipped" in again.stderr
     shutil.copy2(DEMO / "images" / names[4], xrays / names[4])  # keeps its old mtime

@@ -260,3 +260,125 @@ def test_refuses_to_overwrite_a_file_that_is_not_a_features_pickle(tmp_path, cap
     line = _one_error_line(capsys, [images, out, "--random-weights", "--image-size", "32"])
     assert "refusing to overwrite" in line
     assert safe_pickle.load(out)["format"] == "cxr-examples/1"
+
+
+# ---------------------------------------------------------------- issue 8: hostile/careless input
+
+def test_only_our_own_stale_temp_files_are_removed(first, tmp_path, net):
+    """A killed run's temp files go; an unrelated hidden .part file (a user's, another
+    program's, an old-style name) stays."""
+    images, output = copy_run(first, tmp_path)
+    (images / DEMO_NAMES[0]).write_bytes((DEMO / DEMO_NAMES[1]).read_bytes())  # one change
+    ours = [tmp_path / ".features.pickle.cxr-tmp-k3j_x9ab.part",
+            tmp_path / ".features.pickle.partial.cxr-tmp-q0w9e8r7.part"]
+    theirs = [tmp_path / ".something.part", tmp_path / ".features.pickle.abcdefgh.part",
+              tmp_path / ".notes.cxr-tmp-.part"]
+    for path in ours + theirs:
+        path.write_bytes(b"half-written")
+    stats = run(images, output, model=net)
+    assert stats.computed == 1
+    assert [p.exists() for p in ours] == [False, False]
+    assert [p.exists() for p in theirs] == [True, True, True]
+
+
+def test_a_running_writer_is_not_disturbed(first, tmp_path, net, capsys):
+    """A temp file another writer holds (locked) survives a run; while another run holds the
+    output folder, a second one refuses in one line and changes nothing."""
+    import fcntl
+
+    from scraper.fileio import LOCK_FILE
+
+    images, output = copy_run(first, tmp_path)
+    before = output.read_bytes()
+    running_temp = tmp_path / ".examples.json.cxr-tmp-r7unn1ng.part"
+    running_temp.write_bytes(b"another stage is writing this")
+    with open(running_temp, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)                     # a writer at work
+        (images / DEMO_NAMES[0]).write_bytes((DEMO / DEMO_NAMES[1]).read_bytes())
+        assert run(images, output, model=net).computed == 1
+        assert running_temp.read_bytes() == b"another stage is writing this"
+    changed = output.read_bytes()
+    with open(tmp_path / LOCK_FILE, "a") as first_run:
+        fcntl.flock(first_run, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the first run"
+        (images / DEMO_NAMES[1]).write_bytes((DEMO / DEMO_NAMES[2]).read_bytes())
+        line = _one_error_line(capsys, [images, output, "--random-weights", "--image-size",
+                                        str(SIZE), "--no-progress"])
+    assert "another run is writing to" in line
+    assert output.read_bytes() == changed != before
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--image-size", "100000", "must be between 32 and 2,048"),
+    ("--image-size", "16", "must be between 32 and 2,048"),
+    ("--batch-size", "1000000000", "must be between 1 and 1,024"),
+    ("--batch-size", "0", "must be between 1 and 1,024"),
+    ("--seed", "-5", "must be between 0 and 4,294,967,295"),
+    ("--workers", "0", "must be between 1 and 256"),
+    ("--checkpoint-every", "nan", "must be 0 or more"),
+    ("--checkpoint-every", "-1", "must be 0 or more"),
+])
+def test_flag_ranges_are_checked_at_parse_time(tmp_path, capsys, flag, value, message):
+    images = make_images(tmp_path / "images", DEMO_NAMES[:1])
+    out = tmp_path / "features.pickle"
+    line = _one_error_line(capsys, [images, out, "--random-weights", flag, value])
+    assert flag in line and message in line
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- the split-out parts, alone
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_decode_pipeline_keeps_order_and_reports_bad_images(tmp_path, mode):
+    from learning import features_decode
+
+    images = make_images(tmp_path / "images", DEMO_NAMES[:3])
+    paths = [images / DEMO_NAMES[2], images / CORRUPT, images / DEMO_NAMES[0],
+             images / "vanished.png"]
+    decoded = list(features_decode.iter_decoded([str(p) for p in paths], 32, workers=2,
+                                                prefetch=2, mode=mode))
+    assert [position for position, _ in decoded] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(decoded[0][1], vgg.load_image(images / DEMO_NAMES[2], 32))
+    np.testing.assert_array_equal(decoded[2][1], vgg.load_image(images / DEMO_NAMES[0], 32))
+    assert isinstance(decoded[1][1], features_decode.BadImage)
+    assert isinstance(decoded[3][1], features_decode.BadImage)   # vanished since listed
+    assert features_decode.choose_mode("auto", 10_000, cpus=16) == "processes"
+    assert features_decode.choose_mode("auto", 10_000, cpus=2) == "threads"
+    assert features_decode.choose_mode("auto", 10, cpus=16) == "threads"
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_pixel_limit_holds_in_decode_processes_too(tmp_path, mode):
+    """--max-image-pixels set in the stage applies in spawned decode workers as well."""
+    from learning import features_decode
+    from scraper.images import DEFAULT_MAX_PIXELS, set_max_pixels
+
+    images = make_images(tmp_path / "images", DEMO_NAMES[:1])
+    set_max_pixels(512 * 512 - 1)                     # the demo X-rays are 512 x 512
+    try:
+        [(_, result)] = features_decode.iter_decoded([str(images / DEMO_NAMES[0])], 32, 1, 1,
+                                                     mode)
+    finally:
+        set_max_pixels(DEFAULT_MAX_PIXELS)
+    assert isinstance(result, features_decode.BadImage) and "max-image-pixels" in str(result)
+
+
+def test_reuse_plan_and_feature_table_alone():
+    from learning import features_store
+
+    params = {"layer": "block5_pool"}
+    previous = {"params": params, "rows": np.arange(6, dtype=np.float32).reshape(3, 2),
+                "index": {"a": ("ha", 0), "b": ("hb", 1), "c": ("hc", 2)}}
+    checkpoint = {"params": params, "rows": [np.array([9, 9], np.float32)],
+                  "index": {"d": ("hd", 0)}}
+    stale = {"params": {"layer": "other"}, "rows": np.zeros((1, 2)), "index": {"e": ("he", 0)}}
+    names, hashes = ["a", "b", "d", "e", "f"], ["ha", "CHANGED", "hd", "he", None]
+    sources, reuse, to_compute = features_store.plan_reuse(
+        names, hashes, [previous, checkpoint, stale], params)
+    assert reuse == {0: (0, 0), 2: (1, 0)} and to_compute == [1, 3]   # f unreadable: neither
+    assert stale["rows"] is None                                       # released at once
+    table = features_store.FeatureTable(len(names), sources, reuse, previous)
+    assert table.unsaved().tolist() == [False, False, True, False, False]
+    table.put([1], np.array([[7, 7]], np.float32))
+    kept, features = table.compact()
+    assert kept.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(features, [[0, 1], [7, 7], [9, 9]])

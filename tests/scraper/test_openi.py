@@ -249,7 +249,11 @@ def test_rate_cap_holds_across_threads_and_retries(tmp_path):
         summary = scrape(server, tmp_path, workers=8, max_rps=15, backoff=0.0)
         assert summary.saved == 36
         assert len(server.requests) == 3 + 36 + 6
-        assert server.max_in_window(1.0) <= 15
+        # Starts are spaced 1/15 s apart, so a closed 1.0 s window can hold 16 of them when the
+        # server clock sees one arrival a millisecond early (it did on a loaded machine). A
+        # window half an interval shorter holds at most 15 and tolerates 33 ms of jitter.
+        assert server.max_in_window(1.0 - 0.5 / 15) <= 15
+        assert server.max_in_window(1.0) <= 16
 
 
 # ---- re-runs -------------------------------------------------------------------------------
