@@ -31,9 +31,11 @@ import time
 import numpy as np
 
 from learning import safe_pickle
-from learning.head import INPUT_SCALINGS, PRESETS, build_head, input_scaling_stats
 from learning.export import (CLASSIFIER_FILE, NeedsWeights, check_weights, export_classifier,
                              save_keras)
+from learning.head import (INPUT_SCALINGS, PRESETS, augment_grid, block5_weights,
+                           build_from_config, grid_cells, input_scaling_stats,
+                           needs_conv_weights)
 from learning.metrics import (CLASS_NAMES, evaluate, format_report, roc_auc,
                               small_set_warnings)
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
@@ -158,9 +160,60 @@ def _make_tracker(val_features, val_labels, patience, epochs, progress=True):
     return BestValidation()
 
 
-def train_head(training, config, seed=0, verbose=0, progress=True):
+def _augmented_batches(x, y, weights, batch_size, seed, max_shift=1):
+    """A keras PyDataset of shuffled (x, y, sample weight) batches whose feature grids are
+    flipped / shifted afresh each epoch (head.augment_grid); for config["grid_augment"]."""
+    import keras
+
+    class Augmented(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+            self.sample_weight = (np.ones(len(y), np.float32) if weights is None else
+                                  np.asarray([weights[int(c)] for c in y], np.float32))
+
+        def __len__(self):
+            return int(np.ceil(len(x) / batch_size))
+
+        def __getitem__(self, index):
+            idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            return (augment_grid(x[idx], self.rng, max_shift), y[idx],
+                    self.sample_weight[idx])
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(x))
+
+    return Augmented()
+
+
+def resolve_conv_weights(config, feature_params, weights_path=None):
+    """Block5 init for a "block5" head, from the same VGG16 weights as stage 3's features.
+
+    Features from random weights ("random:seed=N") get the same seeded random block5; real
+    features need `weights_path` (--weights) whose hash matches the features'. None for heads
+    that start from scratch.
+    """
+    if not needs_conv_weights(config):
+        return None
+    params = feature_params or {}
+    if params.get("layer") != "block4_pool" or params.get("pooling") != "none":
+        raise UserError(f"the {config['head']!r} head fine-tunes block5 on block4_pool feature "
+                        f"grids; these features are layer {params.get('layer')!r}, pooling "
+                        f"{params.get('pooling')!r} (run stage 3 with --layer block4_pool)")
+    try:  # the one check that --weights is the file the features came from (export.py)
+        random_weights, seed = check_weights(params, weights_path)
+    except NeedsWeights:
+        raise UserError(f"the {config['head']!r} head starts block5 from the VGG16 weights the "
+                        f"features came from ({params.get('weights')}); pass them with "
+                        f"--weights PATH") from None
+    return block5_weights(weights_path, random_weights, seed)
+
+
+def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=None):
     """Fit the head on the "train" subset, early-stopping on "validation".
 
+    conv_weights: block5's initial weights for a "block5" head (resolve_conv_weights).
     Returns (model, info) with info = {"epochs_run", "best_epoch", "history", "n_train",
     "n_validation", "class_weights", "scaling"}.
     """
@@ -178,18 +231,23 @@ def train_head(training, config, seed=0, verbose=0, progress=True):
         class_weights(y_train)  # still refuse a one-class training subset
     has_val = len(y_val) > 0 and config["patience"] is not None
     stats = input_scaling_stats(x_train, config["input_scaling"])
-    model = build_head(x_train.shape[1:], activation=config["activation"],
-                       dropout=config["dropout"], hidden=config["hidden"],
-                       input_scaling=config["input_scaling"], scaling_stats=stats,
-                       input_dropout=config.get("input_dropout", 0.0))
+    model = build_from_config(x_train.shape[1:], config, stats, conv_weights)
     model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tracker = _make_tracker(x_val if len(y_val) else None, y_val,
                             config["patience"] if has_val else None, config["epochs"],
                             progress)
-    model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
-              class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
-              validation_data=(x_val, y_val) if len(y_val) else None)
+    validation = (x_val, y_val) if len(y_val) else None
+    if config.get("grid_augment"):
+        batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed,
+                                     grid_cells(config.get("grid_shift", 1),
+                                                min(x_train.shape[1:3])))
+        model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker],
+                  validation_data=validation)
+    else:
+        model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
+                  class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
+                  validation_data=validation)
     epochs_run = len(tracker.history["loss"])
     best_epoch = epochs_run
     if has_val and tracker.best_weights is not None:
@@ -310,12 +368,16 @@ def get_args_parser():
                     f"{PRESETS['default']['dropout']}, Adam {PRESETS['default']['learning_rate']}"
                     f", up to {PRESETS['default']['epochs']} epochs, patience "
                     f"{PRESETS['default']['patience']}, class weights; original = tanh, no "
-                    f"dropout, Adam 1e-5, 10 epochs, no class weights, no early stopping.")
+                    f"dropout, Adam 1e-5, 10 epochs, no class weights, no early stopping "
+                    f"(both flatten a block5_pool grid); cam = 1x1 conv + global average "
+                    f"pooling on a feature grid (block4_pool), grid augmentation and ring mask "
+                    f"as measured by benchmarks/bench_localization.py; block5 = fine-tunes "
+                    f"VGG16's block5 on block4_pool features (needs --weights).")
     parser.add_argument("training", help="training.pickle from stage 4")
     parser.add_argument("testing", help="testing.pickle from stage 4")
     parser.add_argument("model", help="output directory (head.keras, config.json, metrics.json, "
                                       "roc.png, training_curve.png)")
-    parser.add_argument("--head", choices=sorted(PRESETS), default="default",
+    parser.add_argument("--head", choices=sorted(PRESETS), default="cam",
                         help="preset of architecture and training choices")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (preset)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (preset)")
@@ -332,14 +394,18 @@ def get_args_parser():
                         help="seed of weights init, shuffling, dropout and bootstrap")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help=f"the VGG16 weights file stage 3 used: with it {CLASSIFIER_FILE} "
-                             f"(image -> logits) is written next to the head; not needed when "
-                             f"the features came from --random-weights")
+                             f"(image -> logits) is written next to the head, and the block5 "
+                             f"head starts its block5 from them; not needed when the features "
+                             f"came from --random-weights (block5 then reuses stage 3's seed)")
     return parser
 
 
 def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
         weights_path=None):
-    """Train, evaluate and write the model directory; returns (metrics dict, model)."""
+    """Train, evaluate and write the model directory; returns (metrics dict, model).
+
+    weights_path: stage 3's VGG16 weights; the block5 head also starts its block5 from them.
+    """
     check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)],
                   outputs=[("model folder", model_dir, "folder")] + [
                       (f"model file {name}", os.path.join(model_dir, name), None)
@@ -354,6 +420,7 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
     check_compatible(training, testing, training_path, testing_path)
     if weights_path:
         check_weights(training.get("feature_params"), weights_path)  # fail before training
+    conv_weights = resolve_conv_weights(config, training.get("feature_params"), weights_path)
     subset = np.asarray(training["subset"], dtype=object)
     warnings = (small_set_warnings("test", testing["labels"]) +
                 small_set_warnings("validation", training["labels"][subset == "validation"])
@@ -361,7 +428,7 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
                 small_set_warnings("test", testing["labels"]))
     for line in warnings:
         log(f"cxr-train: {line}")
-    model, info = train_head(training, config, seed)
+    model, info = train_head(training, config, seed, conv_weights=conv_weights)
     logits = predict_logits(model, testing["features"])
     train_labels = training["labels"][np.asarray(training["subset"], dtype=object) == "train"]
     test_metrics = evaluate(testing["labels"], logits, testing["groups"], train_labels,
@@ -384,6 +451,8 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
     write_predictions(os.path.join(model_dir, PREDICTIONS_FILE), testing, logits)
     head_config = {k: v for k, v in config.items() if k != "why"}
     head_config["class_weights_used"] = info["class_weights"]
+    if conv_weights is not None:  # where block5 started from (the features' weights)
+        head_config["conv_init"] = (training.get("feature_params") or {}).get("weights")
     atomic_write_json(os.path.join(model_dir, "config.json"), {
         "feature_params": training.get("feature_params"), "class_names": list(CLASS_NAMES),
         "head": head_config, "args": args or {}, "split_params": training.get("split_params"),

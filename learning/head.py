@@ -1,6 +1,7 @@
 """The classifier head stacked on the frozen VGG16 conv features, built from built-in Keras layers.
 
-Input: stage-3 features, float32 (N, 7, 7, 512) (or (N, C) when pooled). Output: 2 logits
+Input: stage-3 features, float32 (N, 7, 7, 512) for block5_pool, (N, 14, 14, 512) for
+block4_pool (or (N, C) when pooled). Output: 2 logits
 [normal, abnormal], NO softmax: attribution (stage 6) explains pre-softmax logits, and training
 uses losses with from_logits=True. Only built-in layers, so stage 6 loads head.keras with
 keras.models.load_model and no custom objects, and calls it on the conv base's output.
@@ -10,6 +11,23 @@ Presets (`--head`):
   class weights, no early stopping.
 - "default": the same capacity with choices measured on the nih-cxr-1000 validation subset
   (see PRESETS["default"]["why"] and README's "Head" note).
+- "cam" (the pipeline's default): a class-activation-map head for a feature grid: [scale] ->
+  ring mask (3 cells of the 14x14 grid) -> 1x1 conv (128, relu) -> global average pooling ->
+  dropout -> dense 2, trained with grid flips/shifts. Its 1x1 conv is the last conv layer, so
+  Grad-CAM maps sit on the feature grid (14x14 on block4_pool at 224 px). Chosen by
+  benchmarks/bench_localization.py (see its MEASURED table): with ImageNet weights its Grad-CAM
+  puts more attribution inside expert boxes than a lung-field prior, but its pointing game
+  does not beat that prior.
+- "block5": fine-tunes VGG16's block5 (block5_conv1-3, initialised from the same VGG16 weights
+  as stage 3, or the same seeded random ones) on block4_pool features -> global average
+  pooling -> dropout -> dense 2. Stage 3 still computes the features (up to block4_pool);
+  stage 5 trains the head, block5 included. Needs the VGG16 weights file at stage 5.
+
+Regularisation against shortcuts (training only, so the saved model is unchanged by it):
+"grid_augment" flips feature grids horizontally and shifts them by up to one cell (zero fill),
+see `augment_grid`; "ring_mask" = r (part of the model) zeroes the outer r rings of grid cells, where
+film borders, collimation edges and burned-in markers sit, with built-in Cropping2D +
+ZeroPadding2D layers (DeepLIFT treats both as linear).
 """
 import numpy as np
 
@@ -26,8 +44,73 @@ PRESETS = {
         "patience": 8, "hidden": 2048,
         "why": "grouped 5-fold CV AUROC on nih-cxr-1000's training part: see MEASURED in head.py",
     },
+    "cam": {
+        "kind": "cam", "activation": "relu", "dropout": 0.2, "input_dropout": 0.0,
+        "input_scaling": "global", "epochs": 40, "batch_size": 32, "learning_rate": 1e-3,
+        "class_weights": True, "patience": 8, "hidden": 128, "grid_augment": True,
+        "grid_shift": 1, "ring_mask": 3,
+        "why": "best localization measured (benchmarks/bench_localization.py, cam-aug-r3): "
+               "grid flips/shifts and a 3-cell ring mask against film-border shortcuts",
+    },
+    "block5": {
+        "kind": "block5", "activation": "relu", "dropout": 0.2, "input_dropout": 0.0,
+        "input_scaling": "none", "epochs": 20, "batch_size": 32, "learning_rate": 3e-5,
+        "class_weights": True, "patience": 5, "hidden": 512, "grid_augment": False,
+        "ring_mask": False,
+        "why": "fine-tunes block5 from the VGG16 weights; see bench_localization.py",
+    },
 }
 INPUT_SCALINGS = ("none", "global", "standardize")
+KINDS = ("flatten", "cam", "block5")
+BLOCK5_LAYERS = ("block5_conv1", "block5_conv2", "block5_conv3")
+
+
+def head_kind(config):
+    """The architecture family of a preset / config dict ("flatten" for the 2018 presets)."""
+    return config.get("kind", "flatten")
+
+
+def needs_conv_weights(config):
+    """True when the head starts from VGG16 weights (block5) and stage 5 must read them."""
+    return head_kind(config) == "block5"
+
+
+def block5_weights(weights_path=None, random_weights=False, seed=0):
+    """[kernel, bias] x 3 of VGG16's block5 convs, from the weights file or seeded random init.
+
+    Random init is the same as stage 3's for the same seed (vgg.build_conv_base seeds Keras and
+    builds the whole VGG16 in the same order), so a random-weights pipeline stays consistent.
+    """
+    from learning.vgg import build_conv_base
+
+    base = build_conv_base(weights_path, random_weights, seed, image_size=32,
+                           layer="block5_pool")
+    return [base.get_layer(name).get_weights() for name in BLOCK5_LAYERS]
+
+
+def augment_grid(features, rng, max_shift=1):
+    """Random horizontal flip (p = 0.5) and shift by up to `max_shift` cells (zero fill) of
+    each feature grid (N, h, w, C) -> a new array; for training only (a shortcut regulariser:
+    side markers and border positions stop being fixed cues). config["grid_shift"] counts
+    cells of the 14x14 grid; stage 5 scales it with grid_cells."""
+    out = np.array(features, copy=True)
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    if max_shift:
+        for i, (dy, dx) in enumerate(rng.integers(-max_shift, max_shift + 1, size=(len(out), 2))):
+            if dy or dx:
+                out[i] = _shift(out[i], dy, dx)
+    return out
+
+
+def _shift(grid, dy, dx):
+    """(h, w, C) grid moved by (dy, dx) cells, vacated cells zero."""
+    shifted = np.zeros_like(grid)
+    h, w = grid.shape[:2]
+    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    shifted[dst_y, dst_x] = grid[src_y, src_x]
+    return shifted
 
 # MEASURED (how the "default" preset was chosen; the test set was never used). Data: the 900
 # training images of nih-cxr-1000 (stage 4, seed 0; random-weights VGG16 block5_pool features,
@@ -79,6 +162,79 @@ def input_scaling_stats(features, input_scaling):
                 "variance": variance.astype(np.float32)}
     raise ValueError(f"invalid input scaling {input_scaling!r}; allowed: "
                      f"{', '.join(INPUT_SCALINGS)}")
+
+
+def build_from_config(feature_shape, config, scaling_stats=None, conv_weights=None):
+    """The head a preset / config dict describes (see PRESETS); conv_weights for "block5"."""
+    kind = head_kind(config)
+    if kind not in KINDS:
+        raise ValueError(f"invalid head kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if kind == "flatten":
+        return build_head(feature_shape, activation=config["activation"],
+                          dropout=config["dropout"], hidden=config["hidden"],
+                          input_scaling=config["input_scaling"], scaling_stats=scaling_stats,
+                          input_dropout=config.get("input_dropout", 0.0))
+    if len(feature_shape) != 3:
+        raise ValueError(f"the {kind!r} head needs a feature grid (h, w, C), got features of "
+                         f"shape {tuple(feature_shape)}; use stage 3 with --pooling none")
+    return build_grid_head(feature_shape, kind, dropout=config["dropout"],
+                           hidden=config["hidden"], input_scaling=config["input_scaling"],
+                           scaling_stats=scaling_stats, conv_weights=conv_weights,
+                           ring_mask=config.get("ring_mask", False))
+
+
+def ring_cells(ring_mask, grid_shape):
+    """Rings to zero on a grid of grid_shape (h, w): ring_mask counts cells of the 14x14
+    block4_pool grid of a 224-px image and scales with the grid (28x28 at 448 px: twice as
+    many); at least one cell always stays. 0 / False: no mask."""
+    side = min(grid_shape)
+    return max(0, min(grid_cells(ring_mask, side), (side - 1) // 2))
+
+
+def grid_cells(cells_at_14, side):
+    """A number of cells of the 14x14 grid (224 px, block4_pool) on a grid of `side` cells."""
+    return int(round(float(cells_at_14 or 0) * side / 14.0))
+
+
+def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling="none",
+                    scaling_stats=None, conv_weights=None, ring_mask=False):
+    """Grid features (N, h, w, C) -> logits (N, 2) through conv layers and global average
+    pooling, so the last conv layer's channels weighted by the dense layer form a class
+    activation map on the (h, w) grid.
+
+    kind "cam": [scale] -> [ring mask] -> 1x1 conv (hidden, relu) -> GAP -> [dropout] -> dense 2.
+    kind "block5": [ring mask] -> block5_conv1-3 (3x3, 512, relu; conv_weights = their
+    [kernel, bias] from `block5_weights`) -> GAP -> [dropout] -> dense 2.
+    """
+    import keras
+
+    inputs = keras.Input(shape=tuple(feature_shape), name="features")
+    x = inputs
+    if input_scaling == "global":
+        x = keras.layers.Rescaling(scaling_stats["scale"], name="input_scale")(x)
+    elif input_scaling != "none":
+        raise ValueError(f"input scaling {input_scaling!r} is not supported by the {kind!r} "
+                         f"head; allowed: none, global")
+    ring = ring_cells(ring_mask, feature_shape[:2])
+    if ring:  # zero the outer ring(s) of cells: (N, h, w, C) -> (N, h - 2r, w - 2r, C) -> back
+        x = keras.layers.Cropping2D(ring, name="ring_crop")(x)
+        x = keras.layers.ZeroPadding2D(ring, name="ring_pad")(x)
+    if kind == "cam":
+        x = keras.layers.Conv2D(hidden, 1, activation="relu", name="cam_conv")(x)  # (N, h, w, K)
+    elif kind == "block5":
+        if conv_weights is None or len(conv_weights) != len(BLOCK5_LAYERS):
+            raise ValueError("the block5 head needs the three block5 conv weights")
+        for name, weights in zip(BLOCK5_LAYERS, conv_weights):
+            conv = keras.layers.Conv2D(512, 3, padding="same", activation="relu", name=name)
+            x = conv(x)  # (N, h, w, 512)
+            conv.set_weights(weights)
+    else:
+        raise ValueError(f"invalid grid head kind {kind!r}; allowed: cam, block5")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)  # (N, K)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="gap_dropout")(x)
+    logits = keras.layers.Dense(2, name="logits")(x)  # (N, 2) [normal, abnormal], pre-softmax
+    return keras.Model(inputs, logits, name=f"cxr_head_{kind}")
 
 
 def build_head(feature_shape, activation="relu", dropout=0.5, hidden=2048, input_scaling="none",

@@ -322,8 +322,9 @@ def get_args_parser():
     parser.add_argument("--image-size", type=IMAGE_SIZE, default=224,
                         help=f"images are resized to this square size (pixels, "
                              f"{vgg.MIN_IMAGE_SIZE}..{vgg.MAX_IMAGE_SIZE})")
-    parser.add_argument("--layer", default="block5_pool", choices=vgg.LAYERS,
-                        help="VGG16 layer whose output is stored")
+    parser.add_argument("--layer", default="block4_pool", choices=vgg.LAYERS,
+                        help="VGG16 layer whose output is stored (block4_pool: a 14x14 grid at "
+                             "224 px for the cam head; block5_pool: the original's 7x7)")
     parser.add_argument("--pooling", default="none", choices=vgg.POOLINGS,
                         help="global pooling of the layer's output (none keeps the 7x7 grid)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -685,7 +685,8 @@ def get_args_parser():
                              "(default: <images>/../images-description.json)")
     parser.add_argument("--method", action="append", default=None,
                         help=f"attribution method(s), comma list or repeated: "
-                             f"{', '.join(attribution.METHODS)} (default: deeplift)")
+                             f"{', '.join(attribution.METHODS)} (default: grad-cam, the "
+                             f"best measured on the cam head; deeplift stays available)")
     parser.add_argument("--postprocess", default="difference", choices=attribution.POSTPROCESS,
                         help="what is explained and shown: difference = attribution of "
                              "logit(abnormal)-logit(normal) (what moves p(abnormal)); original = "
@@ -733,7 +734,7 @@ def main(argv=None):
     start = time.monotonic()
     attribution.silence_tensorflow()
     set_max_pixels(args.max_image_pixels)
-    methods = attribution.parse_methods(args.method)
+    methods = attribution.parse_methods(args.method or ["grad-cam"])
 
     inputs = load_inputs(args)                                # 1 examples, images, model
     if args.random_weights:

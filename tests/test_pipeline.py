@@ -81,7 +81,7 @@ def test_demo_produces_every_stage_output(demo_run):
 
     features = safe_pickle.load(data / "transfer_features.pickle", kind="cxr-features/1")
     assert sorted(features["names"]) == sorted(truth)
-    assert features["features"].shape == (24, 7, 7, 512)
+    assert features["features"].shape == (24, 14, 14, 512)  # block4_pool at 224 px
     assert features["params"]["weights"] == "random:seed=0"
 
     training = safe_pickle.load(data / "training.pickle", kind="cxr-examples/1")

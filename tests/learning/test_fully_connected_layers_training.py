@@ -51,7 +51,7 @@ def test_model_directory_contract_and_logits(pickles, tmp_path, capsys):
 
     training, testing = pickles
     model_dir = tmp_path / "model"
-    assert train(training, testing, model_dir) == 0
+    assert train(training, testing, model_dir, "--head", "default") == 0
     # No classifier.keras: these synthetic (2, 2, 8) features come from no VGG16 layer.
     assert sorted(os.listdir(model_dir)) == ["config.json", "head.keras", "metrics.json",
                                              "roc.png", "test_predictions.csv",
