@@ -60,7 +60,7 @@ def work(tmp_path_factory):
              small_features=rng.normal(size=(4, 2, 2, 8)).astype(np.float32))
     stats = transfer_feature_extraction.extract_features(
         work / "images", work / "tf_features.pickle", weights_path=str(work / "vgg16.weights.h5"),
-        image_size=32, batch_size=2, progress=False)
+        image_size=32, layer="block5_pool", batch_size=2, progress=False)
     assert stats.computed == 3
     return work
 
