@@ -357,9 +357,4 @@ class Attributor:
         return reduce_channels(raw), deltas, expected
 
 
-def silence_tensorflow():
-    """Keep TensorFlow's C++ start-up chatter off the terminal (set before importing it)."""
-    gradients.silence()
-
-
 DeepLift = deeplift.DeepLift   # the name stage 6 and the tests have always used

@@ -22,7 +22,6 @@ gradient of the batch sum is the per-image gradient. Two helpers serve learning/
 autograd.Function) and `fused_elementwise` (XLA-fused elementwise arithmetic on TensorFlow).
 """
 import contextlib
-import os
 import weakref
 
 import numpy as np
@@ -265,11 +264,6 @@ def forward(model, x):
     if model not in _FORWARD:
         _FORWARD[model] = compile_forward(lambda inputs: model(inputs, training=False), model)
     return _FORWARD[model](x)
-
-
-def silence():
-    """Keep TensorFlow's C++ start-up chatter off the terminal (set before importing it)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def deterministic(seed):

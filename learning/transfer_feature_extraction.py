@@ -117,7 +117,6 @@ class FeatureModel:
     def build(self):
         if self.model is None:
             started = time.monotonic()
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             with dtype_policy(self.precision):
                 self.model = vgg.build_conv_base(**self.kwargs)
             self.build_seconds = time.monotonic() - started

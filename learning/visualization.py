@@ -732,7 +732,6 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.monotonic()
-    attribution.silence_tensorflow()
     set_max_pixels(args.max_image_pixels)
     methods = attribution.parse_methods(args.method or ["grad-cam"])
 
