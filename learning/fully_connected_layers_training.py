@@ -23,8 +23,6 @@ Example:
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
 """
-import csv
-import io
 import os
 import time
 
@@ -40,7 +38,7 @@ from learning.metrics import (CLASS_NAMES, evaluate, format_report, roc_auc,
                               small_set_warnings)
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import seed as seed_type
-from scraper.fileio import atomic_write, atomic_write_json, atomic_write_text, check_outputs
+from scraper.fileio import atomic_write, atomic_write_csv, atomic_write_json, check_outputs
 
 EXAMPLES_FORMAT = "cxr-examples/1"
 HEAD_FILE = "head.keras"
@@ -291,14 +289,10 @@ def write_predictions(path, testing, logits):
     """One CSV row per test image: name, group, label, p_abnormal (softmax), predicted."""
     logits = np.asarray(logits, dtype=np.float64)
     p_abnormal = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax of 2 logits
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["name", "group", "label", "p_abnormal", "predicted"])
-    for name, group, label, p, row in zip(testing["names"], testing["groups"], testing["labels"],
-                                          p_abnormal, logits):
-        writer.writerow([name, group, CLASS_NAMES[int(label)], f"{p:.6f}",
-                         CLASS_NAMES[int(np.argmax(row))]])
-    atomic_write_text(path, text.getvalue())
+    atomic_write_csv(path, ["name", "group", "label", "p_abnormal", "predicted"], (
+        [name, group, CLASS_NAMES[int(label)], f"{p:.6f}", CLASS_NAMES[int(np.argmax(row))]]
+        for name, group, label, p, row in zip(testing["names"], testing["groups"],
+                                              testing["labels"], p_abnormal, logits)))
 
 
 def _save_figure(figure, path):

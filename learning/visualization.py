@@ -55,9 +55,7 @@ terminal and the gallery say so loudly. Localization is scored only where boxes 
 boxes are clipped to the image (with a warning), and an image whose boxes cover more than
 half of it is not scored, since any map would point inside them by chance.
 """
-import csv
 import fnmatch
-import io
 import json
 import math
 import os
@@ -70,7 +68,7 @@ from learning import (attribution, box_scores, gallery, localization, render, re
                       sanity)
 from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
                          fmt_count, log, number, positive_int, progress_bar, seed)
-from scraper.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_outputs,
+from scraper.fileio import (atomic_write_bytes, atomic_write_csv, atomic_write_json, check_outputs,
                             read_json)
 from scraper.images import (BadImage, add_max_pixels_argument, image_size as original_image_size,
                             is_image_name, set_max_pixels)
@@ -225,16 +223,11 @@ def softmax(logits):
 def write_index(results, rows):
     """index.json (rows as they are) and index.csv (INDEX_COLUMNS); returns the file names."""
     atomic_write_json(os.path.join(results, "index.json"), rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(INDEX_COLUMNS)
-    for row in rows:
-        writer.writerow([row["name"], row["label"] or "", f"{row['p_normal']:.6f}",
-                         f"{row['p_abnormal']:.6f}", row["method"],
-                         "" if row["completeness_delta"] is None
-                         else f"{row['completeness_delta']:.3g}"]
-                        + [row["files"][k] for k in ("heatmap", "base", "overlay", "panel")])
-    atomic_write_text(os.path.join(results, "index.csv"), buffer.getvalue())
+    atomic_write_csv(os.path.join(results, "index.csv"), INDEX_COLUMNS, (
+        [row["name"], row["label"] or "", f"{row['p_normal']:.6f}", f"{row['p_abnormal']:.6f}",
+         row["method"], "" if row["completeness_delta"] is None
+         else f"{row['completeness_delta']:.3g}"]
+        + [row["files"][k] for k in ("heatmap", "base", "overlay", "panel")] for row in rows))
     return ["index.json", "index.csv"]
 
 

@@ -11,11 +11,15 @@ Also here, for every stage:
   read, a link to /dev/zero would fill memory), with a size cap;
 - `open_nofollow`: open a file we write into without following a planted symlink;
 - `folder_lock`: one writer per data folder;
+- `csv_text` / `atomic_write_csv`: the one CSV writer; a cell that a spreadsheet would read as
+  a formula (starts with = + - @, tab or carriage return) is written with a leading `'`;
 - temp files named unmistakably ours (`.NAME.cxr-tmp-XXXXXXXX.part`) and locked while written,
   so `remove_stale_temp_files` deletes only our own, and never a running writer's.
 """
 import contextlib
+import csv
 import errno
+import io
 import fcntl
 import hashlib
 import json
@@ -88,6 +92,35 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj, indent=1):
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+# A spreadsheet evaluates a cell starting with one of these as a formula (CSV injection, OWASP):
+# such text cells get a leading apostrophe. Numbers we format ourselves ("-0.5") stay as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def csv_cell(value):
+    """One CSV cell as text, neutralised against formula injection (see _FORMULA_START)."""
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def csv_text(header, rows):
+    """CSV text (\\n line ends) of a header and rows, every cell through `csv_cell`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([csv_cell(cell) for cell in header])
+    for row in rows:
+        writer.writerow([csv_cell(cell) for cell in row])
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path, header, rows):
+    """Write a CSV file atomically; every cell is neutralised against formula injection."""
+    atomic_write_text(path, csv_text(header, rows))
 
 
 def read_json(path, what="JSON file"):

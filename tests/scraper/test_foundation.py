@@ -103,3 +103,16 @@ def test_run_main_turns_user_errors_into_one_line(capsys):
         raise UserError("bad thing: /x", exit_code=3)
     assert run_main(main, "cxr-x") == 3
     assert capsys.readouterr().err == "cxr-x: error: bad thing: /x\n"
+
+
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_neutralised(tmp_path):
+    from scraper.fileio import atomic_write_csv, csv_cell
+
+    for formula in ("=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert csv_cell(formula) == "'" + formula
+    for plain in ("-0.5", "+3", "1e-05", "normal", "", "a=b"):
+        assert csv_cell(plain) == plain
+    assert csv_cell(None) == ""
+    path = tmp_path / "x.csv"
+    atomic_write_csv(path, ["name", "p"], [["=cmd|' /C calc'!A0", "-0.250000"]])
+    assert path.read_text() == "name,p\n'=cmd|' /C calc'!A0,-0.250000\n"
