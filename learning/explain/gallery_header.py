@@ -62,7 +62,7 @@ def classifier_html(metrics, selection, cards):
     interval = (f" [{number(ci.get('low'))}, {number(ci.get('high'))}] (95% CI over "
                 f"{e(ci.get('n_groups', '?'))} patients/reports)"
                 if number(ci.get("low")) != "n/a" else "")
-    n_test = test.get("n")
+    n_test = test.get("n") if isinstance(test.get("n"), int) else (selection or {}).get("test_n")
     return (f"<div id=\"classifier\">test AUROC <b>{number(test.get('roc_auc'))}</b>{interval}, "
             f"accuracy {number(test.get('accuracy'))} on {e(n_test if n_test else '?')} test "
             f"images; majority baseline (always {e(base.get('predicts', '?'))}): accuracy "
@@ -265,7 +265,8 @@ def sanity_html(report):
 
 def header_html(header, cards):
     links = " &middot; ".join(f"<a href=\"{link(name)}\">{e(name)}</a>" for name in header.links)
-    lines = list(header.meta) + ([f"run {header.run_id}"] if header.run_id else [])
+    shown = header.run_id and any(header.run_id in line for line in header.meta)
+    lines = list(header.meta) + ([f"run {header.run_id}"] if header.run_id and not shown else [])
     meta = "".join(f"<div class=\"meta\">{e(line)}</div>" for line in lines)
     classifier = classifier_html(header.model_metrics, header.selection, cards)
     return (f"<header><h1>{e(header.title)}</h1>{meta}<div class=\"head-grid\"><div>"
