@@ -16,8 +16,8 @@ CONTROLS = {"lung_prior": "lung-field prior (no model)",
             "mean_map": "the maps' own average (one map for every image)"}
 CONTROL_HINTS = {"lung_prior": "where the lungs usually are: no image is looked at",
                  "centred_gaussian": "the middle of the image: no image is looked at",
-                 "mean_map": "the mean of this run's maps, each scaled to max 1, shown for every "
-                             "image: what the maps know without looking at the image"}
+                 "mean_map": "the same map for every image: the mean of this method's maps in "
+                             "this run, each scaled to max 1"}
 METRICS = (("pointing", "pointing game"), ("inside_share", "inside share"))
 
 
@@ -222,8 +222,9 @@ def argmax_html(argmax):
         parts.append(f"<div class=\"argmax\" data-method=\"{e(method)}\"><table>{rows}</table>"
                      f"{caption}</div>")
     return ("<h2>Where the maps peak (argmax of each image's map, top of the image at the top)"
-            "</h2><div id=\"argmax\">" + "".join(parts) + "</div><div class=\"meta\">The same "
-            "cells for every finding mean the peaks follow anatomy, not the disease.</div>")
+            "</h2><div id=\"argmax\">" + "".join(parts) + "</div><div class=\"meta\">Peaks "
+            "crowded into the same cells whatever the image shows mean the maps follow anatomy, "
+            "not the disease.</div>")
 
 
 # ----------------------------------------------------------------------------- sanity
