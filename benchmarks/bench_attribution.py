@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 def build(image_size, head_units, seed):
     import keras
 
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import build_conv_base
 
     conv = build_conv_base(random_weights=True, seed=seed, image_size=image_size)
@@ -46,7 +46,7 @@ def build(image_size, head_units, seed):
 
 def demo_images(count, image_size):
     """(x, black baselines, blur baselines), all preprocessed (count, S, S, 3) float32."""
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import load_image, preprocess
 
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "demo", "nih-24",
@@ -74,7 +74,8 @@ class ShapBatched:
 
 
 def configurations(target, with_shap):
-    from learning import attribution, gradients
+    from learning import gradients
+    from learning.explain import attribution
 
     deeplift = attribution.DeepLift(target)
     configs = {
@@ -111,7 +112,8 @@ def main(argv=None):
 
     import keras
 
-    from learning import attribution, gradients
+    from learning import gradients
+    from learning.explain import attribution
 
     backend = keras.backend.backend()
     with_shap = backend == "tensorflow" and not args.no_shap

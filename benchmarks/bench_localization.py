@@ -218,7 +218,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from learning import localization, safe_pickle  # noqa: E402
+from learning import safe_pickle  # noqa: E402
+from learning.explain import localization  # noqa: E402
 from learning.head import PRESETS, block5_weights  # noqa: E402
 from learning.learning_examples_preparing import (  # noqa: E402
     load_features, stratified_group_split)
@@ -410,7 +411,7 @@ def _difference(head, features):
 def pixel_maps(head, feature_kind, weights, image_paths, method):
     """DeepLIFT (black / blur / mean baseline) or IG on the full image -> logit difference
     model, as stage 6 computes them: (N, 224, 224) signed maps, and completeness errors."""
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import build_conv_base, load_image, preprocess
 
     layer = "block5_pool" if feature_kind == "b5p" else "block4_pool"

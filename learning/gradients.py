@@ -17,7 +17,7 @@ gives both, for the three backends, behind two functions:
                                 forward pass (a persistent tape / one jax.vjp / retain_graph).
 
 `fn` must treat the batch rows independently (every Keras model does in inference), so the
-gradient of the batch sum is the per-image gradient. Two helpers serve learning/deeplift.py:
+gradient of the batch sum is the per-image gradient. Two helpers serve learning/explain/deeplift.py:
 `with_gradient` (a value with a chosen gradient: tf.custom_gradient / jax.custom_vjp / a torch
 autograd.Function) and `fused_elementwise` (XLA-fused elementwise arithmetic on TensorFlow).
 """

@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
-from learning import attribution  # noqa: E402
+from learning.explain import attribution  # noqa: E402
 from scraper.cli import UserError  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -195,7 +195,7 @@ def _with_biases(model, seed):
 
 
 def deeplift_layers(model):
-    from learning.deeplift import leaf_layers
+    from learning.explain.deeplift import leaf_layers
 
     return list(leaf_layers(model))
 
