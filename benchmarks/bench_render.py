@@ -73,7 +73,9 @@ def run_stage6(code, folder, weights, method, workers, label):
         command.append("--random-weights")
     if workers is not None and label == "this":
         command += ["--workers", str(workers)]
-    env = dict(os.environ, PYTHONPATH=code, CXR_PROGRESS_INTERVAL="600",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [code] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        CXR_PROGRESS_INTERVAL="600",
                TF_CPP_MIN_LOG_LEVEL="3")
     start = time.perf_counter()
     done = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True)
@@ -92,6 +94,9 @@ def main(argv=None):
     parser.add_argument("--weights", default=None, help="VGG16 no-top weights (default: random)")
     parser.add_argument("--n", type=int, default=50, help="images explained")
     parser.add_argument("--ref", default="main", help="git commit to compare with")
+    parser.add_argument("--ref-dir", default=None,
+                        help="an extracted tree of the reference instead of `git archive --ref` "
+                             "(a machine without the repository's history)")
     parser.add_argument("--method", default="grad-cam")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=None,
@@ -100,14 +105,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="bench-render-")
     os.makedirs(work, exist_ok=True)
-    reference = os.path.join(work, "reference")
-    shutil.rmtree(reference, ignore_errors=True)
-    os.makedirs(reference)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", args.ref], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", reference], input=archive, check=True)
-    sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.ref], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    if args.ref_dir:
+        reference, sha = os.path.abspath(args.ref_dir), "extracted"
+    else:
+        reference = os.path.join(work, "reference")
+        shutil.rmtree(reference, ignore_errors=True)
+        os.makedirs(reference)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", args.ref], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", reference], input=archive, check=True)
+        sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.ref], check=True,
+                             capture_output=True, text=True).stdout.strip()
     data = os.path.join(work, "data")
     shutil.rmtree(data, ignore_errors=True)
     names = build_data(data, args.images, args.n, args.weights, args.image_size)

@@ -215,19 +215,6 @@ def load_batch(batch, image_size, counts):
     return items
 
 
-def explain_batch(explainer, methods, items):
-    """Probabilities (N, 2) and {method: (signed (N,S,S), shown (N,S,S), deltas (N,) | None)}."""
-    x, b = explainer.inputs(np.stack([item["image"] for item in items]))
-    logits_x, logits_b = explainer.logits(x), explainer.logits(b)
-    per_method = {}
-    for method in methods:
-        signed, shown, deltas, expected = explainer.explain(method, x, b, logits_x, logits_b)
-        if method == "deeplift":
-            attribution.check_completeness(deltas, expected, [i["name"] for i in items])
-        per_method[method] = (signed, shown, deltas)
-    return softmax(logits_x), per_method
-
-
 def describe_item(args, inputs, item, probs, methods):
     """The per-image entry every later step uses (no pixels: those live in maps.npz)."""
     record = inputs.records.get(item["name"]) or inputs.records.get(item["stem"]) or {}
@@ -262,7 +249,12 @@ def explain_all(args, inputs, explainer, methods, run, renderer):
     with results_folder.MapsWriter(run.path(results_folder.MAPS_FILE)) as maps:
         for batch in _batches(inputs.found, args.batch_size):
             items = load_batch(batch, inputs.image_size, state.counts)
-            probs, per_method = explain_batch(explainer, methods, items) if items else (None, {})
+            if not items:
+                progress.update(len(batch))
+                continue
+            logits, per_method = explainer.explain_batch(np.stack([i["image"] for i in items]),
+                                                         [i["name"] for i in items])
+            probs = softmax(logits)
             for k, item in enumerate(items):
                 entry = describe_item(args, inputs, item, probs[k], methods)
                 signed = {m: per_method[m][0][k].astype(np.float32) for m in methods}
@@ -359,6 +351,7 @@ def write_pages(args, inputs, methods, state, reports, run):
         atomic_write_json(run.path("localization.json"),
                           outputs.jsonable(dict(loc, run_id=run.run_id)))
     render.write_new(run.path(render.COLOUR_BAR_FILE), render.png_bytes(render.colour_bar()))
+    render.write_new(run.path("README.txt"), outputs.RESULTS_README.encode())
     state.entries.sort(key=lambda e: (-e["p_abnormal"], e["name"]))
     outputs.write_index(run, state.entries, methods)
     outputs.copy_model_reports(args.model, run)

@@ -245,17 +245,29 @@ def _cam_gradients(model, layer):
 
 def grad_cam(model, x):
     """Grad-CAM on the last conv layer, upsampled: (N, S, S, n_outputs), >= 0."""
+    return grad_cam_and_outputs(model, x)[0]
+
+
+def grad_cam_and_outputs(model, x, matrix=None):
+    """Grad-CAM of the targets `outputs @ matrix` (matrix (O, T); None: the outputs
+    themselves) and the model's outputs, from ONE forward pass: ((N, S, S, T) >= 0, (N, O)).
+
+    The gradient is linear in the target, so the target's channel weights are the matrix
+    combination of each output's weights (exactly Grad-CAM on the target model): stage 6 gets
+    the logits (for p) and the maps of logit(abnormal) - logit(normal) from the same pass."""
     import keras
 
     layer = last_conv_layer(model)
     x = np.asarray(x, np.float32)
     probe = np.zeros((len(x),) + tuple(layer.output.shape[1:]), np.float32)
-    _, features, grads = _cam_gradients(model, layer)(probe, x)  # (N,h,w,C), (O,N,h,w,C)
-    weights = grads.mean(axis=(2, 3), keepdims=True)              # (O, N, 1, 1, C)
-    cams = np.maximum((weights * features[None]).sum(-1), 0)      # (O, N, h, w)
+    outputs, features, grads = _cam_gradients(model, layer)(probe, x)  # (N,O), (N,h,w,C),
+    weights = grads.mean(axis=(2, 3), keepdims=True)                      # (O,N,h,w,C) -> (O,N,1,1,C)
+    if matrix is not None:
+        weights = np.tensordot(np.asarray(matrix, np.float32).T, weights, axes=1)  # (T,N,1,1,C)
+    cams = np.maximum((weights * features[None]).sum(-1), 0)      # (T, N, h, w)
     size = tuple(np.shape(x)[1:3])
     resized = keras.ops.image.resize(np.moveaxis(cams, 0, -1), size, interpolation="bilinear")
-    return gradients.to_numpy(resized).astype(np.float32)          # (N, S, S, O)
+    return gradients.to_numpy(resized).astype(np.float32), np.asarray(outputs)  # (N,S,S,T)
 
 
 def saliency(model, x):
@@ -378,12 +390,14 @@ class Explainer:
     def __init__(self, model, postprocess, methods, baseline, image_size, ig_steps=32,
                  occlusion_patch=None):
         self.model = model
+        self.methods = tuple(methods)
         self.postprocess = postprocess
         self.baseline = baseline
         self.image_size = image_size
         self.matrix = output_matrix(postprocess)
         self.target = build_target_model(model, postprocess)
         self.attributor = Attributor(self.target, methods, ig_steps, occlusion_patch)
+        self._shared_baseline_logits = None
 
     def inputs(self, images_uint8):
         """uint8 (N, S, S, 3) -> pixels x and pixel baselines b, both (N, S, S, 3) float32."""
@@ -394,10 +408,46 @@ class Explainer:
         with quiet_keras():
             return forward(self.model, x)
 
+    def baseline_logits(self, b):
+        """Logits of the baselines; a baseline shared by every image (black, mean) goes
+        through the network once per run, not once per image."""
+        if self.baseline == "blur":
+            return self.logits(b)
+        if self._shared_baseline_logits is None:
+            self._shared_baseline_logits = self.logits(b[:1])
+        return np.repeat(self._shared_baseline_logits, len(b), axis=0)
+
     def explain(self, method, x, b, logits_x, logits_b):
         """-> signed maps (N, S, S), shown maps (N, S, S) >= 0, deltas (N,) or None, expected."""
         f_x = np.asarray(logits_x) @ self.matrix
-        f_b = np.asarray(logits_b) @ self.matrix
+        f_b = None if logits_b is None else np.asarray(logits_b) @ self.matrix
         maps, deltas, expected = self.attributor.attribute(method, x, b, f_x, f_b)
         signed, shown = postprocess_maps(maps, self.postprocess)
         return signed, shown, deltas, expected
+
+    def explain_batch(self, images_uint8, names):
+        """uint8 (N, S, S, 3) -> (logits (N, 2), {method: (signed, shown, deltas | None)}).
+
+        Each pass through the network is made once: Grad-CAM's pass gives the logits; the
+        baselines' logits are computed only for methods that check completeness; DeepLIFT
+        that breaks completeness stops the run (UserError naming the image)."""
+        x, b = self.inputs(images_uint8)
+        cams = None
+        with quiet_keras():
+            if "grad-cam" in self.methods:
+                cams, logits_x = grad_cam_and_outputs(self.model, x, self.matrix)
+            else:
+                logits_x = forward(self.model, x)
+        needs_b = any(m in COMPLETE_METHODS for m in self.methods)
+        logits_b = self.baseline_logits(b) if needs_b else None
+        result = {}
+        for method in self.methods:
+            if method == "grad-cam":
+                signed, shown = postprocess_maps(cams, self.postprocess)
+                result[method] = (signed, shown, None)
+                continue
+            signed, shown, deltas, expected = self.explain(method, x, b, logits_x, logits_b)
+            if method == "deeplift":
+                check_completeness(deltas, expected, names)
+            result[method] = (signed, shown, deltas)
+        return np.asarray(logits_x), result

@@ -1,8 +1,9 @@
 """What stage 6 writes besides pictures and pages: maps.npz's index, index.json/.csv, copies of
-the model's reports, and JSON that stays standard.
+the model's reports, the results folder's README.txt, and JSON that stays standard.
 
-Used by learning/visualization.py (and by cxr-explain). maps.npz documents itself: its "README"
-member (MAPS_README) says what every array is.
+Used by learning/visualization.py. Every output says what its fields mean: maps.npz's "README"
+member (MAPS_README), localization.json's "description", and README.txt (RESULTS_README) for
+the folder as a whole.
 """
 import json
 import math
@@ -31,6 +32,41 @@ MAPS_README = {
     "run_id": "0-d str array: the run (run.json, localization.json, sanity.json) it belongs to",
     "README": "this description (JSON text): json.loads(str(maps['README']))",
 }
+
+
+RESULTS_README = """cxr-visualize results (stage 6) - what each file is
+
+run.json            the run: run_id, parameters, counts, the model explained ("explained_model":
+                    classifier.keras or head.keras + weights, "model_run_id"), "files" and
+                    "folders" (the manifest: a re-run deletes only these), "orphans_removed"
+                    (what a killed earlier run left and this run deleted), "colour_scales" (the
+                    shared tops with --scale shared, else null: each picture's own top is in
+                    index.json "scale_top").
+maps.npz            the raw SIGNED maps, unsmoothed, at the model's input size, with names,
+                    labels, probabilities and completeness errors: np.load(path,
+                    allow_pickle=False); json.loads(str(maps["README"])) says what each is.
+                    completeness_delta is NaN for methods with no completeness promise
+                    (grad-cam, saliency, occlusion): not a failure.
+index.json/.csv     one row per image and method: name, label, p_normal, p_abnormal, outcome
+                    (TP/FP/FN/TN at p(abnormal) > threshold, run.json "threshold"; unlabelled
+                    when the label is unknown), method, completeness_delta (null / empty: none),
+                    scale_top (the |value| shown at full colour; null: the map is all zero), and
+                    the paths of the map's picture, the X-ray and the detail page.
+localization.json   (when images have expert boxes) each method against three controls, with
+                    its "description" of every field; the verdict per method.
+sanity.json         (--sanity-check) the model-randomization test on a stated sample: per
+                    method and stage the mean Spearman rho ("mean_rho": null = could not be
+                    checked), "status" and what each stage re-drew ("stages").
+colorbar.png        the colour scale of every picture: left end = -top (evidence against
+                    "abnormal", cyan), centre = 0 (clear), right end = +top (evidence for,
+                    yellow), drawn over mid-grey.
+pictures/<xx>/      per image: <prefix>__xray.jpg (the X-ray at the display size),
+                    <prefix>_<method>.png (THE picture of that map: RGBA, stacked over the
+                    X-ray; smoothing sigma = run.json "smooth" model-input pixels) and
+                    <prefix>.html (the detail page); <prefix> = <stem>[p_normal,p_abnormal].
+index.html          the gallery (with gallery-data.js, gallery.js, gallery.css).
+model_*             copies of the model folder's metrics.json, roc.png, training_curve.png.
+"""
 
 
 def jsonable(value):
