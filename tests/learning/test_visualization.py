@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -98,6 +98,24 @@ def test_every_view_of_a_map_is_the_one_picture_pixel_for_pixel(stage6_run):
     assert np.array_equal(bar, render.colour_bar())
     assert np.array_equal(bar[0, -1], render.over_grey(render.colourize(np.float32([1]), 1),
                                                        128)[0])
+
+
+def test_pages_link_only_files_of_the_results_folder(stage6_run):
+    """Every href/src of the gallery and the detail pages (in pictures/<xx>/) resolves to a
+    file of the results folder, relative to the page: the folder works copied anywhere."""
+    run = stage6_run
+    pages = [run / "index.html"] + sorted(run.glob("pictures/*/*.html"))
+    assert len(pages) == 1 + 3
+    for page_path in pages:
+        page = page_path.read_text()
+        links = [link for link in re.findall(r'(?:href|src)="([^"]+)"', page)
+                 if link != "data:," and not link.startswith("#")]
+        assert len(links) >= 3, page_path
+        for link in links:
+            assert not link.startswith(("/", "http", "file:", "//")), link
+            target = (page_path.parent / unquote(link.split("#")[0])).resolve()
+            assert target.is_file() and run.resolve() in target.parents, (page_path, link)
+        assert "mean nothing clinically" in page and "cdn" not in page.lower()
 
 
 def test_picture_colour_scale_is_signed_and_symmetric():
