@@ -42,7 +42,6 @@ With random weights the maps mean nothing clinically: the terminal and the pages
 localization verdict compares every method with three controls: a centred Gaussian, a
 lung-field prior and the mean of the run's own maps (learning/explain/verdict.py).
 """
-import fnmatch
 import os
 import time
 from types import SimpleNamespace
@@ -50,13 +49,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from learning.explain import attribution, gallery, model as model_folder, render
-from learning.explain import outputs, results_folder, sanity, verdict
+from learning.explain import examples, outputs, results_folder, sanity, verdict
 from learning.explain.localization import image_metrics, scale_boxes
 from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
                          fmt_count, log, number, positive_int, progress_bar, seed)
-from scraper.fileio import atomic_write_json, check_outputs, folder_lock, read_json
+from scraper.fileio import atomic_write_json, check_outputs, folder_lock
 from scraper.images import (BadImage, add_max_pixels_argument, image_size as original_image_size,
-                            is_image_name, max_pixels, set_max_pixels)
+                            max_pixels, set_max_pixels)
 
 PROG = "cxr-visualize"
 METHOD_TITLES = {"deeplift": "DeepLIFT (Rescale)", "integrated-gradients": "Integrated gradients",
@@ -75,58 +74,10 @@ UNSIGNED_NOTE = "this method's map is never negative (nothing in blue)"
 
 # ----------------------------------------------------------------------------- inputs
 
-def load_examples(path):
-    names = read_json(path, "examples list")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise UserError(f"examples list must be a JSON list of image names: {path}")
-    if not names:
-        raise UserError(f"examples list is empty: {path}; nothing to explain")
-    return list(dict.fromkeys(names))
-
-
-def resolve_image(images_dir, name):
-    """Path of example `name` inside images_dir (the original listed names without '.png')."""
-    if os.path.basename(name) != name or name in (".", ".."):
-        return None
-    path = os.path.join(images_dir, name)
-    if os.path.isfile(path):
-        return path
-    if not is_image_name(name) and os.path.isfile(path + ".png"):
-        return path + ".png"
-    return None
-
-
-def load_records(descriptions, images_dir):
-    """{name: record} from images-description.json; {} (with a note) when the default is absent."""
-    from scraper.schema import load_descriptions
-
-    path = descriptions or os.path.join(os.path.dirname(os.path.abspath(images_dir)),
-                                        "images-description.json")
-    if not os.path.isfile(path):
-        if descriptions:
-            raise UserError(f"image descriptions not found: {descriptions}")
-        log(f"note: no {path}; labels and expert boxes unknown, localization metrics skipped")
-        return {}, None
-    by_name = {}
-    for record in load_descriptions(path):
-        by_name[record["name"]] = record
-        by_name.setdefault(os.path.splitext(record["name"])[0], record)
-    return by_name, path
-
-
-def select_examples(names, pattern, limit):
-    """--name (shell pattern) then --limit (the first N, in the examples list's order)."""
-    if pattern:
-        names = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
-        if not names:
-            raise UserError(f"no example name matches --name {pattern!r}")
-    return names[:limit] if limit else names
-
-
 def load_inputs(args):
     """Step 1: examples, their image files, labels and boxes. -> SimpleNamespace."""
-    listed = load_examples(args.examples)
-    names = select_examples(listed, args.name, args.limit)
+    listed = examples.load_examples(args.examples)
+    names = examples.select_examples(listed, args.name, args.limit)
     if not os.path.isdir(args.images):
         raise UserError(f"image folder not found: {args.images}")
     check_outputs(inputs=[("examples list", args.examples), ("model folder", args.model)],
@@ -136,7 +87,7 @@ def load_inputs(args):
                                     None if args.random_weights else args.weights])
     found, missing = [], []
     for name in names:
-        path = resolve_image(args.images, name)
+        path = examples.resolve_image(args.images, name)
         (found.append((name, path)) if path else missing.append(name))
     for name in missing[:10]:
         log(f"{PROG}: missing image {name} (not in {args.images})")
@@ -145,7 +96,7 @@ def load_inputs(args):
     if not found:
         raise UserError(f"none of the {fmt_count(len(names))} examples has an image file in "
                         f"{args.images} (first: {names[0]})")
-    records, descriptions_path = load_records(args.descriptions, args.images)
+    records, descriptions_path = examples.load_records(args.descriptions, args.images)
     return SimpleNamespace(found=found, missing=missing, records=records, listed=len(listed),
                            descriptions_path=descriptions_path,
                            keys=results_folder.output_keys([name for name, _ in found]))
@@ -153,14 +104,18 @@ def load_inputs(args):
 
 def load_model(args, inputs, methods):
     """Step 2: the model folder -> inputs.model / .params / .image_size, and the Explainer."""
+    from learning.gradients import exact_float32
+
     loaded = model_folder.load_model_folder(args.model, args.weights, args.random_weights,
                                             args.seed)
     if loaded.source == model_folder.CLASSIFIER_FILE and args.random_weights:
         log(f"note: {args.model} has {model_folder.CLASSIFIER_FILE}: its own conv base is "
             f"explained; --random-weights and the weights argument are not used")
+    exact_float32()  # no TF32 on GPUs: completeness would break
     inputs.model, inputs.params = loaded, loaded.params
     inputs.image_size = int(loaded.params["image_size"])
-    inputs.random_weights = args.random_weights or str(loaded.weights_id).startswith("random:")
+    # the weights the explained network holds (classifier.keras carries its own)
+    inputs.random_weights = str(loaded.weights_id).startswith("random:")
     return attribution.Explainer(loaded.model, args.postprocess, methods, args.baseline,
                                  inputs.image_size, args.ig_steps, args.occlusion_patch)
 
