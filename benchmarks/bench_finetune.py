@@ -39,12 +39,28 @@ Usage (caches and results outside the repository; paths are arguments):
     python benchmarks/bench_finetune.py run DATASET WEIGHTS CACHE --configs default,ft5,ft45 \
         --seeds 0 --train-images 300 --epochs 8 --label cpu-300
     python benchmarks/bench_finetune.py report CACHE
+    python benchmarks/bench_finetune.py time DATASET WEIGHTS CACHE --images 32 --epochs 2
     python benchmarks/bench_finetune.py subset SOURCE_DATASET OUT --others 300
     python benchmarks/bench_finetune.py pack-weights vgg16.h5 OUT.npz   # lossless, ~50 MB
 WEIGHTS may be a Keras VGG16 .h5 or a file made by pack-weights (unpacked into CACHE).
 On a GPU machine with JAX only (no TensorFlow): see benchmarks/gpu_finetune.sh.
 
-MEASURED: not yet.
+MEASURED (2-core development machine shared with other jobs, load average 12-14, TensorFlow,
+224 px, ImageNet weights, 2026-12-04). The full comparison did NOT fit: at that load one epoch
+of block-5 fine-tuning on 200 images took 16 min. What was measured:
+  cost, `time` (32 training images, batch 16, 2nd epoch), per training image per epoch:
+    ft5   CPU 0.59 s, wall 3.9 s;   ft45  CPU 0.96 s, wall 6.1 s;   peak RSS 1.5-1.6 GB
+    default: 0.005 CPU s / 0.05 s (head on features) + the one-time feature pass (block4_pool)
+  `run --train-images 200 --epochs 6 --patience 3 --label cpu-200img-6ep`, seed 0 (default only
+  finished; ft5 was stopped in its 2nd epoch, epoch 1: validation AUROC 0.692):
+    default: train 200 (40 epochs), test AUROC 0.895 [0.845, 0.938], validation AUROC 0.897;
+      Grad-CAM pointing 0.34 [0.20, 0.48], inside 0.26 [0.20, 0.33], T(IoBB) 0.50 [0.36, 0.66];
+      paired map - control: lung prior pointing -0.07 [-0.25, 0.11], inside +0.04 [-0.00,
+      0.08], T(IoBB) +0.05 [-0.16, 0.23]; centred Gaussian +0.18 [0.02, 0.34], +0.11 [0.08,
+      0.15], +0.23 [0.07, 0.39]; the run's own mean map -0.05 [-0.23, 0.11], +0.04 [0.00,
+      0.07], +0.18 [0.05, 0.32]. Peak RSS 1.7 GB.
+  So on 200 images the default's maps do not beat the lung prior or their own mean map on
+  pointing; they beat the Gaussian. The fine-tuning rows need the GPU run (gpu_finetune.sh).
 """
 import argparse
 import csv
@@ -353,6 +369,30 @@ def print_means(entries):
             f"{np.mean(v):.3f}+-{np.std(v):.3f}" for v in cells))
 
 
+# ----------------------------------------------------------------------------- timing
+
+def time_epochs(args):
+    """Seconds (wall and CPU) per training image per epoch of each fine-tuning configuration
+    on the first `--images` training images, `--epochs` epochs, no validation: the cost
+    column alone, for machines where the full comparison does not fit."""
+    from learning.head import PRESETS
+    from learning.train.finetune import fine_tune
+
+    data = load_data(args.dataset)
+    paths, labels, _, _ = examples(data, args.dataset, ("train",))
+    order = np.random.default_rng(0).permutation(len(paths))[:args.images]
+    weights = weights_file(args.weights, args.cache)
+    for name in args.configs.split(","):
+        config = dict(PRESETS["cam"], head="cam", epochs=args.epochs, batch_size=16)
+        _, info = fine_tune([paths[i] for i in order], labels[order], ["train"] * len(order),
+                            config, CONFIGS[name], SIZE, weights, progress=False)
+        history = info["history"]
+        print(f"{name}: {len(order)} images x {info['epochs_run']} epochs: s/img/epoch wall "
+              f"{history['seconds_per_image']}, CPU {history['cpu_seconds_per_image']}; peak "
+              f"RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
+              flush=True)
+
+
 # ----------------------------------------------------------------------------- tools
 
 def make_subset(source, out, others, seed=0):
@@ -445,6 +485,12 @@ def get_args_parser():
     run.add_argument("--batch-size", type=int, default=None)
     run.add_argument("--workers", type=int, default=1, help="image loader threads")
     run.add_argument("--one", default=None, help=argparse.SUPPRESS)  # CONFIG:SEED, in a child
+    timing = commands.add_parser("time", help="s/img/epoch of fine-tuning only")
+    for name in ("dataset", "weights", "cache"):
+        timing.add_argument(name)
+    timing.add_argument("--configs", default="ft5,ft45")
+    timing.add_argument("--images", type=int, default=32)
+    timing.add_argument("--epochs", type=int, default=2)
     report = commands.add_parser("report", help="print the results file")
     report.add_argument("cache")
     subset = commands.add_parser("subset", help="a small 224-px copy of a dataset")
@@ -483,6 +529,8 @@ def main(argv=None):
         return make_subset(args.source, args.out, args.others)
     if args.command == "pack-weights":
         return pack_weights(args.h5, args.out)
+    if args.command == "time":
+        return time_epochs(args)
     if args.command == "report":
         return print_report(load_results(args.cache))
     if args.one is None:
