@@ -1,0 +1,534 @@
+"""Learning curve: does more training data move the maps?
+
+Localization (pointing game, inside share) and test AUROC of the pipeline's DEFAULT against the
+number of training images on nih-cxr-1000, with real ImageNet VGG16 features. The default is
+stage 5's default head preset `cam` with all its defaults (ring mask 3, grid flips/shifts,
+early stopping on validation loss) on stage 3's default block4_pool features at 224 px,
+explained with stage 6's default method, Grad-CAM on the head's 1x1 conv, maps at 224 px.
+
+Protocol (declared before the first run; nothing here is tuned on the 44 boxed images)
+  * Split: benchmarks/bench_localization.py's, imported, not copied (make_split, split seed 0):
+    every patient with an expert box is held out; the 44 boxed images are the localization
+    set; test = the boxed patients' images + a 15 % patient-grouped "test-rest" (AUROC, CI over
+    patients); "validation" (early stopping) and "test" are FIXED across sizes and seeds.
+  * Training-set sizes: about 100, 200 and 400 images and all of the "train" part (~707).
+    Subsamples are drawn over TRAINING PATIENTS (never images), stratified by label, with
+    stage 4's stratified_group_split, NESTED: all -> 400 -> 200 -> 100, each step drawing
+    round(target / current * class count) images of each class from the previous set
+    (subsample seed 1000 * (seed + 1) + target). A new subsample is drawn for every seed; at
+    "all" the seeds differ only in the model's initialisation and batch order.
+  * Seeds 0, 1, 2 (the model seed of train_head and the subsample seed). One training per
+    (size, seed): learning.fully_connected_layers_training.train_head, the code stage 5 runs.
+  * Per run: test AUROC with its grouped-bootstrap 95 % CI (bench_localization.test_auroc);
+    Grad-CAM maps of the 44 boxed images (bench_localization.explain), scored with
+    learning.localization: pointing game and inside share, each mean with a 95 % percentile
+    bootstrap CI over the 44 images (1,000 resamples).
+  * Three controls, each scored on the same images and compared PAIRED (per-image difference
+    map - control, mean with a bootstrap CI over images): the lung-field prior and the centred
+    Gaussian (learning.localization, no model), and the image-independent control: the mean of
+    the run's own 44 maps, each scaled to max 1 (issue 21; one map shown for every image). A
+    run whose maps do not beat its own mean map carries no per-image localization evidence.
+  * Per size: mean +- sample sd (n - 1) over the seeds, and a 95 % CI of the seed-mean from a
+    two-level bootstrap: seeds resampled with replacement, images (AUROC: test patients)
+    resampled with replacement, the same image draw for every run (the images are paired).
+  * The slope (the headline): OLS of the per-run mean on log2(number of training images) over
+    the 12 runs, i.e. the change per doubling of the training set, for AUROC, pointing,
+    inside share and the paired differences versus the three controls; its 95 % CI from the
+    same two-level bootstrap (a seed carries its 4 nested runs; 2,000 resamples). A CI that
+    contains 0 is reported as "no detectable effect" at this sample size, whatever the point.
+    With 3 seeds the seed level of the bootstrap is coarse; it is reported, not hidden.
+  * float16 check (issue 16): every feature cast to float16 and back (what the feature store
+    keeps by default) vs float32, at the full training set, seeds 0-2 (same seeds, so the
+    per-seed difference is the cast's alone: training is deterministic). Declared criterion:
+    float16 is "within the 3-seed noise" of float32 when |mean16 - mean32| <= the float32
+    sample sd over seeds, for test AUROC and for the pointing game (inside share shown too).
+
+Results: one JSON line per (precision, size, seed) appended to <cache>/learning-curve.jsonl
+(per-image metrics and test scores included, so the report and the bootstraps need no
+retraining); a run skips what is already there, so it can be interrupted and resumed.
+`--report` prints the tables from that file only.
+
+Example (features: a stage-3 pickle of block4_pool at 224 px with ImageNet weights, e.g. the
+b4p-224.pickle cache of bench_localization.py):
+    nice -n 10 python benchmarks/bench_learning_curve.py ../shared/datasets/nih-cxr-1000 \
+        feature-cache/b4p-224.pickle curve-cache
+    python benchmarks/bench_learning_curve.py ../shared/datasets/nih-cxr-1000 \
+        feature-cache/b4p-224.pickle curve-cache --report
+
+MEASURED: not yet run.
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.bench_localization import (  # noqa: E402
+    MAP_SIZE, explain, load_results, make_split, read_dataset, record, test_auroc,
+    test_scores, train_config)
+from learning import localization  # noqa: E402
+from learning.learning_examples_preparing import (  # noqa: E402
+    load_features, stratified_group_split)
+from scraper.cli import UserError, elapsed_since, exit_with, log  # noqa: E402
+from scraper.fileio import atomic_write_json  # noqa: E402
+
+CONFIG = "cam"  # bench_localization's name for the default: block4_pool + the cam preset
+METHOD = "grad-cam"
+KEYS = ("pointing", "inside_share")
+CONTROLS = ("lung_prior", "gaussian", "mean_map")
+CONTROL_TITLES = {"lung_prior": "lung prior", "gaussian": "Gaussian",
+                  "mean_map": "mean-map control"}
+
+
+# ----------------------------------------------------------------------------- subsamples
+
+def parse_sizes(text):
+    """"100,200,400,all" -> [100, 200, 400, None] (None = the whole training part)."""
+    sizes = []
+    for value in (v.strip() for v in text.split(",") if v.strip()):
+        if value == "all":
+            sizes.append(None)
+        elif value.isdigit() and int(value) >= 10:
+            sizes.append(int(value))
+        else:
+            raise argparse.ArgumentTypeError(f"invalid size {value!r}: a number of training "
+                                             f"images >= 10, or 'all'")
+    return sizes
+
+
+def size_label(size):
+    return "all" if size is None else str(size)
+
+
+def nested_subsamples(train_names, labels, groups, sizes, seed):
+    """{size: sorted names} nested (the smaller set inside the larger), drawn over patients,
+    stratified by label (stage 4's stratified_group_split), largest first."""
+    current = list(train_names)
+    result = {}
+    for size in sorted(sizes, key=lambda s: np.inf if s is None else s, reverse=True):
+        if size is not None and size < len(current):
+            held = stratified_group_split(np.array([labels[n] for n in current]),
+                                          [groups[n] for n in current], size / len(current),
+                                          1000 * (seed + 1) + size)
+            current = [n for n, keep in zip(current, held) if keep]
+        result[size] = sorted(current)
+    return result
+
+
+def run_part(part, chosen):
+    """bench_localization's split with the training images outside `chosen` set aside."""
+    chosen = set(chosen)
+    return {n: ("unused" if p == "train" and n not in chosen else p) for n, p in part.items()}
+
+
+# ----------------------------------------------------------------------------- maps
+
+def per_image(maps, boxes_list):
+    """{"pointing": [0/1] * N, "inside_share": [float] * N} of maps (N, H, W) vs boxes."""
+    metrics = [localization.image_metrics(m, b) for m, b in zip(maps, boxes_list)]
+    return {key: [float(m[key]) for m in metrics] for key in KEYS}
+
+
+def mean_map(maps):
+    """The image-independent control: the mean of the maps (N, H, W), each scaled to max 1."""
+    maps = np.maximum(np.asarray(maps, np.float64), 0)
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return (maps / np.where(peak > 0, peak, 1)).mean(axis=0)
+
+
+def fixed_controls(boxes_list):
+    """Per-image metrics of the two no-model maps: {"lung_prior": ..., "gaussian": ...}."""
+    shape = (MAP_SIZE, MAP_SIZE)
+    return {"lung_prior": per_image([localization.lung_prior_map(shape)] * len(boxes_list),
+                                    boxes_list),
+            "gaussian": per_image([localization.gaussian_map(shape)] * len(boxes_list),
+                                  boxes_list)}
+
+
+def paired(values, control, n_resamples, seed):
+    """Mean per-image difference values - control with a bootstrap CI over images."""
+    return localization.bootstrap_ci(np.subtract(values, control), n_resamples, seed)
+
+
+# ----------------------------------------------------------------------------- one run
+
+def one_run(data, chosen, precision, size, seed, n_resamples):
+    """Train the default on `chosen` training images, test it and explain the boxed images:
+    the JSON-ready record of one (precision, size, seed)."""
+    features = data["features"][precision]
+    start = time.monotonic()
+    head, kind, info, seconds = train_config(CONFIG, {"b4p": features}, data["labels"],
+                                             run_part(data["part"], chosen), data["names"],
+                                             seed, None)
+    test, score = test_scores(head, features, data["part"], data["names"])
+    auroc = test_auroc(test, score, data["labels"], data["groups"], n_resamples, seed)
+    maps, _ = explain(METHOD, head, kind, {"b4p": features}, None, data["boxed_index"], None)
+    own = per_image(maps, data["boxes"])
+    control = per_image([mean_map(maps)] * len(maps), data["boxes"])
+    controls = dict(data["controls"], mean_map=control)
+    chosen_labels = np.array([data["label_of"][n] for n in chosen])
+    entry = {
+        "precision": precision, "size": size_label(size), "seed": seed,
+        "n_train": len(chosen), "n_train_per_class": np.bincount(chosen_labels, minlength=2)
+        .tolist(), "n_train_patients": len({data["group_of"][n] for n in chosen}),
+        "train_sha1": hashlib.sha1("\n".join(chosen).encode()).hexdigest()[:12],
+        "n_validation": info["n_validation"], "epochs_run": info["epochs_run"],
+        "best_epoch": info["best_epoch"], "train_seconds": round(seconds, 1),
+        "validation_auroc_at_best": info["history"]["val_auroc"][info["best_epoch"] - 1],
+        "auroc": auroc, "test_score": [float(s) for s in score],
+        "per_image": own, "mean_map_per_image": control,
+        "ci": {key: localization.bootstrap_ci(own[key], n_resamples, seed) for key in KEYS},
+        "versus": {name: {key: paired(own[key], controls[name][key], n_resamples, seed)
+                          for key in KEYS} for name in CONTROLS},
+        "seconds": round(time.monotonic() - start, 1)}
+    return entry
+
+
+def load_data(args):
+    """Dataset rows, split, features (float32 and float16-cast) and boxes, as one dict."""
+    rows, boxes = read_dataset(args.dataset)
+    boxed_images = sorted(boxes)
+    part = make_split(rows, set(boxed_images))
+    names, features, params = load_features(args.features)
+    if features.ndim != 4 or features.shape[1:3] != (14, 14) or params.get("layer") not in (
+            None, "block4_pool"):
+        raise UserError(f"{args.features}: expected block4_pool features at 224 px, shape "
+                        f"(N, 14, 14, 512); got {features.shape}, layer {params.get('layer')!r}")
+    by_name = {r["image"]: r for r in rows}
+    missing = sorted(set(part) - set(names))
+    if missing:
+        raise UserError(f"{args.features}: no features for {len(missing):,} dataset images "
+                        f"(e.g. {missing[0]}); compute them for the whole dataset first")
+    keep = [i for i, n in enumerate(names) if n in part]  # features of other images: unused
+    names, features = [names[i] for i in keep], features[keep]
+    index = {n: i for i, n in enumerate(names)}
+    data = {"names": names, "part": part,
+            "labels": np.array([int(by_name[n]["abnormal"]) for n in names]),
+            "groups": [by_name[n]["patient_id"] for n in names],
+            "label_of": {n: int(by_name[n]["abnormal"]) for n in names},
+            "group_of": {n: by_name[n]["patient_id"] for n in names},
+            "boxed_index": np.array([index[n] for n in boxed_images]),
+            "boxes": [localization.scale_boxes(boxes[n], (512, 512), (MAP_SIZE, MAP_SIZE))
+                      for n in boxed_images],  # nih-cxr-1000 images are 512 x 512
+            "features": {"float32": features}, "feature_max": float(np.abs(features).max())}
+    if "float16" in args.precisions:
+        data["features"]["float16"] = features.astype(np.float16).astype(np.float32)
+    data["controls"] = fixed_controls(data["boxes"])
+    return data
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def sample_sd(values):
+    values = np.asarray(values, np.float64)
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def batch_auc(labels, scores):
+    """AUROC of each row of scores (R, n) against labels (n,) by ranks (ties averaged)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, bool)
+    n1, n0 = int(labels.sum()), int((~labels).sum())
+    if not n1 or not n0:
+        return np.full(len(scores), np.nan)
+    ranks = rankdata(scores, axis=1)
+    return (ranks[:, labels].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def curve_arrays(entries, value_of):
+    """Runs of one precision arranged (sizes, seeds): x = log2(n_train) (S, K) and per-unit
+    values (S, K, N) = value_of(entry) for each run (per-image values, or test scores).
+    Only seeds present at every size are used."""
+    sizes = sorted({e["size"] for e in entries}, key=lambda s: np.inf if s == "all" else int(s))
+    seeds = sorted(set.intersection(*({e["seed"] for e in entries if e["size"] == s}
+                                      for s in sizes)))
+    by = {(e["size"], e["seed"]): e for e in entries}
+    x = np.array([[np.log2(by[s, k]["n_train"]) for k in seeds] for s in sizes])
+    values = np.array([[value_of(by[s, k]) for k in seeds] for s in sizes], np.float64)
+    return sizes, seeds, x, values
+
+
+def quantities(controls):
+    """(name, value_of(entry) -> (N,) values) of everything the curve reports."""
+    def own(key):
+        return lambda e: np.asarray(e["per_image"][key], np.float64)
+
+    def versus(key, control):
+        if control == "mean_map":
+            return lambda e: own(key)(e) - np.asarray(e["mean_map_per_image"][key])
+        return lambda e: own(key)(e) - np.asarray(controls[control][key])
+
+    result = [("auroc", lambda e: np.asarray(e["test_score"]))]
+    result += [(key, own(key)) for key in KEYS]
+    result += [(f"{key} - {control}", versus(key, control)) for control in CONTROLS
+               for key in KEYS]
+    result += [(f"mean_map {key}", (lambda k: lambda e: np.asarray(
+        e["mean_map_per_image"][k], np.float64))(key)) for key in KEYS]
+    return result
+
+
+def slope_of(x, y):
+    """OLS slope of y on x over all points of (S, K) arrays."""
+    return float(np.polyfit(np.ravel(x), np.ravel(y), 1)[0])
+
+
+def two_level_bootstrap(x, values, n_resamples, seed, test=None):
+    """Point estimates and 95 % percentile CIs of the per-size means and of the slope on x.
+
+    Each resample draws seeds with replacement (a seed carries its runs at every size) and
+    units with replacement, the same units for every run: images for per-image values;
+    for AUROC (test = {"labels", "groups"}) test patients, all their images."""
+    rng = np.random.default_rng(seed)
+    n_sizes, n_seeds, n_units = values.shape
+    if test is not None:
+        unique, inverse = np.unique(np.asarray(test["groups"], str), return_inverse=True)
+        members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+
+    def statistic(k_idx, u_idx):  # (S, K') per-run statistic on the drawn units
+        chosen = values[:, k_idx][:, :, u_idx]
+        if test is None:
+            return chosen.mean(axis=-1)
+        flat = chosen.reshape(-1, len(u_idx))
+        return batch_auc(np.asarray(test["labels"])[u_idx], flat).reshape(chosen.shape[:2])
+
+    every = np.arange(n_seeds)
+    point = statistic(every, np.arange(n_units))
+    draws_means, draws_slope = [], []
+    for _ in range(n_resamples):
+        k_idx = rng.integers(0, n_seeds, n_seeds)
+        u_idx = (rng.integers(0, n_units, n_units) if test is None else np.concatenate(
+            [members[g] for g in rng.integers(0, len(members), len(members))]))
+        y = statistic(k_idx, u_idx)
+        if np.isnan(y).any():
+            continue  # a patient draw holding one class: AUROC undefined
+        draws_means.append(y.mean(axis=1))
+        draws_slope.append(slope_of(x[:, k_idx], y) if n_sizes > 1 else np.nan)
+    draws_means, draws_slope = np.array(draws_means), np.array(draws_slope)
+    low, high = np.quantile(draws_means, [0.025, 0.975], axis=0)
+    result = {"per_size": [{"mean": float(point[s].mean()), "sd": sample_sd(point[s]),
+                            "low": float(low[s]), "high": float(high[s])}
+                           for s in range(n_sizes)],
+              "n_resamples": len(draws_slope), "n_seeds": n_seeds}
+    if n_sizes > 1:
+        gap = draws_means[:, -1] - draws_means[:, 0]
+        result["slope"] = {"mean": slope_of(x, point),
+                           "low": float(np.quantile(draws_slope, 0.025)),
+                           "high": float(np.quantile(draws_slope, 0.975))}
+        result["largest_minus_smallest"] = {
+            "mean": float(point[-1].mean() - point[0].mean()),
+            "low": float(np.quantile(gap, 0.025)), "high": float(np.quantile(gap, 0.975))}
+    return result
+
+
+def curve_summary(entries, controls, test, n_resamples, seed=0):
+    """Per-size means with CIs and slopes for AUROC, pointing, inside share, the paired
+    differences versus each control and the mean-map control's own scores:
+    {quantity: two_level_bootstrap(...)} + "sizes", "seeds", "n_train"."""
+    summary = {}
+    for name, value_of in quantities(controls):
+        sizes, seeds, x, values = curve_arrays(entries, value_of)
+        summary[name] = two_level_bootstrap(x, values, n_resamples, seed,
+                                            test if name == "auroc" else None)
+    summary["sizes"], summary["seeds"] = sizes, seeds
+    summary["n_train"] = [[_entry(entries, s, k)["n_train"] for k in seeds] for s in sizes]
+    return summary
+
+
+def _entry(entries, size, seed):
+    return next(e for e in entries if e["size"] == size and e["seed"] == seed)
+
+
+# ----------------------------------------------------------------------------- report
+
+def ci3(ci, signed=False):
+    """'0.318 [0.182, 0.455]' (signed: '+0.04 [-0.01, +0.09]')."""
+    if ci.get("mean") is None:
+        return "n/a"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    if ci.get("low") is None:
+        return fmt.format(ci["mean"])
+    return f"{fmt.format(ci['mean'])} [{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
+
+
+def print_runs(entries):
+    """One row per (precision, size, seed)."""
+    print(f"{'precision size seed (n train)':<31}{'test AUROC [CI]':<24}{'pointing [CI]':<24}"
+          f"{'inside share [CI]':<24}" + "".join(
+              f"{'vs ' + CONTROL_TITLES[c] + ': pointing, inside':<48}" for c in CONTROLS))
+    for e in entries:
+        a = e["auroc"]
+        label = f"{e['precision']} {e['size']} s{e['seed']} ({e['n_train']})"
+        versus = "".join(f"{ci3(e['versus'][c]['pointing'], True)}, "
+                         f"{ci3(e['versus'][c]['inside_share'], True):<24}" for c in CONTROLS)
+        print(f"{label:<31}{ci3({'mean': a['auroc'], 'low': a['low'], 'high': a['high']}):<24}"
+              f"{ci3(e['ci']['pointing']):<24}{ci3(e['ci']['inside_share']):<24}{versus}")
+
+
+def size_cell(quantity, s, signed=False):
+    """'0.341 +- 0.023 [0.20, 0.48]' for size index s of a two_level_bootstrap result."""
+    cell = quantity["per_size"][s]
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    return (f"{fmt.format(cell['mean'])} +- {cell['sd']:.3f} [{fmt.format(cell['low'])}, "
+            f"{fmt.format(cell['high'])}]")
+
+
+def print_sizes(summary):
+    """Per size: mean +- sd over seeds [two-level bootstrap CI]; then the slopes."""
+    print(f"\nper size, float32: mean +- sample sd over seeds {summary['seeds']} "
+          f"[95 % CI, seeds and images resampled]")
+    for s, size in enumerate(summary["sizes"]):
+        n = summary["n_train"][s]
+        print(f"  {size} (n train {min(n)}-{max(n)}): AUROC {size_cell(summary['auroc'], s)}; "
+              f"pointing {size_cell(summary['pointing'], s)}; inside "
+              f"{size_cell(summary['inside_share'], s)}")
+        for control in CONTROLS:
+            print(f"      minus {CONTROL_TITLES[control]:<17} pointing "
+                  f"{size_cell(summary['pointing - ' + control], s, True)}; inside "
+                  f"{size_cell(summary['inside_share - ' + control], s, True)}")
+        print(f"      mean-map control itself: pointing "
+              f"{size_cell(summary['mean_map pointing'], s)}; inside "
+              f"{size_cell(summary['mean_map inside_share'], s)}")
+    if len(summary["sizes"]) < 2:
+        return
+    print(f"\nslope per doubling of the training set (OLS on log2 n train, 95 % CI) and "
+          f"{summary['sizes'][-1]} minus {summary['sizes'][0]}:")
+    for name, quantity in summary.items():
+        if isinstance(quantity, dict) and "slope" in quantity:
+            slope, gap = quantity["slope"], quantity["largest_minus_smallest"]
+            verdict = ("no detectable effect" if slope["low"] <= 0 <= slope["high"]
+                       else "increases" if slope["low"] > 0 else "decreases")
+            print(f"  {name:<28} {ci3(slope, True):<28} gap {ci3(gap, True):<28} {verdict}")
+
+
+def float16_comparison(entries):
+    """float16-cast vs float32 features at the full training set, paired by seed."""
+    full = {(e["precision"], e["seed"]): e for e in entries if e["size"] == "all"}
+    seeds = sorted(k for p, k in full if p == "float16" and ("float32", k) in full)
+    if not seeds:
+        return None
+    values = {"auroc": lambda e: e["auroc"]["auroc"],
+              "pointing": lambda e: e["ci"]["pointing"]["mean"],
+              "inside_share": lambda e: e["ci"]["inside_share"]["mean"]}
+    result = {"seeds": seeds}
+    for key, value_of in values.items():
+        v32 = [value_of(full["float32", k]) for k in seeds]
+        v16 = [value_of(full["float16", k]) for k in seeds]
+        difference = float(np.mean(v16) - np.mean(v32))
+        result[key] = {"float32": v32, "float16": v16, "mean32": float(np.mean(v32)),
+                       "mean16": float(np.mean(v16)), "sd32": sample_sd(v32),
+                       "sd16": sample_sd(v16), "difference": difference,
+                       "within_noise": bool(abs(difference) <= sample_sd(v32))}
+    return result
+
+
+def print_float16(comparison):
+    if comparison is None:
+        return
+    print(f"\nfloat16-cast vs float32 features, full training set, seeds {comparison['seeds']} "
+          f"(criterion: |mean16 - mean32| <= sample sd of float32 over seeds)")
+    for key in ("auroc", "pointing", "inside_share"):
+        c = comparison[key]
+        per_seed = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(c["float32"], c["float16"]))
+        print(f"  {key:<13} float32 {c['mean32']:.3f} +- {c['sd32']:.3f}   float16 "
+              f"{c['mean16']:.3f} +- {c['sd16']:.3f}   difference {c['difference']:+.4f}   "
+              f"{'within' if c['within_noise'] else 'OUTSIDE'} the noise   (per seed 32/16: "
+              f"{per_seed})")
+
+
+def report(entries, controls, test, n_resamples):
+    """Print every table; returns the JSON-ready summary."""
+    print_runs(entries)
+    for name, per in controls.items():
+        print(f"{CONTROL_TITLES[name]} (no model): pointing "
+              f"{ci3(localization.bootstrap_ci(per['pointing'], n_resamples))}, inside "
+              f"{ci3(localization.bootstrap_ci(per['inside_share'], n_resamples))}")
+    curve = [e for e in entries if e["precision"] == "float32"]
+    summary = {"curve": curve_summary(curve, controls, test, 2 * n_resamples) if curve else None,
+               "float16": float16_comparison(entries)}
+    if summary["curve"]:
+        print_sizes(summary["curve"])
+    print_float16(summary["float16"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- main
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Localization and AUROC of the default (cam head, Grad-CAM) against the "
+                    "training-set size, with three controls and a float16 check.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("dataset", help="folder with images/, labels.csv and bboxes.csv")
+    parser.add_argument("features", help="stage-3 features pickle: block4_pool at 224 px, "
+                                         "ImageNet weights, every image of the dataset")
+    parser.add_argument("cache", help="folder for the results file (learning-curve.jsonl)")
+    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("100,200,400,all"),
+                        help="training-set sizes in images ('all' = the whole train part)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--precisions", default="float32,float16",
+                        help="float32 (the curve) and/or float16 (features cast to float16 "
+                             "and back; run at the full training set only)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples per CI (the slopes use twice as many)")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the tables of what the results file holds")
+    return parser
+
+
+def plan(args, data):
+    """[(precision, size, seed, chosen training names)] of every run, float32 curve first."""
+    train_names = sorted(n for n, p in data["part"].items() if p == "train")
+    runs = []
+    for seed in args.seed_list:
+        subsets = nested_subsamples(train_names, data["label_of"], data["group_of"], args.sizes,
+                                    seed)
+        runs += [("float32", size, seed, subsets[size]) for size in sorted(
+            args.sizes, key=lambda s: np.inf if s is None else s)]
+    if "float16" in args.precisions:
+        runs += [("float16", None, seed, train_names) for seed in args.seed_list]
+    return runs
+
+
+def main(argv=None):
+    import keras
+
+    args = get_args_parser().parse_args(argv)
+    start = time.monotonic()
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    bad = [p for p in args.precisions if p not in ("float32", "float16")]
+    if bad:
+        raise UserError(f"invalid precision {bad[0]!r}; allowed: float32, float16")
+    os.makedirs(args.cache, exist_ok=True)
+    results_path = os.path.join(args.cache, "learning-curve.jsonl")
+    data = load_data(args)
+    done = {(e["precision"], e["size"], e["seed"]) for e in load_results(results_path)}
+    runs = [] if args.report else plan(args, data)
+    log(f"[curve] feature max |value| {data['feature_max']:.1f} (float16 max 65504); "
+        f"{len(runs)} runs planned, {sum((p, size_label(s), k) in done for p, s, k, _ in runs)} "
+        f"already in {results_path}")
+    for precision, size, seed, chosen in runs:
+        if (precision, size_label(size), seed) in done:
+            continue
+        entry = one_run(data, chosen, precision, size, seed, args.bootstrap)
+        record(results_path, entry)
+        keras.backend.clear_session()
+        log(f"[curve] {precision} {size_label(size)} s{seed}: n train {entry['n_train']}, "
+            f"{entry['epochs_run']} epochs (kept {entry['best_epoch']}), AUROC "
+            f"{entry['auroc']['auroc']:.3f}, pointing {ci3(entry['ci']['pointing'])}, inside "
+            f"{ci3(entry['ci']['inside_share'])} ({entry['seconds']:.0f} s)")
+    test = np.array([data["part"][n] in ("boxed", "test-rest") for n in data["names"]])
+    test_info = {"labels": data["labels"][test], "groups": np.asarray(data["groups"])[test]}
+    summary = report(load_results(results_path), data["controls"], test_info, args.bootstrap)
+    atomic_write_json(os.path.join(args.cache, "learning-curve-summary.json"), summary)
+    log(f"[curve] done in {elapsed_since(start)}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main, "bench_learning_curve")
