@@ -43,7 +43,14 @@ Protocol (declared before the first run; nothing here is tuned on the 44 boxed i
     float16 is "within the 3-seed noise" of float32 when |mean16 - mean32| <= the float32
     sample sd over seeds, for test AUROC and for the pointing game (inside share shown too).
 
-Results: one JSON line per (precision, size, seed) appended to <cache>/learning-curve.jsonl
+  * Supplement, declared after the first runs showed that at 100 (and some 200) images the
+    preset's 40-epoch cap, not early stopping, ended training (4 batches per epoch: ~160
+    updates against ~600 at 707 images): sizes 100 and 200 again with a 160-epoch cap (same
+    patience 8, same images and seeds; --max-epochs 160 --sizes 100,200 --precisions float32),
+    reported apart, paired by seed with the default's runs. It tells whether the small sizes
+    lack data or only updates; the curve itself stays the default's.
+
+Results: one JSON line per (precision, size, seed, epoch cap) appended to <cache>/learning-curve.jsonl
 (per-image metrics and test scores included, so the report and the bootstraps need no
 retraining); a run skips what is already there, so it can be interrupted and resumed.
 `--report` prints the tables from that file only.
@@ -67,16 +74,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import bench_localization  # noqa: E402
 from benchmarks.bench_localization import (  # noqa: E402
     MAP_SIZE, explain, load_results, make_split, read_dataset, record, test_auroc,
     test_scores, train_config)
 from learning import localization  # noqa: E402
+from learning.head import PRESETS  # noqa: E402
 from learning.learning_examples_preparing import (  # noqa: E402
     load_features, stratified_group_split)
 from scraper.cli import UserError, elapsed_since, exit_with, log  # noqa: E402
 from scraper.fileio import atomic_write_json  # noqa: E402
 
 CONFIG = "cam"  # bench_localization's name for the default: block4_pool + the cam preset
+DEFAULT_EPOCHS = PRESETS["cam"]["epochs"]
+DEFAULT_SIZES = "100,200,400,all"
 METHOD = "grad-cam"
 KEYS = ("pointing", "inside_share")
 CONTROLS = ("lung_prior", "gaussian", "mean_map")
@@ -119,6 +130,20 @@ def nested_subsamples(train_names, labels, groups, sizes, seed):
     return result
 
 
+def config_name(max_epochs):
+    """bench_localization's configuration for the default with another epoch cap (registered
+    in its CONFIGS, so train_config trains it exactly as it trains the default)."""
+    if max_epochs == DEFAULT_EPOCHS:
+        return CONFIG
+    name = f"{CONFIG}-e{max_epochs}"
+    bench_localization.CONFIGS.setdefault(name, ("b4p", "cam", {"epochs": max_epochs}))
+    return name
+
+
+def max_epochs_of(entry):
+    return entry.get("max_epochs", DEFAULT_EPOCHS)
+
+
 def run_part(part, chosen):
     """bench_localization's split with the training images outside `chosen` set aside."""
     chosen = set(chosen)
@@ -156,14 +181,14 @@ def paired(values, control, n_resamples, seed):
 
 # ----------------------------------------------------------------------------- one run
 
-def one_run(data, chosen, precision, size, seed, n_resamples):
+def one_run(data, chosen, precision, size, seed, n_resamples, max_epochs=DEFAULT_EPOCHS):
     """Train the default on `chosen` training images, test it and explain the boxed images:
-    the JSON-ready record of one (precision, size, seed)."""
+    the JSON-ready record of one (precision, size, seed, max_epochs)."""
     features = data["features"][precision]
     start = time.monotonic()
-    head, kind, info, seconds = train_config(CONFIG, {"b4p": features}, data["labels"],
-                                             run_part(data["part"], chosen), data["names"],
-                                             seed, None)
+    head, kind, info, seconds = train_config(
+        config_name(max_epochs), {"b4p": features}, data["labels"],
+        run_part(data["part"], chosen), data["names"], seed, None)
     test, score = test_scores(head, features, data["part"], data["names"])
     auroc = test_auroc(test, score, data["labels"], data["groups"], n_resamples, seed)
     maps, _ = explain(METHOD, head, kind, {"b4p": features}, None, data["boxed_index"], None)
@@ -173,6 +198,7 @@ def one_run(data, chosen, precision, size, seed, n_resamples):
     chosen_labels = np.array([data["label_of"][n] for n in chosen])
     entry = {
         "precision": precision, "size": size_label(size), "seed": seed,
+        "max_epochs": max_epochs,
         "n_train": len(chosen), "n_train_per_class": np.bincount(chosen_labels, minlength=2)
         .tolist(), "n_train_patients": len({data["group_of"][n] for n in chosen}),
         "train_sha1": hashlib.sha1("\n".join(chosen).encode()).hexdigest()[:12],
@@ -362,7 +388,8 @@ def print_runs(entries):
               f"{'vs ' + CONTROL_TITLES[c] + ': pointing, inside':<48}" for c in CONTROLS))
     for e in entries:
         a = e["auroc"]
-        label = f"{e['precision']} {e['size']} s{e['seed']} ({e['n_train']})"
+        cap = "" if max_epochs_of(e) == DEFAULT_EPOCHS else f" cap{max_epochs_of(e)}"
+        label = f"{e['precision']}{cap} {e['size']} s{e['seed']} ({e['n_train']})"
         versus = "".join(f"{ci3(e['versus'][c]['pointing'], True)}, "
                          f"{ci3(e['versus'][c]['inside_share'], True):<24}" for c in CONTROLS)
         print(f"{label:<31}{ci3({'mean': a['auroc'], 'low': a['low'], 'high': a['high']}):<24}"
@@ -397,7 +424,11 @@ def print_sizes(summary):
         return
     print(f"\nslope per doubling of the training set (OLS on log2 n train, 95 % CI) and "
           f"{summary['sizes'][-1]} minus {summary['sizes'][0]}:")
+    print("  (the lung prior and the Gaussian are the same map for every run, so the slopes "
+          "of the differences against them equal the slopes of the scores themselves)")
     for name, quantity in summary.items():
+        if name.endswith(("- lung_prior", "- gaussian")):
+            continue
         if isinstance(quantity, dict) and "slope" in quantity:
             slope, gap = quantity["slope"], quantity["largest_minus_smallest"]
             verdict = ("no detectable effect" if slope["low"] <= 0 <= slope["high"]
@@ -407,7 +438,8 @@ def print_sizes(summary):
 
 def float16_comparison(entries):
     """float16-cast vs float32 features at the full training set, paired by seed."""
-    full = {(e["precision"], e["seed"]): e for e in entries if e["size"] == "all"}
+    full = {(e["precision"], e["seed"]): e for e in entries
+            if e["size"] == "all" and max_epochs_of(e) == DEFAULT_EPOCHS}
     seeds = sorted(k for p, k in full if p == "float16" and ("float32", k) in full)
     if not seeds:
         return None
@@ -440,6 +472,42 @@ def print_float16(comparison):
               f"{per_seed})")
 
 
+def cap_comparison(entries):
+    """The epoch-cap supplement: each run with another cap next to the default's run of the
+    same size and seed (same images): {size: {cap, seeds, per quantity default / capped}}."""
+    default = {(e["size"], e["seed"]): e for e in entries
+               if e["precision"] == "float32" and max_epochs_of(e) == DEFAULT_EPOCHS}
+    values = {"auroc": lambda e: e["auroc"]["auroc"],
+              "pointing": lambda e: e["ci"]["pointing"]["mean"],
+              "inside_share": lambda e: e["ci"]["inside_share"]["mean"],
+              "epochs_run": lambda e: e["epochs_run"], "best_epoch": lambda e: e["best_epoch"]}
+    result = {}
+    for e in entries:
+        if e["precision"] != "float32" or max_epochs_of(e) == DEFAULT_EPOCHS:
+            continue
+        twin = default.get((e["size"], e["seed"]))
+        if twin is None:
+            continue
+        assert twin["train_sha1"] == e["train_sha1"], "the supplement must use the same images"
+        row = result.setdefault(f"{e['size']} cap{max_epochs_of(e)}", {"seeds": []})
+        row["seeds"].append(e["seed"])
+        for key, value_of in values.items():
+            pair = row.setdefault(key, {"default": [], "capped": []})
+            pair["default"].append(value_of(twin))
+            pair["capped"].append(value_of(e))
+    return result
+
+
+def print_caps(comparison):
+    for label, row in comparison.items():
+        cells = []
+        for key in ("auroc", "pointing", "inside_share", "best_epoch"):
+            d, c = row[key]["default"], row[key]["capped"]
+            cells.append(f"{key} {np.mean(d):.3f} -> {np.mean(c):.3f} (paired "
+                         f"{np.mean(np.subtract(c, d)):+.3f} +- {sample_sd(np.subtract(c, d)):.3f})")
+        print(f"  {label} vs cap {DEFAULT_EPOCHS}, seeds {row['seeds']}: " + "; ".join(cells))
+
+
 def report(entries, controls, test, n_resamples):
     """Print every table; returns the JSON-ready summary."""
     print_runs(entries)
@@ -447,12 +515,18 @@ def report(entries, controls, test, n_resamples):
         print(f"{CONTROL_TITLES[name]} (no model): pointing "
               f"{ci3(localization.bootstrap_ci(per['pointing'], n_resamples))}, inside "
               f"{ci3(localization.bootstrap_ci(per['inside_share'], n_resamples))}")
-    curve = [e for e in entries if e["precision"] == "float32"]
+    curve = [e for e in entries if e["precision"] == "float32"
+             and max_epochs_of(e) == DEFAULT_EPOCHS]
     summary = {"curve": curve_summary(curve, controls, test, 2 * n_resamples) if curve else None,
                "float16": float16_comparison(entries)}
     if summary["curve"]:
         print_sizes(summary["curve"])
     print_float16(summary["float16"])
+    summary["epoch_cap"] = cap_comparison(entries)
+    if summary["epoch_cap"]:
+        print(f"\nepoch-cap supplement: mean over seeds, default cap {DEFAULT_EPOCHS} -> "
+              f"larger cap (paired difference by seed, mean +- sd)")
+        print_caps(summary["epoch_cap"])
     return summary
 
 
@@ -467,12 +541,15 @@ def get_args_parser():
     parser.add_argument("features", help="stage-3 features pickle: block4_pool at 224 px, "
                                          "ImageNet weights, every image of the dataset")
     parser.add_argument("cache", help="folder for the results file (learning-curve.jsonl)")
-    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("100,200,400,all"),
+    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
                         help="training-set sizes in images ('all' = the whole train part)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--precisions", default="float32,float16",
                         help="float32 (the curve) and/or float16 (features cast to float16 "
                              "and back; run at the full training set only)")
+    parser.add_argument("--max-epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="epoch cap (the cam preset's by default); another value is the "
+                             "declared supplement, reported apart from the curve")
     parser.add_argument("--bootstrap", type=int, default=1000,
                         help="bootstrap resamples per CI (the slopes use twice as many)")
     parser.add_argument("--report", action="store_true",
@@ -481,14 +558,18 @@ def get_args_parser():
 
 
 def plan(args, data):
-    """[(precision, size, seed, chosen training names)] of every run, float32 curve first."""
+    """[(precision, size, seed, chosen training names)] of every run, float32 curve first.
+
+    Subsamples always follow the chain of the default sizes (plus any other size asked for),
+    so a run asked for later gets the same images as the curve's run of that size and seed."""
     train_names = sorted(n for n, p in data["part"].items() if p == "train")
+    chain = set(parse_sizes(DEFAULT_SIZES)) | set(args.sizes)
     runs = []
     for seed in args.seed_list:
-        subsets = nested_subsamples(train_names, data["label_of"], data["group_of"], args.sizes,
-                                    seed)
-        runs += [("float32", size, seed, subsets[size]) for size in sorted(
-            args.sizes, key=lambda s: np.inf if s is None else s)]
+        subsets = nested_subsamples(train_names, data["label_of"], data["group_of"], chain, seed)
+        if "float32" in args.precisions:
+            runs += [("float32", size, seed, subsets[size]) for size in sorted(
+                args.sizes, key=lambda s: np.inf if s is None else s)]
     if "float16" in args.precisions:
         runs += [("float16", None, seed, train_names) for seed in args.seed_list]
     return runs
@@ -507,18 +588,18 @@ def main(argv=None):
     os.makedirs(args.cache, exist_ok=True)
     results_path = os.path.join(args.cache, "learning-curve.jsonl")
     data = load_data(args)
-    done = {(e["precision"], e["size"], e["seed"]) for e in load_results(results_path)}
-    runs = [] if args.report else plan(args, data)
+    done = {(e["precision"], e["size"], e["seed"], max_epochs_of(e))
+            for e in load_results(results_path)}
+    runs = [(p, size, k, chosen) for p, size, k, chosen in ([] if args.report else plan(
+        args, data)) if (p, size_label(size), k, args.max_epochs) not in done]
     log(f"[curve] feature max |value| {data['feature_max']:.1f} (float16 max 65504); "
-        f"{len(runs)} runs planned, {sum((p, size_label(s), k) in done for p, s, k, _ in runs)} "
-        f"already in {results_path}")
+        f"{len(runs)} runs to do (the others are in {results_path})")
     for precision, size, seed, chosen in runs:
-        if (precision, size_label(size), seed) in done:
-            continue
-        entry = one_run(data, chosen, precision, size, seed, args.bootstrap)
+        entry = one_run(data, chosen, precision, size, seed, args.bootstrap, args.max_epochs)
         record(results_path, entry)
         keras.backend.clear_session()
-        log(f"[curve] {precision} {size_label(size)} s{seed}: n train {entry['n_train']}, "
+        log(f"[curve] {precision} {size_label(size)} s{seed} cap {args.max_epochs}: n train "
+            f"{entry['n_train']}, "
             f"{entry['epochs_run']} epochs (kept {entry['best_epoch']}), AUROC "
             f"{entry['auroc']['auroc']:.3f}, pointing {ci3(entry['ci']['pointing'])}, inside "
             f"{ci3(entry['ci']['inside_share'])} ({entry['seconds']:.0f} s)")
