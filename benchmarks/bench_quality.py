@@ -18,7 +18,6 @@ Example:
     python benchmarks/bench_quality.py ../shared/datasets/nih-cxr-1000 --work-dir /tmp/bq
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from learning.fully_connected_layers_training import (  # noqa: E402
-    load_examples, resolve_config, run)
+from learning.fully_connected_layers_training import resolve_config, run  # noqa: E402
 from learning.learning_examples_preparing import count_table, prepare  # noqa: E402
 from learning.metrics import evaluate  # noqa: E402
+from learning.store.splits import load_pair  # noqa: E402
 from scraper.cli import UserError, elapsed_since, exit_with, log  # noqa: E402
 from scraper.fileio import atomic_write_json  # noqa: E402
 
@@ -62,10 +61,10 @@ def logistic_baseline(training_path, testing_path, seed, n_resamples):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    training = load_examples(training_path, "training")
-    testing = load_examples(testing_path, "testing")
-    x_train = training["features"].reshape(len(training["features"]), -1)
-    x_test = testing["features"].reshape(len(testing["features"]), -1)
+    training, testing = load_pair(training_path, testing_path)
+    x_train = training["source"].read(np.arange(len(training["names"])))  # all in memory
+    x_test = testing["source"].read(np.arange(len(testing["names"])))
+    x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000,
                                                                random_state=seed))
     model.fit(x_train, training["labels"])

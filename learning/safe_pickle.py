@@ -25,6 +25,7 @@ from scraper.fileio import atomic_write, read_regular
 
 MAX_ELEMENTS = 1 << 34  # elements one array or container may declare (16 G): far above real use
 MAX_DEPTH = 64  # nesting of containers; a pipeline pickle has 3 or 4 levels
+MAX_SHARING = 4  # tree elements per graph reference a pipeline pickle may have (it has ~1)
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float: what features and labels may be
 _PLAIN_KINDS = "biufcUS"  # + complex, str, bytes: the array kinds a pipeline pickle may hold
 
@@ -155,26 +156,74 @@ def dump(obj, path):
         pickle.dump(obj, handle, protocol=5)
 
 
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _children(item):
+    if isinstance(item, dict):
+        return list(item.keys()) + list(item.values())
+    return list(item)
+
+
 def _check_built(obj):
-    """Every array the pickle built: plain dtype, not too many elements (arrays set up by a
-    BUILD opcode are checked here, after numpy matched their data to their shape); and no
-    nesting deeper than MAX_DEPTH (comparing or printing it later would hit RecursionError)."""
-    stack, seen = [(obj, 0)], set()
+    """Measure what the pickle built as the graph it is, counting every reference.
+
+    A pickle's memo lets one container be referenced many times: `d = [d, d]` repeated 40
+    times is a few hundred bytes and 41 objects, but 2**41 elements to anything that walks it
+    as the tree it prints as (comparing it, json.dumps into config.json, printing it). So:
+    per object, memoised over the graph (linear time), the number of elements of its tree
+    (arrays count their size, every reference counts again) and its depth; refused when the
+    total exceeds MAX_ELEMENTS, the depth MAX_DEPTH, or when the tree is more than
+    MAX_SHARING times larger than the graph's references (our writers share only strings and
+    dtypes, which add nothing). A container that contains itself is refused too.
+    Every array is checked: plain dtype, bounded size (BUILD-made arrays are only known
+    here, after numpy matched their data to their shape)."""
+    sizes = {}          # id -> (tree elements, depth)
+    references = 0
+    stack = [(obj, False)]
+    on_path = set()
+    keep_alive = []
     while stack:
-        item, depth = stack.pop()
-        if id(item) in seen:
+        item, expanded = stack.pop()
+        key = id(item)
+        if not expanded:
+            if key in sizes:
+                continue
+            if key in on_path:
+                raise Refused("a container that contains itself")
+            if isinstance(item, np.ndarray):
+                _check_dtype(item.dtype)
+                _check_count(item.size, "array")
+                sizes[key] = (max(1, item.size), 1)
+                keep_alive.append(item)
+                continue
+            if not isinstance(item, _CONTAINERS):
+                sizes[key] = (1, 1)
+                keep_alive.append(item)
+                continue
+            on_path.add(key)
+            stack.append((item, True))
+            children = _children(item)
+            references += len(children)
+            stack.extend((child, False) for child in children)
             continue
-        seen.add(id(item))
+        on_path.discard(key)
+        elements, depth = 1, 1
+        for child in _children(item):
+            child_elements, child_depth = sizes[id(child)]
+            elements += child_elements
+            depth = max(depth, child_depth + 1)
         if depth > MAX_DEPTH:
             raise RecursionError
-        if isinstance(item, np.ndarray):
-            _check_dtype(item.dtype)
-            _check_count(item.size, "array")
-        elif isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.keys())
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend((child, depth + 1) for child in item)
+        if elements > MAX_ELEMENTS:
+            raise Refused(f"a structure of more than {MAX_ELEMENTS:,} elements counted as a tree")
+        sizes[key] = (elements, depth)
+        keep_alive.append(item)
+    total = sizes[id(obj)][0]
+    arrays = sum(item.size for item in keep_alive if isinstance(item, np.ndarray))
+    if total > MAX_SHARING * (references + arrays + 1) + 4096:
+        raise Refused(f"a structure of {references + 1:,} references that expands to "
+                      f"{total:,} elements (shared containers nested in each other)")
 
 
 def loads(data, what="pickle"):
@@ -200,27 +249,33 @@ def loads(data, what="pickle"):
 
 # Which stage writes each pickle format: a missing file's error says what to run.
 MADE_BY = {"cxr-features/1": "stage 3, cxr-extract-features",
-           "cxr-examples/1": "stage 4, cxr-prepare-examples"}
+           "cxr-features/2": "stage 3, cxr-extract-features",
+           "cxr-examples/1": "stage 4, cxr-prepare-examples",
+           "cxr-examples/2": "stage 4, cxr-prepare-examples"}
 
 
 def load(path, what="pickle", kind=None, max_bytes=None):
-    """Read a pipeline pickle; check it is a dict with `format` == kind when given.
+    """Read a pipeline pickle; check it is a dict whose `format` is `kind` (a str, or a tuple
+    of accepted formats) when given.
 
     A file larger than `max_bytes` (default: the machine's memory) is refused before reading.
     """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
     limit = max_bytes or _memory_bytes()
     try:
         data = read_regular(path, limit, what)
     except FileNotFoundError:
-        maker = f" (made by {MADE_BY[kind]}: run it first)" if kind in MADE_BY else ""
+        maker = f" (made by {MADE_BY[kinds[0]]}: run it first)" if kinds and \
+            kinds[0] in MADE_BY else ""
         raise UserError(f"{what} not found: {path}{maker}") from None
     except IsADirectoryError:
         raise UserError(f"{what} is a directory, expected a file: {path}") from None
     obj = loads(data, f"{what} {path}")
-    if kind is not None:
-        if not isinstance(obj, dict) or obj.get("format") != kind:
+    if kinds:
+        if not isinstance(obj, dict) or obj.get("format") not in kinds:
             found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-            raise UserError(f"{path} is not a {what} (expected format {kind!r}, found "
+            expected = " or ".join(repr(k) for k in kinds)
+            raise UserError(f"{path} is not a {what} (expected format {expected}, found "
                             f"{str(found)[:80]!r}); was it written by the right stage?")
     return obj
 
