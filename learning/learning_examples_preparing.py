@@ -34,11 +34,12 @@ import time
 import numpy as np
 
 from learning import safe_pickle
+from learning.store.descriptions import iter_records
 from learning.store.index import open_store
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
 from scraper.fileio import atomic_write_json, check_outputs, folder_lock
-from scraper.schema import LABELS, load_descriptions
+from scraper.schema import LABELS
 
 
 PROG = "cxr-prepare-examples"
@@ -64,29 +65,34 @@ def load_features(path):
 
 
 def match_examples(records, feature_names):
-    """Join descriptions and features by image name.
+    """Join descriptions (an iterable of records, e.g. streamed by iter_records) and features
+    by image name, keeping per image only its label and group.
 
     Returns (indices into feature_names, labels int64, groups, counts). `counts` has
     "labelled" (used), "unlabelled" (label null, with features), "no_features" (described,
     labelled or not, but no feature vector: stage 3 skipped or failed it) and
     "no_description" (features for an image the descriptions do not list).
     """
-    by_name = {record["name"]: record for record in records}
-    indices, labels, groups = [], [], []
-    counts = {"labelled": 0, "unlabelled": 0, "no_features": 0, "no_description": 0}
-    for index, name in enumerate(feature_names):
-        record = by_name.get(name)
-        if record is None:
-            counts["no_description"] += 1
-        elif record["label"] is None:
-            counts["unlabelled"] += 1
-        else:
-            indices.append(index)
-            labels.append(CLASS_NAMES.index(record["label"]))
-            groups.append(record["report_id"])
-            counts["labelled"] += 1
-    counts["no_features"] = len(set(by_name) - set(feature_names))
-    return np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64), groups, counts
+    row_of = {name: row for row, name in enumerate(feature_names)}
+    label_of = np.full(len(feature_names), -2, dtype=np.int8)  # -2 undescribed, -1 unlabelled
+    group_of = [None] * len(feature_names)
+    described_only = set()          # described, no features (usually few)
+    for record in records:
+        name = record["name"]
+        row = row_of.get(name)
+        if (name in described_only) if row is None else label_of[row] != -2:
+            raise UserError(f"duplicate record name {name!r} in the image descriptions")
+        if row is None:
+            described_only.add(name)
+            continue
+        label_of[row] = -1 if record["label"] is None else CLASS_NAMES.index(record["label"])
+        group_of[row] = record["report_id"]
+    indices = np.flatnonzero(label_of >= 0).astype(np.int64)
+    counts = {"labelled": int(len(indices)), "unlabelled": int((label_of == -1).sum()),
+              "no_features": len(described_only),
+              "no_description": int((label_of == -2).sum())}
+    return (indices, label_of[indices].astype(np.int64), [group_of[i] for i in indices],
+            counts)
 
 
 def stratified_group_split(labels, groups, fraction, seed=0):
@@ -98,38 +104,33 @@ def stratified_group_split(labels, groups, fraction, seed=0):
     every class - then the visit stops once every class is full.
     A class that lives in a single group stays on the kept side (it cannot be in both).
     Equivalent in spirit to sklearn's StratifiedGroupKFold, but hits any fraction (not just
-    1/k) and never fails on tiny datasets.
+    1/k) and never fails on tiny datasets. Memory: a few arrays of the group count.
     """
-    labels = np.asarray(labels)
-    held = np.zeros(len(labels), dtype=bool)
+    labels = np.asarray(labels, dtype=np.int64)
     if fraction <= 0 or len(labels) == 0:
-        return held
-    unique_groups = sorted(set(groups))
-    members = {g: [] for g in unique_groups}
-    for index, group in enumerate(groups):
-        members[group].append(index)
+        return np.zeros(len(labels), dtype=bool)
+    # sorted unique groups (the visit order's reference) and each image's group number
+    unique_groups, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     n_classes = len(CLASS_NAMES)
-    group_counts = {g: np.bincount(labels[idx], minlength=n_classes) for g, idx in members.items()}
+    group_counts = np.zeros((len(unique_groups), n_classes), dtype=np.int64)
+    np.add.at(group_counts, (inverse.reshape(-1), labels), 1)
     totals = np.bincount(labels, minlength=n_classes)
-    groups_per_class = sum((c > 0).astype(int) for c in group_counts.values())
+    groups_per_class = (group_counts > 0).sum(axis=0)
     targets = np.where(groups_per_class >= 2,
                        np.maximum(1, np.round(fraction * totals)), 0).astype(int)
     targets = np.minimum(targets, totals - 1)  # the kept side always keeps each class
     taken = np.zeros(n_classes, dtype=int)
+    held_group = np.zeros(len(unique_groups), dtype=bool)
     rng = np.random.default_rng(seed)
     for position in rng.permutation(len(unique_groups)):
         if np.all(taken >= targets):
             break
-        group = unique_groups[position]
-        counts = group_counts[group]
+        counts = group_counts[position]
         if np.any(taken + counts > targets):
             continue  # would overshoot a class (e.g. a mixed-label patient): try another group
         taken += counts
-        held[members[group]] = True
-    # Internal invariant: a group is entirely on one side.
-    for idx in members.values():
-        assert held[idx].all() or not held[idx].any(), "a group was split across sets"
-    return held
+        held_group[position] = True
+    return held_group[inverse.reshape(-1)]   # a group is entirely on one side by construction
 
 
 def split_examples(labels, groups, test_fraction=0.1, validation_fraction=0.1, seed=0):
@@ -225,11 +226,10 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
                            ("testing output", testing_path, ".pickle"),
                            ("examples output", examples_path, ".json")])
     with output_locks([training_path, testing_path, examples_path], PROG):
-        records = load_descriptions(descriptions_path)
         store = open_store(features_path, "features index")
         store.check_files()     # every shard there, with the size its index records
-        indices, labels, groups, counts = match_examples(records, store.names)
-        del records
+        indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
+                                                         store.names)
         names = [store.names[i] for i in indices]
         subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction,
                                            seed), dtype=object)

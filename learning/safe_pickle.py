@@ -21,7 +21,7 @@ import pickle
 import numpy as np
 
 from scraper.cli import UserError
-from scraper.fileio import atomic_write, read_regular
+from scraper.fileio import TooLarge, atomic_write, open_regular
 
 MAX_ELEMENTS = 1 << 34  # elements one array or container may declare (16 G): far above real use
 MAX_DEPTH = 64  # nesting of containers; a pipeline pickle has 3 or 4 levels
@@ -171,18 +171,18 @@ def _check_built(obj):
     A pickle's memo lets one container be referenced many times: `d = [d, d]` repeated 40
     times is a few hundred bytes and 41 objects, but 2**41 elements to anything that walks it
     as the tree it prints as (comparing it, json.dumps into config.json, printing it). So:
-    per object, memoised over the graph (linear time), the number of elements of its tree
+    per container, memoised over the graph (linear time), the number of elements of its tree
     (arrays count their size, every reference counts again) and its depth; refused when the
     total exceeds MAX_ELEMENTS, the depth MAX_DEPTH, or when the tree is more than
     MAX_SHARING times larger than the graph's references (our writers share only strings and
     dtypes, which add nothing). A container that contains itself is refused too.
     Every array is checked: plain dtype, bounded size (BUILD-made arrays are only known
-    here, after numpy matched their data to their shape)."""
-    sizes = {}          # id -> (tree elements, depth)
-    references = 0
+    here, after numpy matched their data to their shape). Leaves (str, numbers) get no memo
+    entry: the check's own memory is proportional to the containers, not the strings."""
+    sizes = {}          # id(container or array) -> (tree elements, depth)
+    references, array_elements = 0, 0
     stack = [(obj, False)]
     on_path = set()
-    keep_alive = []
     while stack:
         item, expanded = stack.pop()
         key = id(item)
@@ -195,40 +195,38 @@ def _check_built(obj):
                 _check_dtype(item.dtype)
                 _check_count(item.size, "array")
                 sizes[key] = (max(1, item.size), 1)
-                keep_alive.append(item)
+                array_elements += item.size
                 continue
             if not isinstance(item, _CONTAINERS):
-                sizes[key] = (1, 1)
-                keep_alive.append(item)
                 continue
             on_path.add(key)
             stack.append((item, True))
             children = _children(item)
             references += len(children)
-            stack.extend((child, False) for child in children)
+            stack.extend((child, False) for child in children
+                         if isinstance(child, (np.ndarray,) + _CONTAINERS))
             continue
         on_path.discard(key)
         elements, depth = 1, 1
         for child in _children(item):
-            child_elements, child_depth = sizes[id(child)]
+            child_elements, child_depth = sizes.get(id(child), (1, 1))
             elements += child_elements
-            depth = max(depth, child_depth + 1)
+            if child_depth >= depth:
+                depth = child_depth + 1
         if depth > MAX_DEPTH:
             raise RecursionError
         if elements > MAX_ELEMENTS:
             raise Refused(f"a structure of more than {MAX_ELEMENTS:,} elements counted as a tree")
         sizes[key] = (elements, depth)
-        keep_alive.append(item)
-    total = sizes[id(obj)][0]
-    arrays = sum(item.size for item in keep_alive if isinstance(item, np.ndarray))
-    if total > MAX_SHARING * (references + arrays + 1) + 4096:
+    total = sizes.get(id(obj), (1, 1))[0]
+    if total > MAX_SHARING * (references + array_elements + 1) + 4096:
         raise Refused(f"a structure of {references + 1:,} references that expands to "
                       f"{total:,} elements (shared containers nested in each other)")
 
 
-def loads(data, what="pickle"):
+def _load_from(handle, what):
     try:
-        obj = _AllowListUnpickler(io.BytesIO(data)).load()
+        obj = _AllowListUnpickler(handle).load()
         _check_built(obj)
         return obj
     except ForbiddenGlobal as error:
@@ -247,6 +245,11 @@ def loads(data, what="pickle"):
                         f"{str(error)[:200]})") from None
 
 
+def loads(data, what="pickle"):
+    """A pipeline pickle from bytes (see `load` for files)."""
+    return _load_from(io.BytesIO(data), what)
+
+
 # Which stage writes each pickle format: a missing file's error says what to run.
 MADE_BY = {"cxr-features/1": "stage 3, cxr-extract-features",
            "cxr-features/2": "stage 3, cxr-extract-features",
@@ -263,14 +266,18 @@ def load(path, what="pickle", kind=None, max_bytes=None):
     kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
     limit = max_bytes or _memory_bytes()
     try:
-        data = read_regular(path, limit, what)
+        handle = open_regular(path, what)
     except FileNotFoundError:
         maker = f" (made by {MADE_BY[kinds[0]]}: run it first)" if kinds and \
             kinds[0] in MADE_BY else ""
         raise UserError(f"{what} not found: {path}{maker}") from None
     except IsADirectoryError:
         raise UserError(f"{what} is a directory, expected a file: {path}") from None
-    obj = loads(data, f"{what} {path}")
+    with handle:   # unpickled from the file as it is read: never its bytes and objects at once
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise TooLarge(f"{what} is {size:,} bytes, more than the {limit:,} allowed: {path}")
+        obj = _load_from(handle, f"{what} {path}")
     if kinds:
         if not isinstance(obj, dict) or obj.get("format") not in kinds:
             found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__

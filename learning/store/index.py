@@ -3,7 +3,8 @@
 Format "cxr-features/2" (stage 3 writes it; a self-describing dict, read through
 learning.safe_pickle):
   names           [str], sorted: image file names inside the images folder
-  content_hashes  [str]: sha256 of each image's bytes (what makes stage 3 incremental)
+  content_hashes  uint8 (N, 32): sha256 of each image's bytes (what makes stage 3
+                  incremental; zeros when unknown)
   shape           [h, w, C] (or [C] when pooled): one image's feature row
   dtype           "float16" (default) or "float32": how rows are stored on disk
   locations       int64 (N, 2): [shard number, row in that shard] of each name
@@ -50,13 +51,23 @@ def shards_folder(index_path):
     return os.fspath(index_path) + ".shards"
 
 
-def store_id(params, dtype, shape, names, hashes, locations, shards):
+def digests_array(hashes):
+    """[hex sha256 or ""] -> uint8 (N, 32); "" (unknown) -> zeros."""
+    out = np.zeros((len(hashes), 32), dtype=np.uint8)
+    for i, text in enumerate(hashes):
+        if text:
+            out[i] = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+    return out
+
+
+def store_id(params, dtype, shape, names, digests, locations, shards):
     """sha256 of everything the index says: equal ids mean equal feature rows."""
     digest = hashlib.sha256()
     digest.update(json.dumps([params, dtype, list(shape)], sort_keys=True,
                              default=str).encode())
-    for name, content in zip(names, hashes):
-        digest.update(f"{name}\0{content}\0".encode())
+    for name in names:
+        digest.update(f"{name}\0".encode())
+    digest.update(np.ascontiguousarray(digests, np.uint8).tobytes())
     digest.update(np.ascontiguousarray(locations, np.int64).tobytes())
     for entry in shards:
         digest.update(f"{entry['file']}\0{entry['rows']}\0{entry['sha256']}\0".encode())
@@ -81,9 +92,11 @@ class FeatureStore:
     def __init__(self, path, data, folder=None):
         self.path = os.fspath(path)
         self.names = safe_pickle.check_str_list(data.get("names"), "names", path)
-        self.content_hashes = safe_pickle.check_str_list(data.get("content_hashes"),
-                                                         "content_hashes", path,
-                                                         len(self.names))
+        self.digests = safe_pickle.check_array(data.get("content_hashes"), "content_hashes",
+                                               path, ndims=(2,))
+        if self.digests.shape != (len(self.names), 32) or self.digests.dtype != np.uint8:
+            raise UserError(f"{path}: 'content_hashes' must be uint8 "
+                            f"({len(self.names):,}, 32)")
         self.params = dict(safe_pickle.check_dict(data.get("params"), "params", path))
         self.failures = data.get("failures") or []
         self.shape = check_row_shape(data.get("shape") or (), path)
@@ -102,8 +115,8 @@ class FeatureStore:
                             f"with plain .npy file names")
         self._check_locations()
         self.store_id = data.get("store_id") or store_id(
-            self.params, self.dtype, self.shape, self.names, self.content_hashes,
-            self.locations, self.shards)
+            self.params, self.dtype, self.shape, self.names, self.digests, self.locations,
+            self.shards)
         self.folder = folder or shards_folder(path)
         self.reader = ShardReader(self.folder, self.shards, self.shape, self.dtype)
 
@@ -119,6 +132,11 @@ class FeatureStore:
 
     def __len__(self):
         return len(self.names)
+
+    @property
+    def content_hashes(self):
+        """[hex sha256] ("" when unknown), made on demand (stage 3's reuse plan)."""
+        return [d.tobytes().hex() if d.any() else "" for d in self.digests]
 
     @property
     def row_bytes(self):
@@ -233,9 +251,10 @@ def write_index(path, names, hashes, shape, dtype, locations, shards, params, fa
     """Atomically write a "cxr-features/2" index (or, with `kind`, a checkpoint of the same
     layout); returns its store_id."""
     locations = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
-    identity = store_id(params, dtype, shape, names, hashes, locations, shards)
+    digests = hashes if isinstance(hashes, np.ndarray) else digests_array(hashes)
+    identity = store_id(params, dtype, shape, names, digests, locations, shards)
     safe_pickle.dump({"format": kind, "description": DESCRIPTION, "names": list(names),
-                      "content_hashes": list(hashes), "shape": [int(n) for n in shape],
+                      "content_hashes": digests, "shape": [int(n) for n in shape],
                       "dtype": dtype, "locations": locations, "shards": list(shards),
                       "params": params, "failures": list(failures), "store_id": identity},
                      path)
@@ -265,5 +284,5 @@ def write_store(path, names, blocks, shape, params, dtype="float16", shard_bytes
     writer.close_shard()
     if count != len(names):
         raise ValueError(f"{count} rows for {len(names)} names")
-    return write_index(path, names, hashes or [""] * len(names), shape, dtype, locations,
-                       shards, params, list(failures))
+    return write_index(path, names, [""] * len(names) if hashes is None else hashes, shape,
+                       dtype, locations, shards, params, list(failures))

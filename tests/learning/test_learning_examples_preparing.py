@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -242,3 +243,40 @@ def test_real_demo_labels_split_by_patient(tmp_path):
     assert sorted(testing["labels"].tolist()) == [0, 1]
     assert json.loads(examples_path.read_text()) == testing["names"]
     assert set(testing["groups"]).isdisjoint(safe_pickle.load(training_path)["groups"])
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_descriptions_are_streamed_record_by_record(tmp_path, monkeypatch, chunk):
+    """iter_records gives what load_descriptions gives, whatever the chunk boundaries (unicode
+    names, numbers, nested boxes split across reads)."""
+    from learning.store import descriptions
+    from scraper.schema import load_descriptions
+
+    records = grouped_records(12)
+    records[3]["name"] = "r\u00e9sum\u00e9-\u4e2d.png"
+    records[4]["boxes"] = [{"finding": "nodule", "x": 1.5, "y": 20, "w": 300.25, "h": 4}]
+    save_descriptions(tmp_path / "d.json", records)
+    monkeypatch.setattr(descriptions, "CHUNK", chunk)
+    assert list(descriptions.iter_records(tmp_path / "d.json")) == \
+        load_descriptions(tmp_path / "d.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": 1}', "must be a JSON list of records"),
+    ('[{"name": "x.png"}', "lacks field(s)"),
+    ("[1, 2", "record #0: record must be an object"),
+    ('[{"name": ', "is not valid JSON"),
+    ("[] []", "extra data after the list"),
+])
+def test_broken_descriptions_are_one_line(tmp_path, text, message):
+    from learning.store.descriptions import iter_records
+
+    (tmp_path / "d.json").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        list(iter_records(tmp_path / "d.json"))
+
+
+def test_duplicate_description_is_refused(tmp_path):
+    records = grouped_records(5)
+    with pytest.raises(UserError, match="duplicate record name 'r000_0.png'"):
+        match_examples(records + [records[0]], [r["name"] for r in records])
