@@ -14,7 +14,7 @@ import tempfile
 
 # What TensorFlow's C++ side prints to fd 2 on `import tensorflow`, whatever
 # TF_CPP_MIN_LOG_LEVEL says, because absl logging is not initialised yet (TF 2.21): the absl
-# notice, the oneDNN notice (oneDNN stays ON: turning it off changes speed and numbers), the
+# notice, the oneDNN notice (oneDNN is left as TensorFlow and the user set it), the
 # CPU-feature notice and, on CUDA builds, the duplicate-factory registrations.
 _CHATTER = re.compile(
     r"All log messages before absl::InitializeLog\(\)"

@@ -10,6 +10,7 @@ stderr is a log file or CI (no `\r` frames).
 """
 import argparse
 import errno
+import math
 import os
 import sys
 import time
@@ -52,10 +53,16 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (UserError, exit 2) and shows defaults."""
+    """argparse that reports a bad flag as one line (UserError, exit 2) and shows defaults.
+
+    Flags must be typed in full: argparse's prefix matching is off (`allow_abbrev=False`), so
+    `--ver` is an unknown option, not `--version`, and a flag added later can never change
+    what an abbreviation in someone's script meant.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
         self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                           help="print the version and exit")
@@ -64,12 +71,27 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)", exit_code=2)
 
 
+# The longest error line printed: a message quoting the user's input (a 50 MB TOML key, a
+# pasted file) is cut in the middle instead of flooding the terminal or a log.
+MAX_MESSAGE_CHARS = 1000
+
+
+def shorten(text, limit=MAX_MESSAGE_CHARS):
+    """`text` cut to about `limit` characters: head ... tail, saying how long it was."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 60, 20)
+    return (f"{text[:keep * 2 // 3]} ...[{len(text) - keep:,} characters left out]... "
+            f"{text[-(keep // 3):]}")
+
+
 def run_main(main, prog, argv=None):
     """Run `main(argv)` and turn user errors and Ctrl-C into one line plus an exit code."""
     try:
         return main(argv) or 0
     except UserError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {shorten(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; outputs written so far are complete, re-run to continue",
@@ -116,9 +138,12 @@ def number(kind=int, minimum=None, maximum=None, strict_minimum=False, what=None
 
     `strict_minimum` makes the lower bound exclusive (a float > 0). The error names the value
     and the allowed range, e.g. "invalid count '-5': must be between 0 and 4294967295".
+    inf, -inf and nan are always refused, bounds or not ("1e400" is inf as a float).
     """
     noun = what or ("count" if kind is int else "number")
-    if strict_minimum and minimum == 0:
+    if minimum is None and maximum is None:
+        bound = "must be a finite number"
+    elif strict_minimum and minimum == 0:
         bound = "must be positive" + (f" and at most {maximum:,}" if maximum else "")
     elif strict_minimum:
         bound = f"must be more than {minimum}" + (f" and at most {maximum:,}" if maximum else "")
@@ -130,14 +155,18 @@ def number(kind=int, minimum=None, maximum=None, strict_minimum=False, what=None
         bound = f"must be at most {maximum:,}"
 
     def parse(text):
+        shown = shorten(repr(text), 80)
         try:
             value = kind(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (
-                minimum is not None and (value < minimum or strict_minimum and value == minimum)
-        ) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}: {bound}")
+        except (TypeError, ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {shown}") from None
+        if not math.isfinite(value):
+            finite = "not a finite number" + (
+                "" if minimum is None and maximum is None else f" ({bound})")
+            raise argparse.ArgumentTypeError(f"invalid {noun} {shown}: {finite}")
+        if (minimum is not None and (value < minimum or strict_minimum and value == minimum)
+                or maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"invalid {noun} {shown}: {bound}")
         return value
     parse.__name__ = noun  # argparse names the type in some messages
     return parse

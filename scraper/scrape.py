@@ -172,10 +172,17 @@ def run(args):
         group_pattern=args.group_pattern, dicom_group=args.dicom_group, progress=progress)
 
 
-def main(argv=None):
+def check_argv(argv):
+    """Parse `argv` and check the flag combinations: the arguments, or UserError (one line).
+    run_pipeline.sh calls this (through learning.pipeline_params) before any stage runs."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     check_options(args, explicit_options(parser, argv))
+    return args
+
+
+def main(argv=None):
+    args = check_argv(argv)
     set_max_pixels(args.max_image_pixels)
     with folder_lock(args.data_dir, PROG):  # one writer per data folder
         run(args)

@@ -152,10 +152,80 @@ def visualize_flags():
     return {flag for action in get_args_parser()._actions for flag in action.option_strings}
 
 
-def fast_run(*args, data=None):
+def fast_run(*args, data=None, cwd=None):
     """run_pipeline.sh with arguments that must be refused before any stage runs."""
     return subprocess.run([str(ROOT / "run_pipeline.sh"), *([str(data)] if data else []), *args],
-                          env=pipeline_env(), capture_output=True, text=True, timeout=120)
+                          env=pipeline_env(), capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("args", [["mydata", "--ver"], ["mydata", "--vers"], ["--he"],
+                                  ["mydata", "--", "--version"], ["mydata", "--", "-h"],
+                                  ["mydata", "--source", "folder", "--images", "x", "--lab", "l"]])
+def test_abbreviations_and_help_words_run_nothing(tmp_path, args):
+    """No abbreviation is taken for a flag, and no printed text is ever run as a command
+    (`mydata --ver` used to print "cxr-scrape 0.1.0", then run it: a folder 0.1.0/ appeared
+    and an Open-i lookup started)."""
+    result = fast_run(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("run_pipeline: error: ") and \
+        len(result.stderr.splitlines()) == 1, result.stderr
+    assert os.listdir(tmp_path) == [] and not (ROOT / "0.1.0").exists()
+
+
+@pytest.mark.parametrize("args, stage, message", [
+    (["--seed", "9999999999"], 4, "argument --seed: invalid seed '9999999999'"),
+    (["--set", "visualize.method=deeplfit"], 6, "deeplfit"),
+    (["--set", "train.epochs=-5"], 5, "-5"),
+    (["--set", "train.epochs=5", "--set", "visualize.method=deeplfit"], 6, "deeplfit"),
+])
+def test_every_stage_command_is_checked_before_any_runs(tmp_path, args, stage, message):
+    """Issue 17 defect 5: a value any stage refuses stops the pipeline before stage 1, with the
+    stage's own parser on its complete command line (positionals and the pipeline's flags)."""
+    from learning import pipeline_params
+
+    name = pipeline_params.STAGES[stage - 1][1]
+    flags = {"method": ["--method", "deeplfit"], "epochs": ["--epochs", "-5"]}
+    for key, words in flags.items():  # values only the stages' own argparse types can refuse
+        if f"{name}.{key}=" in " ".join(args):
+            positionals = [a for a in pipeline_params.stage_parser(name)._actions
+                           if not a.option_strings]
+            try:
+                pipeline_params.stage_parser(name).parse_args(["x"] * len(positionals) + words)
+            except Exception:
+                break
+            pytest.skip(f"cxr-{name}'s parser does not refuse {words} yet (its argparse type "
+                        f"comes with helper store/stage6's change)")
+    data = tmp_path / "d"
+    result = fast_run("--demo", *args, data=data)
+    assert result.returncode == 2, result.stderr
+    assert f"stage {stage} ({name}) would fail" in result.stderr and message in result.stderr
+    assert "== stage" not in result.stderr and not data.exists()
+
+
+def test_paths_are_the_callers_and_stamps_are_only_read_as_files(tmp_path):
+    """Relative paths are taken from the folder the user stands in (not the repository); a FIFO
+    or a hard link planted as a stage's stamp is neither read (no hang) nor written through."""
+    work = tmp_path / "work"
+    (work / "xrays").mkdir(parents=True)
+    for name in sorted(os.listdir(DEMO / "images"))[:3]:
+        shutil.copy2(DEMO / "images" / name, work / "xrays" / name)
+    args = ["d", "--source", "folder", "--images", "xrays", "--random-weights",
+            "--set", "features.max-image-pixels=1"]  # stage 3 then fails fast: stage 2 only
+    first = fast_run(*args, cwd=work)
+    assert "stage 2 (scrape): cxr-scrape d --source folder --images xrays" in first.stderr
+    assert len(load_descriptions(work / "d" / "images-description.json")) == 3
+    assert not (ROOT / "d").exists() and not (ROOT / "xrays").exists()
+    stamp = work / "d" / ".stamps" / "2-scrape"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for plant in (lambda: os.mkfifo(stamp), lambda: os.link(victim, stamp)):
+        stamp.unlink()
+        plant()
+        again = fast_run(*args, cwd=work)  # 120 s timeout: a hang fails
+        assert "stage 2 (scrape): cxr-scrape" in again.stderr  # an unreadable stamp: re-run
+        assert stamp.is_file() and stamp.stat().st_nlink == 1
+        assert victim.read_text() == "precious"
 
 
 def test_unknown_options_and_parameters_are_refused_at_once(tmp_path):

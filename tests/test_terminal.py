@@ -22,21 +22,27 @@ def python(code, **env):
                           text=True, timeout=300, env=environ)
 
 
-def test_tensorflow_import_prints_nothing_and_keeps_onednn():
+def test_tensorflow_import_prints_nothing_and_leaves_onednn_alone():
+    """Quiet on any x86-64 CPU, whether TensorFlow turns oneDNN on by itself (AVX-512 CPUs) or
+    not (e.g. AMD EPYC without AVX-512), and whatever TF_ENABLE_ONEDNN_OPTS the user set:
+    `learning` filters the chatter and never changes that choice (the suite is also run with
+    TF_ENABLE_ONEDNN_OPTS=0 exported)."""
     result = python("""
-        import learning, keras, tensorflow as tf
-        from tensorflow.python.util import _pywrap_util_port
-        print(_pywrap_util_port.IsMklEnabled(), os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+        import os, learning, keras, tensorflow as tf
+        print(os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))
         print(float(keras.layers.Dense(1)(tf.ones((1, 2))).shape[0]))
-    """.replace("import learning", "import os, learning"))
+    """)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # no "oneDNN custom operations are on", no absl notice
-    assert result.stdout.split() == ["True", "None", "1.0"]  # oneDNN on, not switched off
+    assert result.stderr == ""  # no "oneDNN custom operations are on", no absl/CPU notice
+    assert result.stdout.split() == [os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"), "1.0"]
 
 
 def test_tensorflow_chatter_is_shown_when_asked_for():
-    result = python("import learning, tensorflow", TF_CPP_MIN_LOG_LEVEL="0")
-    assert "oneDNN" in result.stderr
+    """TF_CPP_MIN_LOG_LEVEL=0 shows everything. oneDNN is forced on so that TensorFlow has a
+    notice to print on every CPU (without AVX-512 it does not turn oneDNN on by itself)."""
+    result = python("import learning, tensorflow", TF_CPP_MIN_LOG_LEVEL="0",
+                    TF_ENABLE_ONEDNN_OPTS="1")
+    assert result.returncode == 0 and "oneDNN custom operations are on" in result.stderr
 
 
 def test_errors_that_need_no_model_come_before_tensorflow(tmp_path):
