@@ -205,7 +205,7 @@ from benchmarks import bench_localization  # noqa: E402
 from benchmarks.bench_localization import (  # noqa: E402
     MAP_SIZE, explain, load_results, make_split, read_dataset, record, test_auroc,
     test_scores, train_config)
-from learning import localization  # noqa: E402
+from learning.explain import localization  # noqa: E402
 from learning.head import PRESETS  # noqa: E402
 from learning.learning_examples_preparing import (  # noqa: E402
     load_features, stratified_group_split)
