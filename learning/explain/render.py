@@ -21,6 +21,7 @@ Pictures are written by a bounded pool of spawned processes (`Renderer`): numpy,
 scipy only (no TensorFlow in the workers), at most `workers` processes and 4 pending images per
 worker, so memory stays flat whatever the run size.
 """
+import contextlib
 import io
 import os
 
@@ -175,6 +176,22 @@ def render_image(task):
     return task["name"], tops
 
 
+@contextlib.contextmanager
+def _pool_errors():
+    """A dead worker (killed, out of memory, or a script without a __main__ guard re-run by
+    spawn) -> one line with the way out, instead of BrokenProcessPool's traceback."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from scraper.cli import UserError
+
+    try:
+        yield
+    except BrokenProcessPool:
+        raise UserError("the processes drawing the pictures stopped (killed, out of memory, or "
+                        "started from a script without `if __name__ == \"__main__\":`); run "
+                        "again, or with --workers 0 to draw in this process") from None
+
+
 class Renderer:
     """A bounded pool of spawned worker processes running `render_image`.
 
@@ -203,9 +220,10 @@ class Renderer:
         if self._pool is None:
             self._collect_one(render_image(task))
             return
-        while len(self._pending) >= 4 * self.workers:
-            self._collect_one(self._pending.pop(0).result())
-        self._pending.append(self._pool.submit(render_image, task))
+        with _pool_errors():
+            while len(self._pending) >= 4 * self.workers:
+                self._collect_one(self._pending.pop(0).result())
+            self._pending.append(self._pool.submit(render_image, task))
 
     def _collect_one(self, result):
         name, tops = result
@@ -214,8 +232,9 @@ class Renderer:
     def __exit__(self, kind, value, traceback):
         try:
             if kind is None:
-                while self._pending:
-                    self._collect_one(self._pending.pop(0).result())
+                with _pool_errors():
+                    while self._pending:
+                        self._collect_one(self._pending.pop(0).result())
         finally:
             if self._pool is not None:
                 for future in self._pending:

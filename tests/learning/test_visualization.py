@@ -509,3 +509,32 @@ def test_a_swap_interrupted_midway_is_completed_by_the_next_run(tmp_path):
     assert os.listdir(results / "pictures") == ["cd"] and later.orphans == []
     later.abandon()
     assert sorted(os.listdir(results)) == ["index.json", "maps.npz", "pictures", "run.json"]
+
+
+def test_a_killed_picture_worker_is_one_line(tmp_path):
+    """A drawing process that dies (OOM killer, kill -9) ends the run with one line naming the
+    way out (--workers 0), not a BrokenProcessPool traceback; the pictures of a live pool are
+    exactly those of the in-process renderer."""
+    image = os.path.join(DEMO, "images", BOXED)
+    signed = np.random.default_rng(0).normal(size=(SIZE, SIZE)).astype(np.float32)
+
+    def task(name, folder):
+        os.makedirs(folder, exist_ok=True)
+        return {"name": name, "path": image, "xray": os.path.join(folder, f"{name}.jpg"),
+                "size": 96, "sigma": 1.0, "max_pixels": 10**8,
+                "maps": [("m", signed, None, os.path.join(folder, f"{name}.png"))]}
+
+    with render.Renderer(0) as here:
+        here.submit(task("a", tmp_path / "here"))
+    with render.Renderer(1) as pool:
+        pool.submit(task("a", tmp_path / "pool"))
+    assert pool.results == here.results
+    assert (tmp_path / "pool" / "a.png").read_bytes() == (tmp_path / "here" / "a.png").read_bytes()
+    with pytest.raises(UserError, match=r"processes drawing the pictures stopped .* --workers 0"):
+        with render.Renderer(1) as pool:
+            pool.submit(task("b", tmp_path / "killed"))
+            for pid in list(pool._pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+            for k in range(8):
+                pool.submit(task(f"c{k}", tmp_path / "killed"))
