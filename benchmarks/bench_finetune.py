@@ -76,7 +76,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_localization import make_split, read_dataset  # noqa: E402
-from learning import localization  # noqa: E402
+from learning.explain import localization  # noqa: E402
 from learning.learning_examples_preparing import stratified_group_split  # noqa: E402
 from learning.metrics import grouped_bootstrap_auc, roc_auc  # noqa: E402
 from scraper.cli import UserError, elapsed_since, exit_with, log  # noqa: E402
@@ -199,7 +199,7 @@ def pixels_through(model, paths, preprocess=False, batch_size=16):
 
 def grad_cam_maps(classifier, paths, chunk=11):
     """(N, 224, 224) Grad-CAM of the logit difference on the classifier's last conv."""
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import load_image
 
     target = attribution.build_target_model(classifier, "difference")

@@ -22,7 +22,8 @@ def main(work):
     import keras
     import numpy as np
 
-    from learning import attribution, safe_pickle, transfer_feature_extraction, visualization
+    from learning import safe_pickle, transfer_feature_extraction, visualization
+    from learning.explain import attribution
     from learning import fully_connected_layers_training as training
     from learning.vgg import build_conv_base
     from tests.learning.test_fully_connected_layers_training import make_split
@@ -37,7 +38,7 @@ def main(work):
     assert transfer_feature_extraction.main(
         [str(work / "images"), str(out / "features.pickle"), str(work / "vgg16.weights.h5"),
          "--image-size", "32", "--layer", "block5_pool", "--batch-size", "2",
-         "--no-progress"]) == 0
+         "--feature-dtype", "float32", "--no-progress"]) == 0
 
     # a head saved under TensorFlow, loaded here; and DeepLIFT on VGG16 + that head
     head = keras.models.load_model(str(work / "tf_head.keras"))

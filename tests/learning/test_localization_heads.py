@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from learning import localization  # noqa: E402
+from learning.explain import localization  # noqa: E402
 from learning.head import augment_grid  # noqa: E402
 from scraper.cli import UserError, run_main  # noqa: E402
 
@@ -155,7 +155,7 @@ def test_stage6_explains_grid_heads_with_complete_deeplift(tmp_path, head_name, 
                            ("testing", ["test"] * 3)):
         safe_pickle.dump({"format": "cxr-examples/1", "split": split, "names": names,
                           "features": features, "labels": np.array([1, 0, 1]),
-                          "groups": ["a", "b", "c"], "subset": subsets,
+                          "groups": [f"{split}-{g}" for g in "abc"], "subset": subsets,
                           "feature_params": BLOCK4_PARAMS}, root / f"{split}.pickle")
     assert _train(root / "training.pickle", root / "testing.pickle", root / "model",
                   "--head", head_name, *extra) == 0
@@ -174,7 +174,7 @@ def test_grad_cam_inside_the_head_matches_the_head_level_computation():
     import keras
     import tensorflow as tf
 
-    from learning import attribution
+    from learning.explain import attribution
     from learning.head import PRESETS, build_from_config
     from learning.vgg import build_conv_base
 
