@@ -19,7 +19,7 @@ DECLARED BEFORE ANY RUN (nothing below is chosen by looking at the 44 boxed imag
              never a flip), class weights, early stopping on the validation loss, best epoch kept.
     ft45     the same with blocks 4 and 5 trained.
   Maps: Grad-CAM of the logit difference (abnormal - normal) on the last conv layer (the head's
-    cam_conv), learning.attribution.grad_cam on the whole classifier (pixels -> logits), 224 px.
+    cam_conv), learning.explain.attribution.grad_cam on the whole classifier (pixels -> logits), 224 px.
   Localization metrics per boxed image (learning.localization): pointing game, inside share,
     T(IoBB) = IoBB of the map thresholded at half its maximum > 0.25 (Wang et al. 2017's
     T(IoBB) on pixel regions). Each mean with a 95 % bootstrap CI over images, and the paired
