@@ -64,8 +64,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from learning import (attribution, box_scores, gallery, localization, render, results_folder,
+from learning import (attribution, box_scores, localization, render, results_folder,
                       sanity)
+from learning.explain import gallery
 from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
                          fmt_count, log, number, positive_int, progress_bar, seed)
 from scraper.fileio import (atomic_write_bytes, atomic_write_csv, atomic_write_json, check_outputs,

@@ -1,0 +1,384 @@
+"""The results folder's pages: index.html (the gallery) and one detail page per image.
+
+Used by stage 6 (learning/visualization.py): `write_pages(results, entries, methods, header)`;
+the entry and header fields are listed in `Header` and `card_row` below (and in the contract
+with stage 6). Static, offline, opened straight from disk (file://): no server, no CDN, no
+fetch(). The pages render no picture: every map picture comes from stage 6's one renderer, and
+a card and its detail page show the SAME picture file of a map, stacked the same way over the
+same X-ray.
+
+Scale: the cards are data, not HTML. `gallery-data.js` sets `window.CXR_GALLERY` (loaded by a
+`<script src>`, which works from file://) with one compact row per image; assets/gallery.js
+filters and sorts ALL rows and builds only the current page's cards, so a 10,000-card gallery
+opens fast and loads only the shown cards' pictures. Filter, sort and page live in the URL
+hash, so Back, a reload or a copied link restores them; a detail page keeps them for its
+"gallery" and previous/next links.
+
+Safety: names, paths, findings and report text are user data. In HTML they are escaped here;
+in gallery-data.js they are JSON strings that the script puts into the page only as text or
+attributes. Every link is relative and percent-encoded (names hold '[' ']' ',' '#' '%').
+"""
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+from learning.explain import gallery_header
+from learning.explain.gallery_header import e, link
+from scraper.fileio import atomic_write_text
+
+RANDOM_WARNING = ("random VGG16 weights were used: heatmaps from random weights mean nothing "
+                  "clinically (offline smoke run)")
+OUTCOMES = {"TP": "true positive: abnormal, predicted abnormal",
+            "FP": "false positive: normal, predicted abnormal",
+            "FN": "false negative: abnormal, predicted normal",
+            "TN": "true negative: normal, predicted normal",
+            "unlabelled": "no label known"}
+VIEWS = {"positive": "positive (evidence for abnormal)",
+         "negative": "negative (evidence against)", "absolute": "absolute (either way)"}
+SCALE_KINDS = {"per-image": "per-image scale: each map to its own 99.5th percentile",
+               "shared": "shared scale: one top for every image of this method"}
+ASSETS = ("gallery.js", "gallery.css")
+DATA_FILE = "gallery-data.js"
+# gallery-data.js columns (one row per image); assets/gallery.js reads them by name.
+COLUMNS = ("name", "label", "p", "p_text", "outcome", "boxes", "source", "view", "modality",
+           "page", "xray", "pictures", "pointing")
+
+
+@dataclass
+class Header:
+    """What the pages show beside the cards; every path is relative to the results folder.
+
+    method_info: {method: {"title", "note"}}; selection: {"examples", "limit", "name_filter"};
+    localization: localization.json's report; argmax: {method: {"grid", "n", ...}}; sanity:
+    sanity.json's report; links: files listed in the header (see the contract with stage 6)."""
+    title: str
+    random_weights: bool = False
+    meta: list = field(default_factory=list)
+    threshold: float = 0.5
+    method_info: dict = field(default_factory=dict)
+    model_metrics: dict = None
+    roc: str = None
+    selection: dict = field(default_factory=dict)
+    localization: dict = None
+    argmax: dict = None
+    sanity: dict = None
+    links: list = field(default_factory=list)
+    run_id: str = None
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def href(path, page_dir=""):
+    """Percent-encoded link to `path` (relative to the results folder) from a page in
+    `page_dir` (also relative to it)."""
+    return link(posixpath.relpath(path, page_dir) if page_dir else path)
+
+
+def root_of(page):
+    """'../../' for a page at 'pages/0a/x.html'; '' for one at the top."""
+    depth = len(posixpath.dirname(page).split("/")) if posixpath.dirname(page) else 0
+    return "../" * depth
+
+
+def format_p(p, threshold=0.5):
+    """p(abnormal) with as few digits as keep it on the right side of the threshold and off
+    0 and 1: 0.498 -> '0.498' (not '0.50' beside '> 0.5'), 0.9996 -> '0.9996'."""
+    p = float(p)
+    for digits in range(2, 8):
+        text = f"{p:.{digits}f}"
+        shown = float(text)
+        if ((shown > threshold) == (p > threshold) and (shown == threshold) == (p == threshold)
+                and (shown in (0.0, 1.0)) == (p in (0.0, 1.0))):
+            return text
+    return format(p, ".17g")
+
+
+def box_percent(entry):
+    """[(finding, left, top, width, height)] of the expert boxes, in % of the image: the same
+    numbers place the boxes on a card and on its detail page."""
+    width, height = entry.get("original_size") or (1, 1)
+    return [(str(box.get("finding") or ""), round(100 * box["x"] / width, 3),
+             round(100 * box["y"] / height, 3), round(100 * box["w"] / width, 3),
+             round(100 * box["h"] / height, 3)) for box in entry.get("boxes") or []]
+
+
+def _page(title, body, random_weights, root="", page="gallery", extra=""):
+    banner = (f"<div class=\"banner\" id=\"random-banner\">&#9888; {e(RANDOM_WARNING)}</div>"
+              if random_weights else "")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<link rel=\"icon\" href=\"data:,\">"
+            f"<link rel=\"stylesheet\" href=\"{root}gallery.css\"><title>{e(title)}</title>"
+            f"</head><body data-page=\"{page}\" data-root=\"{root}\"{extra}>\n{banner}{body}"
+            f"<script src=\"{root}{DATA_FILE}\"></script><script src=\"{root}gallery.js\">"
+            f"</script></body></html>\n")
+
+
+# ----------------------------------------------------------------------------- card data
+
+def card_row(entry, methods, threshold):
+    """One row of gallery-data.js (COLUMNS). Entry fields: name, label, p_abnormal, outcome,
+    boxes, original_size, source, view, modality, files.page, files.xray, and per method
+    `picture` and `score` (see the module docstring)."""
+    per_method = [entry["methods"][m] for m in methods]
+    return [entry["name"], entry.get("label") or "", float(entry["p_abnormal"]),
+            format_p(entry["p_abnormal"], threshold), entry["outcome"],
+            [list(box) for box in box_percent(entry)], entry.get("source") or "",
+            entry.get("view") or "", entry.get("modality") or "", href(entry["files"]["page"]),
+            href(entry["files"]["xray"]),
+            [href(info["picture"]) if info.get("picture") else "" for info in per_method],
+            [None if not info.get("score") else int(bool(info["score"]["pointing"]))
+             for info in per_method]]
+
+
+def gallery_data(entries, methods, header):
+    """The text of gallery-data.js: JSON (ASCII, so no byte can end the script) in one
+    assignment."""
+    data = {"version": 1, "threshold": header.threshold, "methods": list(methods),
+            "outcomes": OUTCOMES, "columns": list(COLUMNS),
+            "rows": [card_row(entry, methods, header.threshold) for entry in entries]}
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return "window.CXR_GALLERY = " + text + ";\n"
+
+
+# ----------------------------------------------------------------------------- the gallery
+
+def _select(control_id, label, options, title=""):
+    """<label>label <select id=...> from [(value, text)]."""
+    choices = "".join(f"<option value=\"{e(value)}\">{e(text)}</option>" for value, text in options)
+    tip = f" title=\"{e(title)}\"" if title else ""
+    return (f"<label{tip}>{e(label)} <select id=\"{control_id}\" autocomplete=\"off\">{choices}"
+            f"</select></label>")
+
+
+def _distinct(entries, key):
+    return sorted({str(entry.get(key)) for entry in entries if entry.get(key)})
+
+
+def controls_html(entries, methods, header):
+    """The filter, sort and page controls; they act on all cards (assets/gallery.js)."""
+    counts = {key: sum(entry["outcome"] == key for entry in entries) for key in OUTCOMES}
+    parts = [f"<label title=\"{e(OUTCOMES[key])}\"><input type=\"checkbox\" class=\"outcome\" "
+             f"value=\"{key}\" checked autocomplete=\"off\"> <span class=\"badge {key}\">{key}"
+             f"</span> {counts[key]:,}</label>" for key in OUTCOMES if counts[key]]
+    parts.append(_select("boxes", "expert boxes", [("any", "any"), ("with", "with boxes"),
+                                                   ("without", "without boxes")]))
+    titles = {m: (header.method_info.get(m) or {}).get("title", m) for m in methods}
+    if len(methods) > 1:
+        parts.append(_select("map", "map on cards", [(m, titles[m]) for m in methods]))
+    if any((entry["methods"][m].get("score")) for entry in entries for m in methods):
+        parts.append(_select("pointing", "pointing game", [
+            ("any", "any"), ("hit", "hit (peak inside a box)"), ("miss", "miss")],
+            "of the map shown on the cards; only images with scored boxes"))
+    for key, label in (("view", "view"), ("modality", "modality")):
+        values = _distinct(entries, key)
+        if values:
+            parts.append(_select(key, label, [("", "any")] + [(v, v) for v in values]))
+    parts.append("<label>p(abnormal) from <input type=\"number\" id=\"p-min\" min=\"0\" max=\"1\" "
+                 "step=\"0.05\" autocomplete=\"off\"> to <input type=\"number\" id=\"p-max\" "
+                 "min=\"0\" max=\"1\" step=\"0.05\" autocomplete=\"off\"></label>")
+    parts.append("<label>search <input type=\"search\" id=\"search\" autocomplete=\"off\" "
+                 "placeholder=\"name or source path\"></label>")
+    parts.append(_select("sort", "sort", [("p-desc", "p(abnormal), highest first"),
+                                          ("p-asc", "p(abnormal), lowest first"),
+                                          ("name", "name, A to Z"), ("name-desc", "name, Z to A")]))
+    parts.append(_select("size", "per page", [(n, n) for n in ("24", "48", "96", "192")]))
+    parts.append("<button type=\"button\" id=\"clear-filters\">reset filters</button>")
+    return f"<div class=\"controls\" id=\"controls\">{''.join(parts)}</div>"
+
+
+def _pager(where):
+    buttons = "".join(f"<button type=\"button\" data-go=\"{go}\">{text}</button>"
+                      for go, text in (("first", "&laquo; first"), ("prev", "&lsaquo; previous"),
+                                       ("next", "next &rsaquo;"), ("last", "last &raquo;")))
+    return (f"<div class=\"pager\" id=\"pager-{where}\">{buttons}<span class=\"page-of\">"
+            f"</span></div>")
+
+
+def render_gallery(entries, methods, header):
+    """index.html: the header, the controls and an empty grid that gallery.js fills."""
+    total = len(entries)
+    counts = (f"<div class=\"pager\" id=\"counts\">showing <b id=\"range\">0</b> of <b "
+              f"id=\"match-count\">{total:,}</b> matching cards &middot; {total:,} cards in all"
+              f"</div>")
+    empty = (f"<div id=\"empty\" class=\"hidden\">No card matches these filters ({total:,} cards "
+             f"in all): tick more outcomes, clear the search or widen the p(abnormal) range, "
+             f"or <em>reset filters</em>.</div>")
+    noscript = ("<noscript><div id=\"empty\">The cards need JavaScript; index.csv lists every "
+                "image and its files.</div></noscript>")
+    body = (f"{gallery_header.header_html(header, total)}{controls_html(entries, methods, header)}"
+            f"{counts}{_pager('top')}{empty}{noscript}<main class=\"grid\" id=\"grid\"></main>"
+            f"{_pager('bottom')}")
+    return _page(header.title, body, header.random_weights)
+
+
+# ----------------------------------------------------------------------------- detail pages
+
+def _colour_bar(scale, page_dir):
+    """Stage 6's colour bar with its numbers: -top | 0 | +top for a signed picture (0 | top
+    when `signed` is False), the unit, the scale's kind and the smoothing."""
+    top, smooth, signed = scale.get("top"), scale.get("smooth"), scale.get("signed", True)
+    bar = (f"<img src=\"{href(scale['colour_bar'], page_dir)}\" alt=\"colour bar\">"
+           if scale.get("colour_bar") else "")
+    if top is None:
+        ends = ("", "nothing to show: the map is 0 everywhere")
+    else:
+        ends = (f"&minus;{top:.3g}" if signed else "0", f"+{top:.3g}" if signed else f"{top:.3g}")
+    middle = "<span class=\"zero\">0</span>" if signed and top is not None else ""
+    kind = SCALE_KINDS.get(scale.get("kind"), scale.get("kind") or "")
+    smoothing = "none" if not smooth else f"Gaussian, sigma {smooth:g} px of the model input"
+    unit = f" {e(scale['unit'])}" if scale.get("unit") else ""
+    where = ("full colour at &plusmn;" if signed else "full colour at ") + (
+        "n/a" if top is None else f"{top:.3g}")
+    return (f"<div class=\"colour-bar\"><span>{ends[0]}</span><span class=\"cbar\">{bar}{middle}"
+            f"</span><span class=\"top\">{e(ends[1]) if top is None else ends[1]}{unit}</span>"
+            f"</div><div class=\"meta scale\">{where}{unit}{' (' + e(kind) + ')' if kind else ''};"
+            f" smoothing: {e(smoothing)}</div>")
+
+
+def _method_figure(entry, method, header, page_dir):
+    info = entry["methods"][method]
+    described = header.method_info.get(method) or {}
+    layers = {"positive": info["picture"], **(info.get("layers") or {})}
+    pictures = "".join(
+        f"<img class=\"layer map\" data-view=\"{e(view)}\" src=\"{href(path, page_dir)}\" "
+        f"alt=\"{e(method)} {e(view)} map\">" for view, path in layers.items())
+    boxes = "".join(f"<div class=\"box\" style=\"left:{left}%;top:{top}%;width:{width}%;height:"
+                    f"{height}%\"><span>{e(finding)}</span></div>"
+                    for finding, left, top, width, height in box_percent(entry))
+    peak = info.get("argmax")
+    if peak:
+        boxes += (f"<div class=\"peak\" style=\"left:{100 * peak[0]:.2f}%;top:{100 * peak[1]:.2f}%"
+                  f"\" title=\"the map's maximum\"></div>")
+    numbers = []
+    if info.get("delta") is not None:
+        numbers.append(f"completeness error {info['delta']:.1e}")
+    score = info.get("score")
+    if score:
+        numbers.append(f"pointing game: {'hit' if score['pointing'] else 'miss'}; inside "
+                       f"share {score['inside_share']:.2f} (boxes cover "
+                       f"{score['box_fraction']:.2f})")
+    numbers += [note for note in (described.get("note"), info.get("note")) if note]
+    links = "".join(f" &middot; <a href=\"{href(path, page_dir)}\">{e(label)}</a>"
+                    for label, path in (info.get("files") or {}).items())
+    return (f"<figure data-method=\"{e(method)}\"><figcaption><b>"
+            f"{e(described.get('title', method))}</b>{links}</figcaption><div class=\"stack\">"
+            f"<img class=\"xray\" src=\"{href(entry['files']['xray'], page_dir)}\" alt=\"X-ray\">"
+            f"{pictures}{boxes}</div>{_colour_bar(info.get('scale') or {}, page_dir)}"
+            f"<div class=\"meta\">{'<br>'.join(e(n) for n in numbers)}</div></figure>")
+
+
+def _facts(entry, header):
+    label = entry.get("label") or "unknown"
+    excluded = f"; not scored: {e(entry['excluded'])}" if entry.get("excluded") else ""
+    kind = entry["outcome"]
+    rows = [("p(abnormal)", f"<b>{format_p(entry['p_abnormal'], header.threshold)}</b> "
+                            f"<span class=\"meta\">(predicted abnormal iff p &gt; "
+                            f"{header.threshold:g})</span>"),
+            ("true label", f"<span class=\"{e(label)}\">{e(label)}</span>"),
+            ("outcome", f"<span class=\"badge {e(kind)}\">{e(kind)}</span> "
+                        f"{e(OUTCOMES.get(kind, kind))}"),
+            ("expert boxes", f"{len(entry.get('boxes') or [])}{excluded}")]
+    provenance = [("source", e(entry.get("source") or "unknown")),
+                  ("view", e(entry.get("view") or "unknown")),
+                  ("modality", e(entry.get("modality") or "not DICOM (image file)"))]
+    return ("<table id=\"numbers\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>"
+                                               for k, v in rows) + "</table>"
+            "<table id=\"provenance\" class=\"provenance\">"
+            + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in provenance) + "</table>")
+
+
+def render_detail(entry, methods, header, index):
+    """One image's page: every method's picture on the X-ray, its colour bar and numbers."""
+    page = entry["files"]["page"]
+    page_dir, root = posixpath.dirname(page), root_of(page)
+    views = [v for v in VIEWS if v == "positive" or any(
+        v in (entry["methods"][m].get("layers") or {}) for m in methods)]
+    switch = "".join(f"<label><input type=\"radio\" name=\"view\" value=\"{v}\" autocomplete="
+                     f"\"off\"{' checked' if v == 'positive' else ''}> {e(VIEWS[v])}</label>"
+                     for v in views) if len(views) > 1 else ""
+    controls = (f"<div class=\"controls\">{switch}<label>map opacity <input type=\"range\" "
+                f"id=\"opacity\" min=\"0\" max=\"100\" value=\"100\" autocomplete=\"off\"> "
+                f"<span id=\"opacity-value\">100%</span></label><label><input type=\"checkbox\" "
+                f"id=\"show-boxes\" checked autocomplete=\"off\"> expert boxes</label></div>")
+    if any(entry["methods"][m].get("argmax") for m in methods):
+        controls = controls.replace("</div>", "<label><input type=\"checkbox\" id=\"show-peak\" "
+                                    "checked autocomplete=\"off\"> peak (+)</label></div>")
+    model_input = entry["files"].get("input")
+    input_link = (f" &middot; <a href=\"{href(model_input, page_dir)}\">model input</a>"
+                  if model_input else "")
+    meta = "".join(f"<div class=\"meta\">{e(line)}</div>" for line in header.meta)
+    footer = f"<footer class=\"meta\">run {e(header.run_id)}</footer>" if header.run_id else ""
+    figures = "".join(_method_figure(entry, m, header, page_dir) for m in methods)
+    body = (f"<header><h1>{e(entry['name'])}</h1><div class=\"meta nav\"><a id=\"back\" "
+            f"href=\"{root}index.html\">&larr; gallery</a> &middot; <span id=\"card-nav\">"
+            f"</span>{input_link}</div>{meta}{_facts(entry, header)}</header>{controls}"
+            f"<main class=\"methods\">{figures}</main>{footer}")
+    return _page(f"{entry['name']} - {header.title}", body, header.random_weights, root,
+                 "detail", f" data-index=\"{index}\"")
+
+
+# ----------------------------------------------------------------------------- writing
+
+def copy_assets(results):
+    """gallery.js and gallery.css from the package into the results folder -> their names."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+    for name in ASSETS:
+        with open(os.path.join(folder, name), encoding="utf-8") as handle:
+            atomic_write_text(os.path.join(results, name), handle.read())
+    return list(ASSETS)
+
+
+def write_pages(results, entries, methods, header):
+    """index.html, gallery-data.js, the assets and every detail page -> paths written
+    (relative to results, POSIX)."""
+    written = copy_assets(results)
+    atomic_write_text(os.path.join(results, DATA_FILE), gallery_data(entries, methods, header))
+    atomic_write_text(os.path.join(results, "index.html"),
+                      render_gallery(entries, methods, header))
+    written += [DATA_FILE, "index.html"]
+    for index, entry in enumerate(entries):
+        page = entry["files"]["page"]
+        atomic_write_text(os.path.join(results, *page.split("/")),
+                          render_detail(entry, methods, header, index), durable=False)
+        written.append(page)
+    return written
+
+
+
+# ----------------------------------------------------------------------------- until stage 6's
+# one-renderer rewrite calls write_pages itself: today's entries -> the contract's
+
+LEGACY_COLOUR_BAR = "gallery-colour-bar.png"
+
+
+def write_all(results, entries, methods, header, titles):
+    """Today's stage 6 (layers `positive|negative|absolute` per map) -> write_pages. The
+    `positive` layer is THE picture of a map: the card shows it as the detail page does."""
+    from learning import render
+    import numpy as np
+
+    header.method_info = {m: {"title": title, "note": note} for m, (title, note) in titles.items()}
+    header.roc = header.roc or ("model_roc.png" if "model_roc.png" in header.links else None)
+    ramp = np.tile(np.linspace(0, 1, 256, dtype=np.float32), (12, 1))  # (12, 256)
+    render.save_png(os.path.join(results, LEGACY_COLOUR_BAR),
+                    render.layer_rgba(ramp, 1.0, render.VIEWS["positive"][0]))
+    converted = []
+    for entry in entries:
+        per_method = {}
+        for method in methods:
+            info, files = entry["methods"][method], entry["methods"][method]["files"]
+            per_method[method] = {
+                "picture": files["positive"], "delta": info["delta"], "score": info["score"],
+                "layers": {view: files[view] for view in ("negative", "absolute")},
+                "scale": {"top": info["vmax"]["positive"], "colour_bar": LEGACY_COLOUR_BAR,
+                          "signed": False},
+                "note": "negative view full colour at " + (
+                    "none" if info["vmax"]["negative"] is None
+                    else format(info["vmax"]["negative"], ".3g")),
+                "files": {"panel": files["panel"], "map": files["heatmap"]}}
+        first = entry["methods"][methods[0]]["files"]
+        converted.append(dict(entry, methods=per_method,
+                              files=dict(entry["files"], input=first["base"])))
+    return write_pages(results, converted, methods, header) + [LEGACY_COLOUR_BAR]
