@@ -185,6 +185,8 @@ def controls_html(entries, methods, header):
                                           ("name", "name, A to Z"), ("name-desc", "name, Z to A")]))
     parts.append(_select("size", "per page", [(n, n) for n in ("24", "48", "96", "192")]))
     parts.append("<button type=\"button\" id=\"clear-filters\">reset filters</button>")
+    parts.append("<button type=\"button\" id=\"download\" title=\"every matching card, in "
+                 "this order, as a CSV file\">download matching (CSV)</button>")
     return f"<div class=\"controls\" id=\"controls\">{''.join(parts)}</div>"
 
 

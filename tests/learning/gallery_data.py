@@ -13,7 +13,7 @@ from PIL import Image
 
 METHODS = ("grad-cam", "deeplift")
 NASTY = ["<img src=x onerror=\"window.PWNED=1\">.png", "a#b?c%20[0.10,0.90].png",
-         "\u00fcn\u00efc\u00f8de 'q' \"dq\" & co.png"]
+         "\u00fcn\u00efc\u00f8de 'q' \"dq\" & co.png", "=cmd|' /C calc'!A0,x.png"]
 VIEWS = ("PA", "AP", "LATERAL")
 MODALITIES = ("CR", "DX", None)
 SIDE = 64
@@ -52,7 +52,7 @@ def _outcome(label, p, threshold=0.5):
 
 def make_entries(results, n, distinct=None, seed=0):
     """n entries (and their picture files under `results`); `distinct` pictures cycled (default
-    one per card). Entry 0..2 carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
+    one per card). The first entries carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
     rng = np.random.default_rng(seed)
     distinct = distinct or n
     for k in range(distinct):
