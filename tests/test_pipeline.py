@@ -198,7 +198,8 @@ def test_every_stage_command_is_checked_before_any_runs(tmp_path, args, stage, m
     data = tmp_path / "d"
     result = fast_run("--demo", *args, data=data)
     assert result.returncode == 2, result.stderr
-    assert f"stage {stage} ({name}) would fail" in result.stderr and message in result.stderr
+    assert (f"stage {stage} ({name}) would fail" in result.stderr  # the full command line
+            or f"parameters [{name}]" in result.stderr) and message in result.stderr  # params
     assert "== stage" not in result.stderr and not data.exists()
 
 

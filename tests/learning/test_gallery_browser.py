@@ -193,21 +193,17 @@ def test_stage6_gallery_filters_sort_and_links(browser, stage6_run):
 
 
 def test_stage6_detail_page_views_opacity_and_boxes(browser, stage6_run):
-    page = next(stage6_run.glob("00000150_002*.html"))
+    page = next(stage6_run.glob("pictures/*/00000150_002*.html"))
     _open(browser, page)
     assert _errors(browser) == []
     _check_resources(browser, stage6_run)
     figures = browser.find_elements("css selector", "figure")
     assert [f.get_attribute("data-method") for f in figures] == ["deeplift", "grad-cam"]
-
-    def shown_views():
-        return browser.execute_script(
-            "return Array.from(document.querySelectorAll('.layer'))"
-            ".filter(i => !i.classList.contains('hidden')).map(i => i.dataset.view)")
-
-    assert shown_views() == ["positive", "positive"]
-    browser.find_element("css selector", "input[name=view][value=negative]").click()
-    assert shown_views() == ["negative", "negative"]
+    # stage 6 draws ONE signed picture per map: no view switch, one map layer per figure
+    assert browser.find_elements("css selector", "input[name=view]") == []
+    layers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('figure .layer'), i => i.dataset.view)")
+    assert layers == ["positive", "positive"]
     _set(browser, "opacity", "30")
     opacities = browser.execute_script(
         "return Array.from(document.querySelectorAll('.layer'), i => i.style.opacity)")
