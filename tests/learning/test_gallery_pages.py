@@ -124,7 +124,7 @@ def test_detail_page_shows_provenance_colour_bar_and_the_card_picture(run):
         assert fact in page
     for method in gallery_data.METHODS:
         picture = "../../" + entry["methods"][method]["picture"]
-        assert f'data-view="positive" src="{picture}"' in page  # the card's picture file
+        assert f'<img class="layer map" src="{picture}"' in page  # the card's picture file
     assert page.count('src="../../colour-bar.png"') == 2
     assert "full colour at &plusmn;0.0123 logit units (per-image scale" in page
     assert "full colour at &plusmn;0.0246 logit units (per-image scale" in page

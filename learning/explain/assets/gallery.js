@@ -312,12 +312,9 @@
       }
     }
     function update() {
-      var checked = document.querySelector('input[name=view]:checked');
-      var view = checked ? checked.value : 'positive';
       var opacity = document.getElementById('opacity').value / 100;
       var boxes = document.getElementById('show-boxes').checked;
       document.querySelectorAll('.layer').forEach(function (img) {
-        img.classList.toggle('hidden', img.dataset.view !== view);
         img.style.opacity = opacity;
       });
       document.querySelectorAll('.box').forEach(function (b) {
