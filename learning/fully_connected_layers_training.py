@@ -1,23 +1,33 @@
 """Stage 5: train the normal/abnormal head on the conv features and measure it on the test set.
 
-Reads:  training.pickle and testing.pickle from stage 4 ({"format": "cxr-examples/1", ...}).
-Writes: into the <model> directory, each file atomically:
-        head.keras         the head (features (N, 7, 7, 512) -> 2 logits [normal, abnormal], no
+Reads:  training.pickle and testing.pickle from stage 4 ("cxr-examples/2": references into the
+        features index of stage 3, whose rows are streamed from its shards in batches; or
+        older "cxr-examples/1" files holding the rows themselves).
+Writes: the <model> folder, replaced AS A WHOLE (learning/train/model_folder.py: written as a
+        hidden sibling folder, then swapped in, so a kill leaves the old complete folder or the
+        new complete one), under the data folder's lock (.cxr-lock):
+        head.keras         the head (features (N, h, w, C) -> 2 logits [normal, abnormal], no
                            softmax), built-in layers only: keras.models.load_model needs
                            nothing else; saved without optimizer state
         classifier.keras   the same classifier end to end: RGB pixels (N, S, S, 3) -> the 2
                            logits, VGG16 preprocessing and conv base included (learning/export.py);
                            needs --weights unless the features came from random weights
-        config.json        {"feature_params", "class_names", "head", "args"}
-        metrics.json       test metrics (scikit-learn's per-class table, accuracy, ROC AUC +
-                           grouped bootstrap 95% CI, PR AUC, sensitivity/specificity at the
-                           threshold used, confusion matrix, majority baseline), sizes, epochs,
-                           history, warnings (tiny test or validation set)
+        config.json        {"run_id", "description", "feature_params", "class_names", "head",
+                           "args", "split_params", "split_id", "output", "end_to_end"}
+        metrics.json       {"run_id", "description", "vgg16_weights", "test": scikit-learn's
+                           per-class table, accuracy, ROC AUC + grouped bootstrap 95% CI, PR AUC,
+                           sensitivity/specificity at the threshold used, confusion matrix,
+                           majority baseline; sizes, epochs, history, warnings, files}
+                           (every field is explained in its "description")
         test_predictions.csv  one row per test image: name, group, label, p_abnormal, predicted
-        roc.png, training_curve.png
+        roc.png (the operating point marked), training_curve.png
 
-Early stopping (default head) watches the "validation" subset of training.pickle, never the test
-set; the test set is touched once, after training, for the reported metrics.
+Every pass over the features streams: one checking pass (shard checksums, finite values in
+range, the input-scaling statistics of the training subset), training batches from a
+keras.utils.PyDataset, validation and test predictions batch by batch, so memory does not grow
+with the number of images. Early stopping watches the "validation" subset of training.pickle,
+never the test set; the test set is touched once, after training, for the reported metrics.
+The pair of files must come from one run of stage 4 (one split_id) and share no patient group.
 
 Example:
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
@@ -25,71 +35,61 @@ Example:
 """
 import os
 import time
+import uuid
 
 import numpy as np
 
-from learning import safe_pickle
 from learning.export import (CLASSIFIER_FILE, NeedsWeights, check_weights, export_classifier,
                              save_keras)
-from learning.head import (INPUT_SCALINGS, PRESETS, augment_grid, block5_weights,
-                           build_from_config, grid_cells, input_scaling_stats,
-                           needs_conv_weights)
-from learning.metrics import (CLASS_NAMES, evaluate, format_report, roc_auc,
-                              small_set_warnings)
+from learning.head import INPUT_SCALINGS, PRESETS, block5_weights, needs_conv_weights
+from learning.metrics import CLASS_NAMES, evaluate, format_report, small_set_warnings
+from learning.store.dataset import predict_logits, scan_sources
+from learning.store.splits import load_pair, load_split
+from learning.train import model_folder
+from learning.train.loop import class_weights, train_head  # noqa: F401  (benchmarks import)
+from learning.train.plots import plot_roc, plot_training_curve
+from scraper import cli as flags
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
-from scraper.cli import seed as seed_type
-from scraper.fileio import atomic_write, atomic_write_csv, atomic_write_json, check_outputs
+from scraper.fileio import atomic_write_csv, atomic_write_json, check_outputs, folder_lock
 
-EXAMPLES_FORMAT = "cxr-examples/1"
+PROG = "cxr-train"
 HEAD_FILE = "head.keras"
 PREDICTIONS_FILE = "test_predictions.csv"
+MODEL_FILES = (HEAD_FILE, CLASSIFIER_FILE, "config.json", "metrics.json", PREDICTIONS_FILE,
+               "roc.png", "training_curve.png")
+load_examples = load_split   # the stage-4 file reader (benchmarks call it by this name)
+# Range-checked flag types: one line naming the allowed range, at parse time.
+EPOCHS = flags.bounded_int(10_000, what="number of epochs")
+BATCH_SIZE = flags.bounded_int(65_536, what="batch size")
+LEARNING_RATE = flags.number(float, 0, 10.0, strict_minimum=True, what="learning rate")
+PATIENCE = flags.bounded_int(10_000, 0, what="patience")
+BOOTSTRAP = flags.bounded_int(100_000, what="number of resamples")
+CONFIG_DESCRIPTION = (
+    "How stage 5 (cxr-train) made this model. run_id: identifies this run (metrics.json "
+    "carries the same); feature_params: the stage-3 features it was trained on; class_names: "
+    "logit order; head: the preset and every training choice; args: the command line; "
+    "split_params/split_id: the stage-4 split; output: what head.keras computes; end_to_end: "
+    "the image -> logits file, if written.")
+METRICS_DESCRIPTION = (
+    "Test metrics of stage 5 (cxr-train). run_id: same as config.json's; vgg16_weights: the "
+    "weights the features came from, and whether they were RANDOM (then nothing here means "
+    "anything clinically); test: n, per-class counts, accuracy, roc_auc with a 95% CI from a "
+    "bootstrap over patient groups, pr_auc next to its no-skill baseline, operating_point "
+    "(sensitivity/specificity at p(abnormal) > 0.5 with Wilson CIs), classification "
+    "(scikit-learn's report), confusion_matrix (rows true, columns predicted), "
+    "baseline_majority; warnings: tiny sets, no validation; n_train/n_validation/n_test; "
+    "epochs_run, best_epoch (the kept one), early_stopping, history (loss, val_loss, val_auroc "
+    "per epoch); head, seed; files: sizes in bytes.")
 
 
-def load_examples(path, split):
-    """Read a stage-4 pickle and check its arrays agree; split is "training" or "testing"."""
-    data = safe_pickle.load(path, f"{split} examples", EXAMPLES_FORMAT)
-    # numbers only, and finite: a head trained on NaN features is garbage with exit 0
-    features = safe_pickle.check_array(data.get("features"), "features", path, finite=True)
-    labels = safe_pickle.check_array(data.get("labels"), "labels", path, ndims=(1,))
-    n = len(features)
-    for key in ("names", "groups", "subset"):
-        safe_pickle.check_str_list(data.get(key), key, path, length=n)
-    data["feature_params"] = safe_pickle.check_dict(data.get("feature_params"),
-                                                    "feature_params", path)
-    if features.ndim not in (2, 4) or labels.shape != (n,):
-        raise UserError(f"{path}: features of shape {features.shape} with labels of shape "
-                        f"{labels.shape}; expected (N, h, w, C) or (N, C) and (N,)")
-    if n and not np.isin(labels, (0, 1)).all():
-        raise UserError(f"{path}: labels must be 0 (normal) or 1 (abnormal), found "
-                        f"{sorted(set(labels.tolist()))[:5]}")
-    if data.get("split") != split:
-        raise UserError(f"{path} holds the {data.get('split')!r} split, expected {split!r}; "
-                        f"are the training and testing arguments swapped?")
-    data["features"] = features.astype(np.float32, copy=False)
-    return data
+def dropout_type(text):
+    """A float in [0, 1): the dropout rate."""
+    value = flags.number(float, 0, what="dropout")(text)
+    if value >= 1:
+        import argparse
 
-
-def check_compatible(training, testing, training_path, testing_path):
-    """Both pickles must come from the same features (shape and stage-3 parameters)."""
-    if training["features"].shape[1:] != testing["features"].shape[1:]:
-        raise UserError(f"feature shapes differ: {training_path} has "
-                        f"{training['features'].shape[1:]}, {testing_path} has "
-                        f"{testing['features'].shape[1:]}; re-run stage 4 on one features file")
-    if training.get("feature_params") != testing.get("feature_params"):
-        raise UserError(f"feature parameters differ between {training_path} and {testing_path} "
-                        f"({training.get('feature_params')} vs {testing.get('feature_params')}); "
-                        f"re-run stage 4 on one features file")
-    if len(training["features"]) == 0 or len(testing["features"]) == 0:
-        raise UserError("empty training or testing set: check stage 4's summary")
-
-
-def class_weights(labels):
-    """Balanced weights n / (2 * n_c): each class contributes equally to the loss."""
-    counts = np.bincount(labels, minlength=2)
-    if np.any(counts == 0):
-        raise UserError(f"the training subset lacks a class (normal {counts[0]}, abnormal "
-                        f"{counts[1]}): cannot train a two-class head")
-    return {c: float(len(labels) / (2 * counts[c])) for c in range(2)}
+        raise argparse.ArgumentTypeError(f"invalid dropout {text!r}: must be in [0, 1)")
+    return value
 
 
 def resolve_config(args):
@@ -102,87 +102,8 @@ def resolve_config(args):
             config[key] = value
     if config["patience"] is not None and config["patience"] <= 0:
         config["patience"] = None
-    for key, low in (("epochs", 1), ("batch_size", 1)):
-        if config[key] < low:
-            raise UserError(f"invalid --{key.replace('_', '-')} {config[key]}: must be >= {low}")
-    if not config["learning_rate"] > 0:
-        raise UserError(f"invalid --learning-rate {config['learning_rate']}: must be > 0")
-    if not 0 <= config["dropout"] < 1:
-        raise UserError(f"invalid --dropout {config['dropout']}: must be in [0, 1)")
     assert config["input_scaling"] in INPUT_SCALINGS
     return config
-
-
-def _make_tracker(val_features, val_labels, patience, epochs, progress=True):
-    """A Keras callback recording validation AUROC per epoch and keeping the best weights
-    (lowest validation loss); it stops training after `patience` epochs without improvement.
-    With `progress`, one line per epoch on stderr (an epoch of the full-size head takes tens
-    of seconds on a laptop CPU)."""
-    import keras
-
-    class BestValidation(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.history = {"loss": [], "val_loss": [], "val_auroc": []}
-            self.best_epoch, self.best_loss, self.best_weights = None, np.inf, None
-            self.started = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            self.history["loss"].append(float(logs.get("loss", np.nan)))
-            if val_features is None:
-                if progress:
-                    log(f"epoch {epoch + 1}/{epochs}: loss {self.history['loss'][-1]:.4f} "
-                        f"({elapsed_since(self.started)})")
-                return
-            logits = self.model.predict(val_features, verbose=0, batch_size=256)
-            auc = roc_auc(val_labels, logits[:, 1] - logits[:, 0])
-            val_loss = float(logs.get("val_loss", np.nan))
-            self.history["val_loss"].append(val_loss)
-            self.history["val_auroc"].append(auc)
-            if val_loss < self.best_loss:
-                self.best_epoch, self.best_loss = epoch + 1, val_loss
-                self.best_weights = [w.copy() for w in self.model.get_weights()]
-            elif patience is not None and epoch + 1 - self.best_epoch >= patience:
-                self.model.stop_training = True
-            if progress:
-                auc_text = "n/a" if auc is None else f"{auc:.3f}"
-                log(f"epoch {epoch + 1}/{epochs}: loss {self.history['loss'][-1]:.4f}, "
-                    f"validation loss {val_loss:.4f}, validation AUROC {auc_text}"
-                    f"{' (best so far)' if self.best_epoch == epoch + 1 else ''} "
-                    f"({elapsed_since(self.started)})")
-
-    return BestValidation()
-
-
-def _augmented_batches(x, y, weights, batch_size, seed, max_shift=1):
-    """A keras PyDataset of shuffled (x, y, sample weight) batches whose feature grids are
-    flipped / shifted afresh each epoch (head.augment_grid); for config["grid_augment"]."""
-    import keras
-
-    class Augmented(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
-            self.sample_weight = (np.ones(len(y), np.float32) if weights is None else
-                                  np.asarray([weights[int(c)] for c in y], np.float32))
-
-        def __len__(self):
-            return int(np.ceil(len(x) / batch_size))
-
-        def __getitem__(self, index):
-            idx = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            return (augment_grid(x[idx], self.rng, max_shift), y[idx],
-                    self.sample_weight[idx])
-
-        def on_epoch_end(self):
-            self.order = self.rng.permutation(len(x))
-
-    return Augmented()
 
 
 def resolve_conv_weights(config, feature_params, weights_path=None):
@@ -206,62 +127,6 @@ def resolve_conv_weights(config, feature_params, weights_path=None):
                         f"features came from ({params.get('weights')}); pass them with "
                         f"--weights PATH") from None
     return block5_weights(weights_path, random_weights, seed)
-
-
-def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=None):
-    """Fit the head on the "train" subset, early-stopping on "validation".
-
-    conv_weights: block5's initial weights for a "block5" head (resolve_conv_weights).
-    Returns (model, info) with info = {"epochs_run", "best_epoch", "history", "n_train",
-    "n_validation", "class_weights", "scaling"}.
-    """
-    import keras
-
-    from learning.gradients import deterministic
-
-    deterministic(seed)   # any Keras backend (TensorFlow: also op determinism)
-    subset = np.asarray(training["subset"], dtype=object)
-    train_mask, val_mask = subset == "train", subset == "validation"
-    x_train, y_train = training["features"][train_mask], training["labels"][train_mask]
-    x_val, y_val = training["features"][val_mask], training["labels"][val_mask]
-    weights = class_weights(y_train) if config["class_weights"] else None
-    if not config["class_weights"]:
-        class_weights(y_train)  # still refuse a one-class training subset
-    has_val = len(y_val) > 0 and config["patience"] is not None
-    stats = input_scaling_stats(x_train, config["input_scaling"])
-    model = build_from_config(x_train.shape[1:], config, stats, conv_weights)
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    tracker = _make_tracker(x_val if len(y_val) else None, y_val,
-                            config["patience"] if has_val else None, config["epochs"],
-                            progress)
-    validation = (x_val, y_val) if len(y_val) else None
-    if config.get("grid_augment"):
-        batches = _augmented_batches(x_train, y_train, weights, config["batch_size"], seed,
-                                     grid_cells(config.get("grid_shift", 1),
-                                                min(x_train.shape[1:3])))
-        model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker],
-                  validation_data=validation)
-    else:
-        model.fit(x_train, y_train, batch_size=config["batch_size"], epochs=config["epochs"],
-                  class_weight=weights, shuffle=True, verbose=verbose, callbacks=[tracker],
-                  validation_data=validation)
-    epochs_run = len(tracker.history["loss"])
-    best_epoch = epochs_run
-    if has_val and tracker.best_weights is not None:
-        model.set_weights(tracker.best_weights)  # restore the best validation epoch
-        best_epoch = tracker.best_epoch
-    info = {"epochs_run": epochs_run, "best_epoch": best_epoch, "history": tracker.history,
-            "n_train": int(train_mask.sum()), "n_validation": int(val_mask.sum()),
-            "class_weights": weights,
-            "early_stopping": "lowest validation loss" if has_val else None}
-    return model, info
-
-
-def predict_logits(model, features, batch_size=256):
-    """(N, 2) float64 logits [normal, abnormal]."""
-    return np.asarray(model.predict(features, batch_size=batch_size, verbose=0),
-                      dtype=np.float64)
 
 
 def save_model(model, directory):
@@ -295,63 +160,106 @@ def write_predictions(path, testing, logits):
                                               testing["labels"], p_abnormal, logits)))
 
 
-def _save_figure(figure, path):
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+def weights_note(feature_params):
+    """metrics.json's "vgg16_weights": where the features' VGG16 weights came from."""
+    identity = str((feature_params or {}).get("weights", "unknown"))
+    random = identity.startswith("random:")
+    return {"identity": identity, "random": random,
+            "note": ("RANDOM VGG16 weights: a smoke test, these numbers mean nothing about "
+                     "X-rays" if random else "the VGG16 weights file with this sha256")}
 
 
-def plot_roc(labels, logits, metrics, path, title="Test-set ROC curve"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    figure, axis = plt.subplots(figsize=(5, 5))
-    axis.plot([0, 1], [0, 1], "--", color="grey", label="chance / majority baseline (AUC 0.5)")
-    if metrics["roc_auc"] is not None:
-        fpr, tpr, _ = roc_curve(labels, logits[:, 1] - logits[:, 0])
-        ci = metrics["roc_auc_ci"]
-        interval = f", 95% CI {ci['low']:.3f}-{ci['high']:.3f}" if ci["low"] is not None else ""
-        axis.plot(fpr, tpr, color="C0", label=f"head: AUC {metrics['roc_auc']:.3f}{interval}")
-    else:
-        axis.text(0.5, 0.5, "AUROC undefined:\none class in the test set", ha="center")
-    axis.set(xlabel="false positive rate (normal called abnormal)",
-             ylabel="true positive rate (abnormal detected)",
-             title=f"{title} (n={metrics['n']:,})", xlim=(0, 1), ylim=(0, 1.01))
-    axis.legend(loc="lower right", fontsize=8)
-    _save_figure(figure, path)
-    plt.close(figure)
+def prepare_inputs(training_path, testing_path, config, weights_path):
+    """Load and check both split files, the weights, and every feature row (one streamed
+    pass); returns (training, testing, conv_weights, warnings)."""
+    training, testing = load_pair(training_path, testing_path)
+    if weights_path:
+        check_weights(training.get("feature_params"), weights_path)  # fail before training
+    conv_weights = resolve_conv_weights(config, training.get("feature_params"), weights_path)
+    subset = np.asarray(training["subset"], dtype=object)
+    class_weights(training["labels"][subset == "train"])    # refuse a one-class train subset
+    training["scaling_stats"] = scan_sources(
+        [training["source"], testing["source"]], [training["names"], testing["names"]],
+        (0, subset == "train"), config["input_scaling"])
+    training["features"] = training["source"]
+    warnings = small_set_warnings("test", testing["labels"])
+    if (subset == "validation").any():
+        warnings += small_set_warnings("validation", training["labels"][subset == "validation"])
+    return training, testing, conv_weights, warnings
 
 
-def plot_training_curve(info, path):
-    import matplotlib
+def write_model_folder(model_dir, model, info, metrics, config, training, testing, logits,
+                       weights_path, conv_weights, args):
+    """Every output file, into a new folder that then replaces `model_dir` as a whole."""
+    run_id = uuid.uuid4().hex
+    feature_params = training.get("feature_params")
+    with model_folder.replacing(model_dir, MODEL_FILES) as staging:
+        sizes = {"head_bytes": save_model(model, staging),
+                 "classifier_bytes": export_end_to_end(model, staging, feature_params,
+                                                       weights_path)}
+        metrics.update(run_id=run_id, files=sizes)
+        write_predictions(os.path.join(staging, PREDICTIONS_FILE), testing, logits)
+        head_config = {k: v for k, v in config.items() if k != "why"}
+        head_config["class_weights_used"] = info["class_weights"]
+        if conv_weights is not None:  # where block5 started from (the features' weights)
+            head_config["conv_init"] = (feature_params or {}).get("weights")
+        atomic_write_json(os.path.join(staging, "config.json"), {
+            "run_id": run_id, "description": CONFIG_DESCRIPTION,
+            "feature_params": feature_params, "class_names": list(CLASS_NAMES),
+            "head": head_config, "args": args or {},
+            "split_params": training.get("split_params"), "split_id": training.get("split_id"),
+            "output": "2 pre-softmax logits [normal, abnormal]",
+            "end_to_end": (CLASSIFIER_FILE if sizes["classifier_bytes"] else None)})
+        atomic_write_json(os.path.join(staging, "metrics.json"), metrics)
+        plot_roc(testing["labels"], logits, metrics["test"], os.path.join(staging, "roc.png"))
+        plot_training_curve(info, os.path.join(staging, "training_curve.png"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    history = info["history"]
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, history["loss"], label="training loss (class-weighted)"
-                   if info.get("class_weights") else "training loss")
-    if history["val_loss"]:
-        loss_axis.plot(epochs, history["val_loss"], label="validation loss")
-    auc_values = [np.nan if v is None else v for v in history["val_auroc"]]
-    if auc_values:
-        auc_axis.plot(epochs, auc_values, color="C2", label="validation ROC AUC")
-    from matplotlib.ticker import MaxNLocator
+def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
+        weights_path=None):
+    """Train, evaluate and write the model folder; returns (metrics dict, model).
 
-    for axis in (loss_axis, auc_axis):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.axvline(info["best_epoch"], color="grey", linestyle=":",
-                     label=f"kept epoch {info['best_epoch']}")
-        axis.set_xlabel("epoch")
-        axis.legend(fontsize=8)
-    loss_axis.set(ylabel="cross-entropy", title="Loss per epoch")
-    auc_axis.set(ylabel="ROC AUC", title="Validation ROC AUC per epoch")
-    _save_figure(figure, path)
-    plt.close(figure)
+    weights_path: stage 3's VGG16 weights; the block5 head also starts its block5 from them.
+    """
+    check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)] +
+                  ([("VGG16 weights", weights_path)] if weights_path else []),
+                  outputs=[("model folder", model_dir, "folder")] + [
+                      (f"model file {name}", os.path.join(model_dir, name), None)
+                      for name in MODEL_FILES])
+    with folder_lock(os.path.dirname(os.path.abspath(model_dir)), PROG):
+        model_folder.check_replaceable(model_dir, MODEL_FILES)   # before an hour of training
+        training, testing, conv_weights, warnings = prepare_inputs(
+            training_path, testing_path, config, weights_path)
+        for line in warnings:
+            log(f"{PROG}: {line}")
+        model, info = train_head(training, config, seed, conv_weights=conv_weights)
+        for line in info["warnings"]:
+            log(f"{PROG}: {line}")
+        logits = predict_logits(model, testing["source"])
+        if not np.isfinite(logits).all():
+            raise UserError(f"the trained head gives non-finite outputs on "
+                            f"{int((~np.isfinite(logits).all(axis=1)).sum()):,} test images "
+                            f"(training diverged: last loss {info['history']['loss'][-1]}); "
+                            f"try a lower --learning-rate")
+        subset = np.asarray(training["subset"], dtype=object)
+        test_metrics = evaluate(testing["labels"], logits, testing["groups"],
+                                training["labels"][subset == "train"], n_resamples, seed)
+        metrics = {
+            "run_id": None, "description": METRICS_DESCRIPTION,
+            "vgg16_weights": weights_note(training.get("feature_params")),
+            "test": test_metrics,  # its "baseline_majority" is the one baseline entry
+            "warnings": warnings + info["warnings"],
+            "n_train": info["n_train"], "n_validation": info["n_validation"],
+            "n_test": int(len(testing["labels"])),
+            "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+            "early_stopping": info["early_stopping"],
+            "validation_auroc_at_best": (info["history"]["val_auroc"][info["best_epoch"] - 1]
+                                         if info["history"]["val_auroc"] else None),
+            "history": info["history"], "head": config["head"], "seed": seed,
+        }
+        write_model_folder(model_dir, model, info, metrics, config, training, testing, logits,
+                           weights_path, conv_weights, args)
+    return metrics, model
 
 
 def get_args_parser():
@@ -369,22 +277,24 @@ def get_args_parser():
                     f"VGG16's block5 on block4_pool features (needs --weights).")
     parser.add_argument("training", help="training.pickle from stage 4")
     parser.add_argument("testing", help="testing.pickle from stage 4")
-    parser.add_argument("model", help="output directory (head.keras, config.json, metrics.json, "
-                                      "roc.png, training_curve.png)")
+    parser.add_argument("model", help="output folder (head.keras, config.json, metrics.json, "
+                                      "roc.png, training_curve.png), replaced as a whole")
     parser.add_argument("--head", choices=sorted(PRESETS), default="cam",
                         help="preset of architecture and training choices")
-    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (preset)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (preset)")
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="Adam learning rate (preset)")
-    parser.add_argument("--dropout", type=float, default=None,
-                        help="dropout after the hidden layer (preset)")
-    parser.add_argument("--patience", type=int, default=None,
+    parser.add_argument("--epochs", type=EPOCHS, default=None,
+                        help="maximum epochs, 1..10,000 (preset)")
+    parser.add_argument("--batch-size", type=BATCH_SIZE, default=None,
+                        help="batch size, 1..65,536 (preset)")
+    parser.add_argument("--learning-rate", type=LEARNING_RATE, default=None,
+                        help="Adam learning rate, > 0 and <= 10 (preset)")
+    parser.add_argument("--dropout", type=dropout_type, default=None,
+                        help="dropout after the hidden layer, in [0, 1) (preset)")
+    parser.add_argument("--patience", type=PATIENCE, default=None,
                         help="early-stopping patience in epochs on the validation loss; "
-                             "0 disables (preset)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
+                             "0 disables, at most 10,000 (preset)")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP, default=1000,
                         help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
-    parser.add_argument("--seed", type=seed_type, default=0,
+    parser.add_argument("--seed", type=flags.seed, default=0,
                         help="seed of weights init, shuffling, dropout and bootstrap")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help=f"the VGG16 weights file stage 3 used: with it {CLASSIFIER_FILE} "
@@ -394,76 +304,10 @@ def get_args_parser():
     return parser
 
 
-def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
-        weights_path=None):
-    """Train, evaluate and write the model directory; returns (metrics dict, model).
-
-    weights_path: stage 3's VGG16 weights; the block5 head also starts its block5 from them.
-    """
-    check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)],
-                  outputs=[("model folder", model_dir, "folder")] + [
-                      (f"model file {name}", os.path.join(model_dir, name), None)
-                      for name in (HEAD_FILE, CLASSIFIER_FILE, "config.json", "metrics.json",
-                                   PREDICTIONS_FILE, "roc.png", "training_curve.png")])
-    if weights_path:
-        check_outputs(inputs=[("VGG16 weights", weights_path)],
-                      outputs=[(f"model file {CLASSIFIER_FILE}",
-                                os.path.join(model_dir, CLASSIFIER_FILE), None)])
-    training = load_examples(training_path, "training")
-    testing = load_examples(testing_path, "testing")
-    check_compatible(training, testing, training_path, testing_path)
-    if weights_path:
-        check_weights(training.get("feature_params"), weights_path)  # fail before training
-    conv_weights = resolve_conv_weights(config, training.get("feature_params"), weights_path)
-    subset = np.asarray(training["subset"], dtype=object)
-    warnings = (small_set_warnings("test", testing["labels"]) +
-                small_set_warnings("validation", training["labels"][subset == "validation"])
-                if (subset == "validation").any() else
-                small_set_warnings("test", testing["labels"]))
-    for line in warnings:
-        log(f"cxr-train: {line}")
-    model, info = train_head(training, config, seed, conv_weights=conv_weights)
-    logits = predict_logits(model, testing["features"])
-    train_labels = training["labels"][np.asarray(training["subset"], dtype=object) == "train"]
-    test_metrics = evaluate(testing["labels"], logits, testing["groups"], train_labels,
-                            n_resamples, seed)
-    metrics = {
-        "test": test_metrics,  # its "baseline_majority" is the one baseline entry
-        "warnings": warnings,
-        "n_train": info["n_train"], "n_validation": info["n_validation"],
-        "n_test": int(len(testing["labels"])),
-        "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
-        "early_stopping": info["early_stopping"],
-        "validation_auroc_at_best": (info["history"]["val_auroc"][info["best_epoch"] - 1]
-                                     if info["history"]["val_auroc"] else None),
-        "history": info["history"], "head": config["head"], "seed": seed,
-    }
-    sizes = {"head_bytes": save_model(model, model_dir),
-             "classifier_bytes": export_end_to_end(model, model_dir,
-                                                   training.get("feature_params"), weights_path)}
-    metrics["files"] = sizes
-    write_predictions(os.path.join(model_dir, PREDICTIONS_FILE), testing, logits)
-    head_config = {k: v for k, v in config.items() if k != "why"}
-    head_config["class_weights_used"] = info["class_weights"]
-    if conv_weights is not None:  # where block5 started from (the features' weights)
-        head_config["conv_init"] = (training.get("feature_params") or {}).get("weights")
-    atomic_write_json(os.path.join(model_dir, "config.json"), {
-        "feature_params": training.get("feature_params"), "class_names": list(CLASS_NAMES),
-        "head": head_config, "args": args or {}, "split_params": training.get("split_params"),
-        "output": "2 pre-softmax logits [normal, abnormal]",
-        "end_to_end": (CLASSIFIER_FILE if sizes["classifier_bytes"] else None)})
-    atomic_write_json(os.path.join(model_dir, "metrics.json"), metrics)
-    plot_roc(testing["labels"], logits, test_metrics, os.path.join(model_dir, "roc.png"))
-    plot_training_curve(info, os.path.join(model_dir, "training_curve.png"))
-    return metrics, model
-
-
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.monotonic()
     config = resolve_config(args)
-    if args.bootstrap < 1:
-        raise UserError(f"invalid --bootstrap {args.bootstrap}: must be >= 1")
     if args.weights and not os.path.isfile(args.weights):
         raise UserError(f"VGG16 weights file not found: --weights {args.weights}")
     metrics, _ = run(args.training, args.testing, args.model, config, args.seed,

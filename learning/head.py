@@ -147,21 +147,16 @@ def input_scaling_stats(features, input_scaling):
 
     "global": one scalar, 1 / std of all training feature values (keeps the layer a plain
     multiplication, trivially linear for DeepLIFT); "standardize": per-feature mean and variance
-    (keras Normalization); "none": nothing.
+    (keras Normalization); "none": nothing. Computed in blocks (learning.store.dataset, the one
+    implementation stage 5 also uses on streamed rows).
     """
-    if input_scaling == "none":
-        return None
-    features = np.asarray(features, dtype=np.float64)
-    if input_scaling == "global":
-        std = float(features.std())
-        return {"scale": 1.0 / std if std > 0 else 1.0}
-    if input_scaling == "standardize":
-        variance = features.var(axis=0)
-        variance[variance < 1e-8] = 1.0  # constant (dead) features: no division by ~0 later
-        return {"mean": features.mean(axis=0).astype(np.float32),
-                "variance": variance.astype(np.float32)}
-    raise ValueError(f"invalid input scaling {input_scaling!r}; allowed: "
-                     f"{', '.join(INPUT_SCALINGS)}")
+    from learning.store.dataset import ArraySource, source_scaling_stats
+
+    if input_scaling not in INPUT_SCALINGS:
+        raise ValueError(f"invalid input scaling {input_scaling!r}; allowed: "
+                         f"{', '.join(INPUT_SCALINGS)}")
+    features = np.asarray(features)
+    return source_scaling_stats(ArraySource(features), np.arange(len(features)), input_scaling)
 
 
 def build_from_config(feature_shape, config, scaling_stats=None, conv_weights=None):

@@ -1,10 +1,13 @@
-"""Stage 4: split labelled features into training and testing sets by report (patient).
+"""Stage 4: split the labelled images into training and testing sets by report (patient).
 
-Reads:  images-description.json (stage 2; `label` and `report_id` per image) and
-        transfer_features.pickle (stage 3; {"format": "cxr-features/1", "names", "features", ...}).
-Writes: training.pickle and testing.pickle ({"format": "cxr-examples/1", ...}, see
-        `make_examples`) and examples.json (JSON list of the test images' names, which stage 6
-        explains). All three are written atomically.
+Reads:  images-description.json (stage 2; `label` and `report_id` per image) and the features
+        index transfer_features.pickle (stage 3; "cxr-features/2", or an old single-pickle
+        "cxr-features/1"): only its names are needed, no feature row is read or copied.
+Writes: training.pickle and testing.pickle ({"format": "cxr-examples/2", ...}, see
+        `make_examples`): REFERENCES into the features index (its path, store_id and the row
+        of each image), with names, labels, groups, subsets and one `split_id` shared by both
+        files; and examples.json (JSON list of the test images' names, which stage 6
+        explains). All three are written atomically, under the output folder's lock.
 
 No report_id (one report / study / patient, possibly several images) is ever in two splits:
 frontal and lateral views of one study, or two films of one patient, stay together. The split
@@ -15,65 +18,81 @@ Unlabelled images, images without features and features without a description ar
 and reported, never silently dropped. Before anything is read, the three outputs are checked
 (scraper.fileio.check_outputs): none may be an input or another output (arguments shifted by
 one would otherwise overwrite the features), the pickles must end in .pickle and the list in
-.json. Features that are not numbers, or NaN/infinite, are refused.
+.json. Stage 5 checks the feature rows themselves (numbers, finite, within range) as it
+streams them.
 
 Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
+import contextlib
+import hashlib
+import json
+import os
 import time
 
 import numpy as np
 
 from learning import safe_pickle
+from learning.store.descriptions import iter_records
+from learning.store.index import open_store
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
-from scraper.fileio import atomic_write_json, check_outputs
-from scraper.schema import LABELS, load_descriptions
+from scraper.fileio import atomic_write_json, check_outputs, folder_lock
+from scraper.schema import LABELS
 
-FEATURES_FORMAT = "cxr-features/1"
-EXAMPLES_FORMAT = "cxr-examples/1"
+
+PROG = "cxr-prepare-examples"
+EXAMPLES_FORMAT = "cxr-examples/2"
 CLASS_NAMES = list(LABELS)  # ["normal", "abnormal"]: label index 0 = normal, 1 = abnormal
+DESCRIPTION = (
+    "Stage 4's split (cxr-prepare-examples). split: 'training' (subsets train + validation) "
+    "or 'testing'; split_id: the same in both files of one split; features: the features "
+    "index these rows refer to (path relative to this file, absolute path, store_id, row "
+    "shape, dtype); names/rows/labels/groups/subset: one entry per image, rows = its row in "
+    "the index, labels 0 = normal 1 = abnormal, groups = report/patient id; feature_params: "
+    "what made the features; split_params: seed and fractions; class_names: label order.")
 
 
 def load_features(path):
-    """Read and check a stage-3 features pickle; returns (names, features float32, params)."""
-    data = safe_pickle.load(path, "features pickle", FEATURES_FORMAT)
-    features = safe_pickle.check_array(data.get("features"), "features", path, finite=True)
-    names = safe_pickle.check_str_list(data.get("names"), "names", path)
-    params = safe_pickle.check_dict(data.get("params"), "params", path)
-    if len(features) != len(names):
-        raise UserError(f"{path}: features have shape {features.shape} for {len(names)} names; "
-                        f"expected (N, h, w, C) or (N, C) with N = number of names")
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: duplicate image names in the features pickle")
-    return names, features.astype(np.float32, copy=False), dict(params)
+    """(names, float32 features (N, ...), params) of a features index, ALL ROWS IN MEMORY:
+    for benchmarks and small sets only (the stages stream from the store)."""
+    store = open_store(path, "features index")
+    store.check_files()
+    features = store.read(np.arange(len(store)))
+    store.close()
+    return store.names, features, dict(store.params)
 
 
 def match_examples(records, feature_names):
-    """Join descriptions and features by image name.
+    """Join descriptions (an iterable of records, e.g. streamed by iter_records) and features
+    by image name, keeping per image only its label and group.
 
     Returns (indices into feature_names, labels int64, groups, counts). `counts` has
     "labelled" (used), "unlabelled" (label null, with features), "no_features" (described,
     labelled or not, but no feature vector: stage 3 skipped or failed it) and
     "no_description" (features for an image the descriptions do not list).
     """
-    by_name = {record["name"]: record for record in records}
-    indices, labels, groups = [], [], []
-    counts = {"labelled": 0, "unlabelled": 0, "no_features": 0, "no_description": 0}
-    for index, name in enumerate(feature_names):
-        record = by_name.get(name)
-        if record is None:
-            counts["no_description"] += 1
-        elif record["label"] is None:
-            counts["unlabelled"] += 1
-        else:
-            indices.append(index)
-            labels.append(CLASS_NAMES.index(record["label"]))
-            groups.append(record["report_id"])
-            counts["labelled"] += 1
-    counts["no_features"] = len(set(by_name) - set(feature_names))
-    return np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64), groups, counts
+    row_of = {name: row for row, name in enumerate(feature_names)}
+    label_of = np.full(len(feature_names), -2, dtype=np.int8)  # -2 undescribed, -1 unlabelled
+    group_of = [None] * len(feature_names)
+    described_only = set()          # described, no features (usually few)
+    for record in records:
+        name = record["name"]
+        row = row_of.get(name)
+        if (name in described_only) if row is None else label_of[row] != -2:
+            raise UserError(f"duplicate record name {name!r} in the image descriptions")
+        if row is None:
+            described_only.add(name)
+            continue
+        label_of[row] = -1 if record["label"] is None else CLASS_NAMES.index(record["label"])
+        group_of[row] = record["report_id"]
+    indices = np.flatnonzero(label_of >= 0).astype(np.int64)
+    counts = {"labelled": int(len(indices)), "unlabelled": int((label_of == -1).sum()),
+              "no_features": len(described_only),
+              "no_description": int((label_of == -2).sum())}
+    return (indices, label_of[indices].astype(np.int64), [group_of[i] for i in indices],
+            counts)
 
 
 def stratified_group_split(labels, groups, fraction, seed=0):
@@ -85,38 +104,33 @@ def stratified_group_split(labels, groups, fraction, seed=0):
     every class - then the visit stops once every class is full.
     A class that lives in a single group stays on the kept side (it cannot be in both).
     Equivalent in spirit to sklearn's StratifiedGroupKFold, but hits any fraction (not just
-    1/k) and never fails on tiny datasets.
+    1/k) and never fails on tiny datasets. Memory: a few arrays of the group count.
     """
-    labels = np.asarray(labels)
-    held = np.zeros(len(labels), dtype=bool)
+    labels = np.asarray(labels, dtype=np.int64)
     if fraction <= 0 or len(labels) == 0:
-        return held
-    unique_groups = sorted(set(groups))
-    members = {g: [] for g in unique_groups}
-    for index, group in enumerate(groups):
-        members[group].append(index)
+        return np.zeros(len(labels), dtype=bool)
+    # sorted unique groups (the visit order's reference) and each image's group number
+    unique_groups, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     n_classes = len(CLASS_NAMES)
-    group_counts = {g: np.bincount(labels[idx], minlength=n_classes) for g, idx in members.items()}
+    group_counts = np.zeros((len(unique_groups), n_classes), dtype=np.int64)
+    np.add.at(group_counts, (inverse.reshape(-1), labels), 1)
     totals = np.bincount(labels, minlength=n_classes)
-    groups_per_class = sum((c > 0).astype(int) for c in group_counts.values())
+    groups_per_class = (group_counts > 0).sum(axis=0)
     targets = np.where(groups_per_class >= 2,
                        np.maximum(1, np.round(fraction * totals)), 0).astype(int)
     targets = np.minimum(targets, totals - 1)  # the kept side always keeps each class
     taken = np.zeros(n_classes, dtype=int)
+    held_group = np.zeros(len(unique_groups), dtype=bool)
     rng = np.random.default_rng(seed)
     for position in rng.permutation(len(unique_groups)):
         if np.all(taken >= targets):
             break
-        group = unique_groups[position]
-        counts = group_counts[group]
+        counts = group_counts[position]
         if np.any(taken + counts > targets):
             continue  # would overshoot a class (e.g. a mixed-label patient): try another group
         taken += counts
-        held[members[group]] = True
-    # Internal invariant: a group is entirely on one side.
-    for idx in members.values():
-        assert held[idx].all() or not held[idx].any(), "a group was split across sets"
-    return held
+        held_group[position] = True
+    return held_group[inverse.reshape(-1)]   # a group is entirely on one side by construction
 
 
 def split_examples(labels, groups, test_fraction=0.1, validation_fraction=0.1, seed=0):
@@ -154,15 +168,42 @@ def check_group_integrity(groups, subset):
             f"report {group!r} is in both {seen[group]!r} and {part!r}"
 
 
-def make_examples(split, names, features, labels, groups, subset, feature_params, split_params):
-    """The stage-4 pickle dict (one per split) that stage 5 and stage 6 read."""
+def make_split_id(store_id, split_params, names, subset):
+    """One id for one split: the same in training.pickle and testing.pickle."""
+    digest = hashlib.sha256(json.dumps([store_id, split_params], sort_keys=True).encode())
+    for name, part in zip(names, subset):
+        digest.update(f"{name}\0{part}\0".encode())
+    return digest.hexdigest()[:32]
+
+
+def features_reference(store, example_path):
+    """Where stage 5 finds the rows: the index relative to the examples file (the data folder
+    may move), its absolute path, and what it must hold (store_id, row shape, dtype)."""
+    index = os.path.abspath(store.path)
+    return {"index": os.path.relpath(index, os.path.dirname(os.path.abspath(example_path))),
+            "path": index, "store_id": store.store_id, "shape": list(store.shape),
+            "dtype": store.dtype, "rows_in_index": len(store)}
+
+
+def make_examples(split, split_id, names, rows, labels, groups, subset, reference,
+                  feature_params, split_params):
+    """The stage-4 pickle dict (one per split) that stage 5 reads."""
     return {
-        "format": EXAMPLES_FORMAT, "split": split, "names": list(names),
-        "features": np.ascontiguousarray(features, dtype=np.float32),
-        "labels": np.asarray(labels, dtype=np.int64), "groups": list(groups),
-        "subset": list(subset), "feature_params": feature_params, "split_params": split_params,
-        "class_names": list(CLASS_NAMES),
+        "format": EXAMPLES_FORMAT, "description": DESCRIPTION, "split": split,
+        "split_id": split_id, "features": reference, "names": list(names),
+        "rows": np.asarray(rows, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
+        "groups": list(groups), "subset": list(subset), "feature_params": feature_params,
+        "split_params": split_params, "class_names": list(CLASS_NAMES),
     }
+
+
+@contextlib.contextmanager
+def output_locks(paths, prog):
+    """scraper.fileio.folder_lock on every distinct folder of `paths` (in sorted order)."""
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
+            stack.enter_context(folder_lock(folder, prog))
+        yield
 
 
 def count_table(labels, subset):
@@ -184,33 +225,41 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
                   outputs=[("training output", training_path, ".pickle"),
                            ("testing output", testing_path, ".pickle"),
                            ("examples output", examples_path, ".json")])
-    records = load_descriptions(descriptions_path)
-    feature_names, features, feature_params = load_features(features_path)
-    indices, labels, groups, counts = match_examples(records, feature_names)
-    names = [feature_names[i] for i in indices]
-    subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction, seed),
-                        dtype=object)
-    split_params = {"seed": seed, "test_fraction": test_fraction,
-                    "validation_fraction": validation_fraction}
-    chosen = features[indices]
-    for split, parts, path in (("training", ("train", "validation"), training_path),
-                               ("testing", ("test",), testing_path)):
-        mask = np.isin(subset, parts)
-        rows = np.flatnonzero(mask)
-        safe_pickle.dump(make_examples(split, [names[i] for i in rows], chosen[rows],
-                                       labels[rows], [groups[i] for i in rows],
-                                       subset[rows].tolist(), feature_params, split_params), path)
-    atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
+    with output_locks([training_path, testing_path, examples_path], PROG):
+        store = open_store(features_path, "features index")
+        store.check_files()     # every shard there, with the size its index records
+        indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
+                                                         store.names)
+        names = [store.names[i] for i in indices]
+        subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction,
+                                           seed), dtype=object)
+        split_params = {"seed": seed, "test_fraction": test_fraction,
+                        "validation_fraction": validation_fraction}
+        split_id = make_split_id(store.store_id, split_params, names, subset)
+        for split, parts, path in (("training", ("train", "validation"), training_path),
+                                   ("testing", ("test",), testing_path)):
+            rows = np.flatnonzero(np.isin(subset, parts))
+            safe_pickle.dump(make_examples(
+                split, split_id, [names[i] for i in rows], indices[rows], labels[rows],
+                [groups[i] for i in rows], subset[rows].tolist(),
+                features_reference(store, path), store.params, split_params), path)
+        atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
+        store.close()
+    if store.legacy:
+        log(f"{PROG}: note: {features_path} is a single-pickle features file (cxr-features/1): "
+            f"stage 5 will load all of it into memory; re-run stage 3 (cxr-extract-features, "
+            f"same arguments) to convert it into shards, without recomputing")
     return subset.tolist(), counts, labels, groups
 
 
 def get_args_parser():
     parser = ArgumentParser(
-        prog="cxr-prepare-examples",
+        prog=PROG,
         description="Split labelled image features into training/testing sets by report_id "
                     "(no report or patient in two splits), stratified by label.")
     parser.add_argument("descriptions", help="images-description.json from stage 2")
-    parser.add_argument("features", help="transfer_features.pickle from stage 3")
+    parser.add_argument("features", help="transfer_features.pickle (the features index) from "
+                                         "stage 3")
     parser.add_argument("training", help="output training.pickle (train + validation subsets)")
     parser.add_argument("testing", help="output testing.pickle")
     parser.add_argument("examples", help="output examples.json (names of the test images)")
@@ -243,7 +292,7 @@ def main(argv=None):
 
 
 def cli():
-    exit_with(main, "cxr-prepare-examples")
+    exit_with(main, PROG)
 
 
 if __name__ == "__main__":

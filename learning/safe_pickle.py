@@ -21,10 +21,11 @@ import pickle
 import numpy as np
 
 from scraper.cli import UserError
-from scraper.fileio import atomic_write, read_regular
+from scraper.fileio import TooLarge, atomic_write, open_regular
 
 MAX_ELEMENTS = 1 << 34  # elements one array or container may declare (16 G): far above real use
 MAX_DEPTH = 64  # nesting of containers; a pipeline pickle has 3 or 4 levels
+MAX_SHARING = 4  # tree elements per graph reference a pipeline pickle may have (it has ~1)
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float: what features and labels may be
 _PLAIN_KINDS = "biufcUS"  # + complex, str, bytes: the array kinds a pipeline pickle may hold
 
@@ -155,31 +156,77 @@ def dump(obj, path):
         pickle.dump(obj, handle, protocol=5)
 
 
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _children(item):
+    if isinstance(item, dict):
+        return list(item.keys()) + list(item.values())
+    return list(item)
+
+
 def _check_built(obj):
-    """Every array the pickle built: plain dtype, not too many elements (arrays set up by a
-    BUILD opcode are checked here, after numpy matched their data to their shape); and no
-    nesting deeper than MAX_DEPTH (comparing or printing it later would hit RecursionError)."""
-    stack, seen = [(obj, 0)], set()
+    """Measure what the pickle built as the graph it is, counting every reference.
+
+    A pickle's memo lets one container be referenced many times: `d = [d, d]` repeated 40
+    times is a few hundred bytes and 41 objects, but 2**41 elements to anything that walks it
+    as the tree it prints as (comparing it, json.dumps into config.json, printing it). So:
+    per container, memoised over the graph (linear time), the number of elements of its tree
+    (arrays count their size, every reference counts again) and its depth; refused when the
+    total exceeds MAX_ELEMENTS, the depth MAX_DEPTH, or when the tree is more than
+    MAX_SHARING times larger than the graph's references (our writers share only strings and
+    dtypes, which add nothing). A container that contains itself is refused too.
+    Every array is checked: plain dtype, bounded size (BUILD-made arrays are only known
+    here, after numpy matched their data to their shape). Leaves (str, numbers) get no memo
+    entry: the check's own memory is proportional to the containers, not the strings."""
+    sizes = {}          # id(container or array) -> (tree elements, depth)
+    references, array_elements = 0, 0
+    stack = [(obj, False)]
+    on_path = set()
     while stack:
-        item, depth = stack.pop()
-        if id(item) in seen:
+        item, expanded = stack.pop()
+        key = id(item)
+        if not expanded:
+            if key in sizes:
+                continue
+            if key in on_path:
+                raise Refused("a container that contains itself")
+            if isinstance(item, np.ndarray):
+                _check_dtype(item.dtype)
+                _check_count(item.size, "array")
+                sizes[key] = (max(1, item.size), 1)
+                array_elements += item.size
+                continue
+            if not isinstance(item, _CONTAINERS):
+                continue
+            on_path.add(key)
+            stack.append((item, True))
+            children = _children(item)
+            references += len(children)
+            stack.extend((child, False) for child in children
+                         if isinstance(child, (np.ndarray,) + _CONTAINERS))
             continue
-        seen.add(id(item))
+        on_path.discard(key)
+        elements, depth = 1, 1
+        for child in _children(item):
+            child_elements, child_depth = sizes.get(id(child), (1, 1))
+            elements += child_elements
+            if child_depth >= depth:
+                depth = child_depth + 1
         if depth > MAX_DEPTH:
             raise RecursionError
-        if isinstance(item, np.ndarray):
-            _check_dtype(item.dtype)
-            _check_count(item.size, "array")
-        elif isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.keys())
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend((child, depth + 1) for child in item)
+        if elements > MAX_ELEMENTS:
+            raise Refused(f"a structure of more than {MAX_ELEMENTS:,} elements counted as a tree")
+        sizes[key] = (elements, depth)
+    total = sizes.get(id(obj), (1, 1))[0]
+    if total > MAX_SHARING * (references + array_elements + 1) + 4096:
+        raise Refused(f"a structure of {references + 1:,} references that expands to "
+                      f"{total:,} elements (shared containers nested in each other)")
 
 
-def loads(data, what="pickle"):
+def _load_from(handle, what):
     try:
-        obj = _AllowListUnpickler(io.BytesIO(data)).load()
+        obj = _AllowListUnpickler(handle).load()
         _check_built(obj)
         return obj
     except ForbiddenGlobal as error:
@@ -198,29 +245,44 @@ def loads(data, what="pickle"):
                         f"{str(error)[:200]})") from None
 
 
+def loads(data, what="pickle"):
+    """A pipeline pickle from bytes (see `load` for files)."""
+    return _load_from(io.BytesIO(data), what)
+
+
 # Which stage writes each pickle format: a missing file's error says what to run.
 MADE_BY = {"cxr-features/1": "stage 3, cxr-extract-features",
-           "cxr-examples/1": "stage 4, cxr-prepare-examples"}
+           "cxr-features/2": "stage 3, cxr-extract-features",
+           "cxr-examples/1": "stage 4, cxr-prepare-examples",
+           "cxr-examples/2": "stage 4, cxr-prepare-examples"}
 
 
 def load(path, what="pickle", kind=None, max_bytes=None):
-    """Read a pipeline pickle; check it is a dict with `format` == kind when given.
+    """Read a pipeline pickle; check it is a dict whose `format` is `kind` (a str, or a tuple
+    of accepted formats) when given.
 
     A file larger than `max_bytes` (default: the machine's memory) is refused before reading.
     """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
     limit = max_bytes or _memory_bytes()
     try:
-        data = read_regular(path, limit, what)
+        handle = open_regular(path, what)
     except FileNotFoundError:
-        maker = f" (made by {MADE_BY[kind]}: run it first)" if kind in MADE_BY else ""
+        maker = f" (made by {MADE_BY[kinds[0]]}: run it first)" if kinds and \
+            kinds[0] in MADE_BY else ""
         raise UserError(f"{what} not found: {path}{maker}") from None
     except IsADirectoryError:
         raise UserError(f"{what} is a directory, expected a file: {path}") from None
-    obj = loads(data, f"{what} {path}")
-    if kind is not None:
-        if not isinstance(obj, dict) or obj.get("format") != kind:
+    with handle:   # unpickled from the file as it is read: never its bytes and objects at once
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise TooLarge(f"{what} is {size:,} bytes, more than the {limit:,} allowed: {path}")
+        obj = _load_from(handle, f"{what} {path}")
+    if kinds:
+        if not isinstance(obj, dict) or obj.get("format") not in kinds:
             found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-            raise UserError(f"{path} is not a {what} (expected format {kind!r}, found "
+            expected = " or ".join(repr(k) for k in kinds)
+            raise UserError(f"{path} is not a {what} (expected format {expected}, found "
                             f"{str(found)[:80]!r}); was it written by the right stage?")
     return obj
 

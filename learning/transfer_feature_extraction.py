@@ -3,26 +3,28 @@
 Reads:  <images>/   every image file in the folder (scraper.images.is_image_name; hidden files,
                     .DS_Store and other non-image files are skipped and counted)
         <weights>   Keras VGG16 no-top weights from cxr-download-model (or --random-weights)
-Writes: <features>  pickle (written atomically through learning.safe_pickle):
-          {"format": "cxr-features/1",
-           "names": [str],                  # file names inside <images>, sorted
-           "features": float32 array,       # (N, 7, 7, 512) at 224 px; (N, 512) for avg/max
-           "content_hashes": [str],         # sha256 of each image's bytes
-           "params": {"weights", "image_size", "layer", "pooling", "preprocessing", "precision"},
-           "failures": [{"name": str, "reason": str}]}
-        <features>.partial  a checkpoint while a long run is in progress (deleted on success)
-
-Incremental: an image whose bytes (sha256) and params match the previous <features> file is not
-recomputed; new or changed images are computed, deleted ones are dropped. Any change of params
-(weights file, image size, layer, pooling, preprocessing or precision) recomputes everything:
-bf16/fp16 features differ from fp32 ones by up to ~1%, and mixing them would make a head's
-inputs depend on which run computed them. Features are always stored as float32.
-
+Writes: <features>  the features INDEX, a pickle (learning/store/index.py, format
+                    "cxr-features/2"): names, content hashes, row shape, storage dtype, the
+                    shard list with each shard's size and sha256, params (weights hash, image
+                    size, layer, pooling, preprocessing, precision), failures, store_id
+        <features>.shards/  the rows: .npy shards of at most --shard-size-mb each, float16 by
+                    default (--feature-dtype float32 keeps full precision; 196 KiB per image
+                    at the default block4_pool, 224 px, in float16)
+        <features>.partial  a small checkpoint index while a run is in progress (deleted on
+                    success): a killed run loses at most the shard it was writing
         .cxr-lock   the output folder's lock (scraper.fileio.folder_lock): one writer at a time
 
+Incremental: an image whose bytes (sha256) and params match the previous index keeps its row
+where it is (an unchanged shard is never rewritten); new or changed images are computed, deleted
+ones are dropped (a shard left mostly dead is rewritten). Any change of params (weights file,
+image size, layer, pooling, preprocessing or precision) recomputes everything: bf16/fp16
+compute differs from fp32 by up to ~1%, and mixing them would make a head's inputs depend on
+which run computed them. A previous single-pickle output ("cxr-features/1") is converted into
+shards by re-running with the same arguments, without recomputing a feature.
+
 Layout: this file is the stage (parameters, the network, the run loop, the CLI); the decode
-pipeline is learning/features_decode.py, the incremental bookkeeping and the checkpoints
-learning/features_store.py.
+pipeline is learning/features_decode.py; shards, the index and the incremental bookkeeping are
+learning/store/.
 
 Example:
     cxr-extract-features data/images data/transfer_features.pickle data/vgg16.weights.h5
@@ -36,8 +38,11 @@ import time
 
 import numpy as np
 
-from learning import features_decode, features_store, safe_pickle, vgg
-from learning.features_store import FORMAT, partial_path
+from learning import features_decode, vgg
+from learning.store import incremental
+from learning.store.incremental import partial_path
+from learning.store.index import FeatureStore, shards_folder, write_index
+from learning.store.shards import DTYPES
 from scraper import cli as flags   # range-checked argparse types (`cli` is this stage's entry)
 from scraper.cli import (ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log,
                          progress_bar)
@@ -53,6 +58,10 @@ MAX_BATCH_SIZE = 1024
 # Range-checked flag types (one line on a bad value, before any work or allocation).
 IMAGE_SIZE = flags.bounded_int(vgg.MAX_IMAGE_SIZE, vgg.MIN_IMAGE_SIZE, "image size")
 BATCH_SIZE = flags.bounded_int(MAX_BATCH_SIZE, what="batch size")
+WORKERS = flags.bounded_int(256, what="worker count")
+CHECKPOINT_EVERY = flags.number(float, 0, 7 * 24 * 3600, what="number of seconds")
+SHARD_SIZE_MB = flags.number(float, 0.001, 4096, what="shard size (MiB)")
+FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65,504
 
 
 @dataclasses.dataclass
@@ -60,7 +69,8 @@ class Stats:
     """What one run did; `computed` counts images that went through the network."""
     total: int = 0          # image files found
     computed: int = 0
-    reused: int = 0
+    reused: int = 0         # kept in place or copied from the previous output / checkpoint
+    copied: int = 0         # of the reused: rewritten (old format, other dtype, dead shard)
     failed: int = 0
     skipped: int = 0        # non-image / hidden files in <images>
     written: bool = False   # False when the existing output was already up to date
@@ -146,19 +156,18 @@ def dtype_policy(precision):
 def extract_features(images_dir, output_path, weights_path=None, random_weights=False, seed=0,
                      image_size=224, layer="block5_pool", pooling="none", precision="fp32",
                      batch_size=16, workers=2, checkpoint_every=300.0, progress=True,
-                     model=None, decode="auto"):
-    """Compute (or reuse) features for every image in `images_dir`; write `output_path`.
-
-    `model` (a FeatureModel) may be passed to reuse an already built network (benchmarks).
-    `decode`: "threads", "processes" or "auto" (learning.features_decode). Returns Stats.
-    """
+                     model=None, decode="auto", feature_dtype="float16", shard_size_mb=256.0):
+    """Compute (or reuse) features for every image in `images_dir`; write the index
+    `output_path` and its shards. `model` (a FeatureModel) may be passed to reuse an already
+    built network (benchmarks). `decode`: "threads", "processes" or "auto"
+    (learning.features_decode). Returns Stats."""
     start = time.monotonic()
     images_dir, output_path = os.fspath(images_dir), os.fspath(output_path)
-    if batch_size < 1:
-        raise UserError(f"invalid batch size {batch_size}: must be at least 1")
-    if workers < 1:
-        raise UserError(f"invalid number of workers {workers}: must be at least 1")
-    names, skipped = features_store.list_images(images_dir)
+    if batch_size < 1 or workers < 1:
+        raise UserError(f"invalid batch size {batch_size} or workers {workers}: must be >= 1")
+    if feature_dtype not in DTYPES:
+        raise UserError(f"invalid feature dtype {feature_dtype!r}; allowed: {', '.join(DTYPES)}")
+    names, skipped = incremental.list_images(images_dir)
     params = feature_params(weights_path, random_weights, seed, image_size, layer, pooling,
                             precision)
     if random_weights:
@@ -167,19 +176,32 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
             f"smoke tests only and mean nothing about X-rays")
     if os.path.isdir(output_path):
         raise UserError(f"features path is a folder, expected a file: {output_path}")
+    folder = shards_folder(output_path)
     # One writer per data folder; then the only temp files to clean are killed runs' (a
     # running writer of any stage keeps its temp file locked, and a user's are not ours).
     with folder_lock(os.path.dirname(os.path.abspath(output_path)), PROG):
         remove_stale_temp_files(os.path.dirname(os.path.abspath(output_path)))
+        remove_stale_temp_files(folder)
         stats = Stats(total=len(names), skipped=skipped)
-        hashes, failures = features_store.hash_images(images_dir, names, progress)
+        hashes, failures = incremental.hash_images(images_dir, names, progress)
         # Reuse sources: the previous output, then the checkpoint of an interrupted run.
-        previous = features_store.read_previous(output_path, "features")
-        checkpoint = features_store.read_previous(partial_path(output_path), "checkpoint")
-        sources, reuse, to_compute = features_store.plan_reuse(
-            names, hashes, [previous, checkpoint], params)
+        previous = incremental.read_source(output_path, "features")
+        checkpoint = incremental.read_source(partial_path(output_path), "checkpoint", folder)
+        incremental.remove_stale_shards(folder, {e["file"] for s in (previous, checkpoint)
+                                                 if isinstance(s, FeatureStore)
+                                                 for e in s.shards})
+        sources, reuse, to_compute = incremental.plan_reuse(
+            names, hashes, [previous, checkpoint], params, feature_dtype)
         stats.reused = len(reuse)
-        table = features_store.FeatureTable(len(names), sources, reuse, previous)
+        run = _Run(names, hashes, params, output_path, failures, stats, progress,
+                   checkpoint_every)
+        run.placement = incremental.Placement(len(names), folder, feature_dtype,
+                                              shard_size_mb * 2 ** 20, run.checkpoint)
+        run.shape = next((s.shape for s in sources), None)
+        for source, pairs in run.placement.keep(reuse, sources):
+            run.placement.copy(source, pairs, source.shape)
+        stats.copied = run.placement.copied
+        del sources, checkpoint   # a cxr-features/1 source held every row in memory
         if to_compute:
             net = model or FeatureModel(weights_path, random_weights, seed, image_size, layer,
                                         pooling, precision)
@@ -187,31 +209,29 @@ def extract_features(images_dir, output_path, weights_path=None, random_weights=
                     net.precision) != (image_size, layer, pooling, precision):
                 raise ValueError("the model passed was built for other parameters")
             compute_start = time.monotonic()
-            run = _Run(net, table, names, hashes, params, output_path, to_compute, failures,
-                       stats, progress, features_store.Checkpointer(checkpoint_every))
-            run.compute(images_dir, image_size, batch_size, workers, decode)
+            run.compute(net, to_compute, images_dir, image_size, batch_size, workers, decode)
             built_here = net.build_seconds if model is None else 0.0
             stats.compute_seconds = time.monotonic() - compute_start - built_here
-        stats.written = _write_result(output_path, images_dir, names, hashes, params, table,
-                                      failures, previous, sources, reuse, stats)
+        stats.written = run.write_result(previous, images_dir)
     stats.seconds = time.monotonic() - start
     return stats
 
 
 class _Run:
-    """The compute loop: decoded images -> batches -> network -> the table (+ checkpoints)."""
+    """The compute loop: decoded images -> batches -> network -> new shards (+ checkpoints)."""
 
-    def __init__(self, net, table, names, hashes, params, output_path, to_compute, failures,
-                 stats, progress, checkpointer):
-        self.net, self.table, self.names, self.hashes = net, table, names, hashes
-        self.params, self.output_path, self.to_compute = params, output_path, to_compute
-        self.failures, self.stats, self.progress = failures, stats, progress
-        self.checkpointer = checkpointer
+    def __init__(self, names, hashes, params, output_path, failures, stats, progress,
+                 checkpoint_every):
+        self.names, self.hashes, self.params = names, hashes, params
+        self.output_path, self.failures, self.stats = output_path, failures, stats
+        self.progress, self.checkpoint_every = progress, checkpoint_every
+        self.placement = self.shape = None
         self.bar = None      # opened once the network is built, so build errors print alone
         self.seen = 0        # images taken from the decode pipeline (computed or failed)
+        self.last_checkpoint = time.monotonic()
 
-    def compute(self, images_dir, image_size, batch_size, workers, decode):
-        paths = [os.path.join(images_dir, self.names[p]) for p in self.to_compute]
+    def compute(self, net, to_compute, images_dir, image_size, batch_size, workers, decode):
+        paths = [os.path.join(images_dir, self.names[p]) for p in to_compute]
         mode = features_decode.choose_mode(decode, len(paths))
         batch = np.empty((batch_size, image_size, image_size, 3), dtype=np.uint8)
         positions = []
@@ -219,7 +239,7 @@ class _Run:
             for index, image in features_decode.iter_decoded(
                     paths, image_size, workers, max(2 * batch_size, 2 * workers), mode):
                 self.seen += 1
-                position = self.to_compute[index]
+                position = to_compute[index]
                 if isinstance(image, BadImage):
                     self.failures[self.names[position]] = str(image)
                     if self.bar is not None:
@@ -228,73 +248,95 @@ class _Run:
                 batch[len(positions)] = image
                 positions.append(position)
                 if len(positions) == batch_size:
-                    self.run_batch(batch, positions)
+                    self.run_batch(net, batch, positions, len(to_compute))
             if positions:
-                self.run_batch(batch, positions)
+                self.run_batch(net, batch, positions, len(to_compute))
         except KeyboardInterrupt:
             self.save_on_interrupt()
+            raise
+        except BaseException:
+            self.placement.abandon()   # the shard being written goes; complete ones stay
             raise
         finally:
             if self.bar is not None:
                 self.bar.close()
 
-    def run_batch(self, batch, positions):
+    def run_batch(self, net, batch, positions, total):
         n = len(positions)
         if self.bar is None:
-            self.net.build()
-            self.bar = progress_bar(total=len(self.to_compute), initial=self.seen - n,
-                                    desc="features", unit="img", disable=not self.progress,
-                                    dynamic_ncols=True, smoothing=0.1)
-        self.table.put(positions, self.net(batch[:n]))     # (n, *row_shape) float32
+            net.build()
+            self.bar = progress_bar(total=total, initial=self.seen - n, desc="features",
+                                    unit="img", disable=not self.progress, dynamic_ncols=True,
+                                    smoothing=0.1)
+        outputs = net(batch[:n])                        # (n, *row_shape) float32
+        if self.placement.dtype == "float16":
+            largest = float(np.abs(outputs).max(initial=0.0))
+            if not largest <= FLOAT16_MAX:
+                raise UserError(f"features up to {largest:.3g} in magnitude do not fit in "
+                                f"float16 (largest {FLOAT16_MAX:,.0f}): re-run with "
+                                f"--feature-dtype float32")
+        self.shape = outputs.shape[1:]
+        self.placement.put(positions, outputs, outputs.shape[1:])
         self.stats.computed += n
         self.bar.update(n)
         positions.clear()
         features_decode.malloc_trim()
-        self.checkpointer.maybe(lambda: features_store.write_checkpoint(
-            self.output_path, self.names, self.hashes, self.table, self.params))
+        if self.checkpoint_every and \
+                time.monotonic() - self.last_checkpoint >= self.checkpoint_every:
+            self.placement.flush()      # closes the shard; its on_shard writes a checkpoint
+
+    def checkpoint(self):
+        """<features>.partial: a small index of every row placed so far (rows stay in the
+        shards), written each time a shard is complete."""
+        done = np.flatnonzero(self.placement.done())
+        locations, shards = self.placement.compact_shards(done)
+        write_index(partial_path(self.output_path), [self.names[p] for p in done],
+                    [self.hashes[p] for p in done], self.shape, self.placement.dtype,
+                    locations, shards, self.params, [], kind=incremental.PARTIAL_FORMAT)
+        self.last_checkpoint = time.monotonic()
+        return len(done)
 
     def save_on_interrupt(self):
         if self.bar is not None:
             self.bar.close()
-        if self.table.features is not None and self.table.unsaved().any():
-            saved = features_store.write_checkpoint(self.output_path, self.names, self.hashes,
-                                                    self.table, self.params)
-            log(f"{PROG}: saved {fmt_count(saved)} new features to "
+        self.placement.flush()
+        if self.placement.new_shards:
+            log(f"{PROG}: saved {fmt_count(int(self.placement.done().sum()))} features in "
                 f"{partial_path(self.output_path)}; re-run the same command to continue")
 
-
-def _write_result(output_path, images_dir, names, hashes, params, table, failures, previous,
-                  sources, reuse, stats):
-    """Write the features file unless it is already right; -> whether it was written."""
-    stats.failed = len(failures)
-    kept, features = table.compact()
-    if kept.size == 0:
-        first = next(iter(sorted(failures.items())))
-        raise UserError(f"none of the {fmt_count(len(names))} images in {images_dir} could be "
-                        f"read (e.g. {first[0]}: {first[1]})")
-    failure_list = [{"name": n, "reason": r} for n, r in sorted(failures.items())]
-    if (stats.computed == 0 and previous is not None and sources and sources[0] is previous
-            and all(number == 0 for number, _ in reuse.values())
-            and previous["names"] == [names[p] for p in kept]
-            and previous["failures"] == failure_list):
-        # Same images, same bytes, same params, same failures: the file is already right.
-        features_store.cleanup_partial(output_path)
-        return False
-    safe_pickle.dump({"format": FORMAT,
-                      "names": [names[p] for p in kept],
-                      "features": features,
-                      "content_hashes": [hashes[p] for p in kept],
-                      "params": params,
-                      "failures": failure_list}, output_path)
-    features_store.cleanup_partial(output_path)
-    return True
+    def write_result(self, previous, images_dir):
+        """Write the index unless it is already right; -> whether it was written."""
+        self.placement.flush()
+        self.stats.failed = len(self.failures)
+        kept = np.flatnonzero(self.placement.done())
+        if kept.size == 0:
+            first = next(iter(sorted(self.failures.items())))
+            raise UserError(f"none of the {fmt_count(len(self.names))} images in {images_dir} "
+                            f"could be read (e.g. {first[0]}: {first[1]})")
+        names = [self.names[p] for p in kept]
+        failure_list = [{"name": n, "reason": r} for n, r in sorted(self.failures.items())]
+        locations, shards = self.placement.compact_shards(kept)
+        folder = self.placement.folder
+        if (isinstance(previous, FeatureStore) and self.stats.computed == 0
+                and self.placement.new_shards == 0 and previous.names == names
+                and previous.failures == failure_list and previous.shards == shards
+                and np.array_equal(previous.locations, locations)):
+            # Same images, same bytes, same params, same failures: the index is already right.
+            incremental.cleanup_partial(self.output_path)
+            return False
+        write_index(self.output_path, names, [self.hashes[p] for p in kept], self.shape,
+                    self.placement.dtype, locations, shards, self.params, failure_list)
+        incremental.cleanup_partial(self.output_path)
+        incremental.remove_stale_shards(folder, {e["file"] for e in shards})
+        return True
 
 
 def summary_line(stats, output_path):
     rate = f", {stats.images_per_second:.1f} img/s" if stats.computed else ""
     status = "written to" if stats.written else "up to date:"
     return (f"cxr-extract-features: {fmt_count(stats.total)} images: "
-            f"{fmt_count(stats.computed)} computed, {fmt_count(stats.reused)} reused, "
+            f"{fmt_count(stats.computed)} computed, {fmt_count(stats.reused)} reused"
+            f"{f' ({fmt_count(stats.copied)} rewritten)' if stats.copied else ''}, "
             f"{fmt_count(stats.failed)} failed, {fmt_count(stats.skipped)} non-image files "
             f"skipped; {_fmt_seconds(stats.seconds)}{rate}; {status} {output_path}")
 
@@ -309,7 +351,9 @@ def get_args_parser():
         description="Stage 3: VGG16 conv features for every image in a folder (incremental: "
                     "only new or changed images are computed).")
     parser.add_argument("images", help="folder of X-ray images (stage 2's images/)")
-    parser.add_argument("features", help="output pickle, e.g. data/transfer_features.pickle")
+    parser.add_argument("features", help="output index pickle, e.g. "
+                                         "data/transfer_features.pickle (rows go to "
+                                         "<features>.shards/)")
     parser.add_argument("weights", nargs="?", default=None,
                         help="VGG16 no-top weights from cxr-download-model "
                              "(omit with --random-weights)")
@@ -327,20 +371,26 @@ def get_args_parser():
     parser.add_argument("--pooling", default="none", choices=vgg.POOLINGS,
                         help="global pooling of the layer's output (none keeps the 7x7 grid)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="compute precision (Keras mixed precision); features are stored as "
-                             "float32 either way, and changing it recomputes all features")
+                        help="compute precision (Keras mixed precision); changing it "
+                             "recomputes all features (storage: --feature-dtype)")
     parser.add_argument("--batch-size", type=BATCH_SIZE, default=16,
                         help="images per network call")
-    parser.add_argument("--workers", type=flags.bounded_int(256, what="worker count"), default=2,
+    parser.add_argument("--workers", type=WORKERS, default=2,
                         help="threads or processes decoding and resizing images ahead of the "
                              "network")
     parser.add_argument("--decode", default="auto", choices=features_decode.DECODE_MODES,
                         help="decode pool: processes scale across cores (GPU machines), "
                              "threads start at once; auto: processes for more than "
                              f"{features_decode.AUTO_MIN_IMAGES} images on more than 2 cores")
-    parser.add_argument("--checkpoint-every", type=flags.non_negative_float, default=300.0,
-                        help="seconds between checkpoints of a long run to <features>.partial "
-                             "(0: only on Ctrl-C)")
+    parser.add_argument("--checkpoint-every", type=CHECKPOINT_EVERY, default=300.0,
+                        help="seconds after which a partly filled shard is closed and "
+                             "<features>.partial checkpointed (0: only when a shard is full "
+                             "and on Ctrl-C)")
+    parser.add_argument("--feature-dtype", default="float16", choices=DTYPES,
+                        help="how feature rows are stored: float16 halves the disk (196 KiB per "
+                             "image at block4_pool, 224 px); float32 keeps full precision")
+    parser.add_argument("--shard-size-mb", type=SHARD_SIZE_MB, default=256.0,
+                        help="largest shard file in MiB (0.001..4096)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_max_pixels_argument(parser)
     return parser
@@ -361,7 +411,7 @@ def main(argv=None):
         layer=args.layer, pooling=args.pooling, precision=args.precision,
         batch_size=args.batch_size, workers=args.workers,
         checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-        decode=args.decode)
+        decode=args.decode, feature_dtype=args.feature_dtype, shard_size_mb=args.shard_size_mb)
     log(summary_line(stats, args.features))
     return 0
 

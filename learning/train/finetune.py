@@ -212,16 +212,20 @@ def run_fingerprint(config, train_blocks, image_size, weights_id, seed, data):
 def new_state(fingerprint, scaling):
     return {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "scaling": scaling,
             "epochs_done": 0, "stopped": False, "best_epoch": None, "best_loss": None,
-            "history": {"loss": [], "val_loss": [], "val_auroc": [], "seconds_per_image": []}}
+            "history": {"loss": [], "val_loss": [], "val_auroc": [], "seconds_per_image": [],
+                        "cpu_seconds_per_image": []}}
 
 
-def record_epoch(state, loss, val_loss, auroc, seconds_per_image, patience):
+def record_epoch(state, loss, val_loss, auroc, seconds_per_image, patience, cpu_seconds=None):
     """Add one finished epoch to `state`; returns True when it is the best so far (lowest
     validation loss; without validation every epoch is). Sets state["stopped"] once
-    `patience` epochs passed without improvement."""
+    `patience` epochs passed without improvement. seconds_per_image: wall clock of the
+    epoch's training per training image; cpu_seconds: the same in this process's CPU time
+    (all threads), which a machine shared with other work inflates less."""
     history = state["history"]
     history["loss"].append(loss)
     history["seconds_per_image"].append(seconds_per_image)
+    history["cpu_seconds_per_image"].append(cpu_seconds)
     state["epochs_done"] += 1
     epoch = state["epochs_done"]
     if val_loss is None:
@@ -322,14 +326,16 @@ def epoch_callback(run):
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             run.data.train.set_epoch(epoch)
-            self.started = time.monotonic()
+            self.started, self.cpu_started = time.monotonic(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
-            seconds = time.monotonic() - self.started
+            count = len(run.data.train.paths)
+            per_image = (time.monotonic() - self.started) / count
+            cpu_per_image = (time.process_time() - self.cpu_started) / count
             loss = float((logs or {}).get("loss", np.nan))
             val_loss, auroc = validate(self.model, run.data)
-            per_image = seconds / len(run.data.train.paths)
-            best = record_epoch(run.state, loss, val_loss, auroc, per_image, run.patience)
+            best = record_epoch(run.state, loss, val_loss, auroc, per_image, run.patience,
+                                cpu_per_image)
             if best and run.track:
                 run.best = [to_numpy(v).copy() for v in run.variables]
             if run.checkpoint:
@@ -391,7 +397,7 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
     if run.best is not None:  # the lowest validation loss's epoch
         for variable, value in zip(variables, run.best):
             variable.assign(value)
-    seconds = state["history"]["seconds_per_image"]
+    seconds, cpu = (state["history"][k] for k in ("seconds_per_image", "cpu_seconds_per_image"))
     return model, {
         "epochs_run": state["epochs_done"],
         "best_epoch": state["best_epoch"] if track else state["epochs_done"],
@@ -400,4 +406,5 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
             data.val.paths), "class_weights": data.class_weights, "train_blocks": list(train_blocks),
         "early_stopping": "lowest validation loss" if track else None,
         "seconds_per_image_epoch": float(np.median(seconds)) if seconds else None,
+        "cpu_seconds_per_image_epoch": float(np.median(cpu)) if cpu else None,
         "scaling": scaling, "config": config}

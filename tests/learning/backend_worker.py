@@ -38,7 +38,7 @@ def main(work):
     assert transfer_feature_extraction.main(
         [str(work / "images"), str(out / "features.pickle"), str(work / "vgg16.weights.h5"),
          "--image-size", "32", "--layer", "block5_pool", "--batch-size", "2",
-         "--no-progress"]) == 0
+         "--feature-dtype", "float32", "--no-progress"]) == 0
 
     # a head saved under TensorFlow, loaded here; and DeepLIFT on VGG16 + that head
     head = keras.models.load_model(str(work / "tf_head.keras"))

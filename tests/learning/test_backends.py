@@ -19,8 +19,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
-from learning import safe_pickle, transfer_feature_extraction  # noqa: E402
+from learning import transfer_feature_extraction  # noqa: E402
 from learning.explain import attribution  # noqa: E402
+from learning.learning_examples_preparing import load_features  # noqa: E402
 from learning.vgg import build_conv_base  # noqa: E402
 
 pytestmark = pytest.mark.backend
@@ -61,7 +62,8 @@ def work(tmp_path_factory):
              small_features=rng.normal(size=(4, 2, 2, 8)).astype(np.float32))
     stats = transfer_feature_extraction.extract_features(
         work / "images", work / "tf_features.pickle", weights_path=str(work / "vgg16.weights.h5"),
-        image_size=32, layer="block5_pool", batch_size=2, progress=False)
+        image_size=32, layer="block5_pool", batch_size=2, progress=False,
+        feature_dtype="float32")
     assert stats.computed == 3
     return work
 
@@ -79,13 +81,12 @@ def test_stages_under_another_backend_agree_with_tensorflow(work, backend):
     theirs = _run_worker(work, backend)
 
     # stage 3: the same features from the same weights file, within 1e-4 relative
-    tf_features = safe_pickle.load(work / "tf_features.pickle")
-    other = safe_pickle.load(work / backend / "features.pickle")
-    assert other["names"] == tf_features["names"] and other["params"] == tf_features["params"]
-    scale = np.abs(tf_features["features"]).max()
+    tf_names, tf_features, tf_params = load_features(work / "tf_features.pickle")
+    names, features, params = load_features(work / backend / "features.pickle")
+    assert names == tf_names and params == tf_params
+    scale = np.abs(tf_features).max()
     assert scale > 0
-    np.testing.assert_allclose(other["features"], tf_features["features"], rtol=1e-4,
-                               atol=1e-4 * scale)
+    np.testing.assert_allclose(features, tf_features, rtol=1e-4, atol=1e-4 * scale)
 
     # a head saved under TensorFlow gives the same logits there
     head = keras.models.load_model(str(work / "tf_head.keras"))

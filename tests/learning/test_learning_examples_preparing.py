@@ -1,7 +1,9 @@
 """Stage 4: grouped, stratified, seeded split; counts of what was dropped; output contract."""
 import json
 import os
+import pathlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from learning import safe_pickle
 from learning.learning_examples_preparing import (
     check_group_integrity, main, match_examples, split_examples, stratified_group_split)
+from learning.store.index import shards_folder, write_store
+from learning.store.splits import load_pair
 from scraper.cli import UserError, run_main
 from scraper.schema import make_record, save_descriptions
 
@@ -16,17 +20,22 @@ FEATURE_PARAMS = {"weights": "random:seed=0", "image_size": 32, "layer": "block5
                   "pooling": "none", "preprocessing": "caffe", "precision": "float32"}
 
 
-def write_inputs(tmp_path, records, feature_names, shape=(2, 2, 8), seed=0):
-    """images-description.json + a cxr-features/1 pickle whose features encode the row index."""
+def write_inputs(tmp_path, records, feature_names, shape=(2, 2, 8), seed=0, legacy=False):
+    """images-description.json + a features store (an index and float32 shards of 16 rows;
+    with `legacy`, an old cxr-features/1 pickle) whose features encode the row index."""
     descriptions = tmp_path / "images-description.json"
     save_descriptions(descriptions, records)
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(len(feature_names),) + shape).astype(np.float32)
     features[:, 0, 0, 0] = np.arange(len(feature_names))  # row id, to check rows follow names
     path = tmp_path / "transfer_features.pickle"
-    safe_pickle.dump({"format": "cxr-features/1", "names": list(feature_names),
-                      "features": features, "content_hashes": ["x"] * len(feature_names),
-                      "params": FEATURE_PARAMS, "failures": []}, path)
+    if legacy:
+        safe_pickle.dump({"format": "cxr-features/1", "names": list(feature_names),
+                          "features": features, "content_hashes": ["x"] * len(feature_names),
+                          "params": FEATURE_PARAMS, "failures": []}, path)
+    else:
+        write_store(path, list(feature_names), [features], shape, FEATURE_PARAMS, "float32",
+                    shard_bytes=16 * features[0].nbytes)
     return descriptions, path, features
 
 
@@ -56,9 +65,15 @@ def test_groups_never_cross_splits_and_classes_are_stratified(tmp_path, capsys):
     code, (training_path, testing_path, examples_path) = run_stage(
         tmp_path, descriptions, features_path, "--test-fraction", "0.2")
     assert code == 0
-    training = safe_pickle.load(training_path, kind="cxr-examples/1")
-    testing = safe_pickle.load(testing_path, kind="cxr-examples/1")
+    training, testing = load_pair(training_path, testing_path)
     assert training["split"] == "training" and testing["split"] == "testing"
+    assert training["split_id"] == testing["split_id"] and len(training["split_id"]) == 32
+    for path in (training_path, testing_path):   # references only: no feature row inside
+        raw = safe_pickle.load(path, kind="cxr-examples/2")
+        assert set(raw["features"]) == {"index", "path", "store_id", "shape", "dtype",
+                                        "rows_in_index"}
+        assert raw["features"]["index"] == "transfer_features.pickle"   # relative to the file
+        assert path.stat().st_size < 20_000 and "description" in raw
     assert set(testing["subset"]) == {"test"}
     assert set(training["subset"]) == {"train", "validation"}
     # No report in two splits (train / validation / test), even with several images per report.
@@ -78,9 +93,10 @@ def test_groups_never_cross_splits_and_classes_are_stratified(tmp_path, capsys):
     # Rows follow their names; labels agree with the descriptions.
     label_of = {r["name"]: r["label"] for r in records}
     for data in (training, testing):
-        assert data["features"].dtype == np.float32 and data["labels"].dtype == np.int64
-        assert data["features"].shape[1:] == (2, 2, 8)
-        for name, row, label in zip(data["names"], data["features"], data["labels"]):
+        rows = data["source"].read(np.arange(len(data["names"])))
+        assert rows.dtype == np.float32 and data["labels"].dtype == np.int64
+        assert rows.shape[1:] == (2, 2, 8) and data["format"] == "cxr-examples/2"
+        for name, row, label in zip(data["names"], rows, data["labels"]):
             assert names[int(row[0, 0, 0])] == name
             assert ["normal", "abnormal"][label] == label_of[name]
         assert data["feature_params"] == FEATURE_PARAMS
@@ -119,6 +135,35 @@ def test_unlabelled_and_missing_are_counted_not_silently_dropped(tmp_path, capsy
             "description") in err
     n = len(safe_pickle.load(training_path)["names"]) + len(safe_pickle.load(testing_path)["names"])
     assert n == len(records) - 5
+
+
+def test_old_single_pickle_features_still_split(tmp_path, capsys):
+    """A cxr-features/1 file works as before (rows follow names), with a note on converting."""
+    records = grouped_records(30)
+    names = [r["name"] for r in records]
+    descriptions, features_path, features = write_inputs(tmp_path, records, names, legacy=True)
+    code, (training_path, testing_path, _) = run_stage(tmp_path, descriptions, features_path)
+    assert code == 0 and "re-run stage 3" in capsys.readouterr().err
+    training, testing = load_pair(training_path, testing_path)
+    for data in (training, testing):
+        rows = data["source"].read(np.arange(len(data["names"])))
+        assert [names[int(r[0, 0, 0])] for r in rows] == data["names"]
+
+
+def test_missing_or_damaged_shard_is_one_line(tmp_path, capsys):
+    records = grouped_records(30)
+    names = [r["name"] for r in records]
+    descriptions, features_path, _ = write_inputs(tmp_path, records, names)
+    shards = sorted(pathlib.Path(shards_folder(features_path)).iterdir())
+    shards[0].write_bytes(shards[0].read_bytes()[:-10])                # truncated
+    code, outputs = run_stage(tmp_path, descriptions, features_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "was changed since its index was written" in err[0]
+    shards[0].unlink()
+    code, outputs = run_stage(tmp_path, descriptions, features_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "feature shard missing" in err[0]
+    assert not any(path.exists() for path in outputs)
 
 
 def test_tiny_dataset_still_tests_both_classes():
@@ -196,4 +241,42 @@ def test_real_demo_labels_split_by_patient(tmp_path):
     assert code == 0
     testing = safe_pickle.load(testing_path)
     assert sorted(testing["labels"].tolist()) == [0, 1]
+    assert json.loads(examples_path.read_text()) == testing["names"]
     assert set(testing["groups"]).isdisjoint(safe_pickle.load(training_path)["groups"])
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_descriptions_are_streamed_record_by_record(tmp_path, monkeypatch, chunk):
+    """iter_records gives what load_descriptions gives, whatever the chunk boundaries (unicode
+    names, numbers, nested boxes split across reads)."""
+    from learning.store import descriptions
+    from scraper.schema import load_descriptions
+
+    records = grouped_records(12)
+    records[3]["name"] = "r\u00e9sum\u00e9-\u4e2d.png"
+    records[4]["boxes"] = [{"finding": "nodule", "x": 1.5, "y": 20, "w": 300.25, "h": 4}]
+    save_descriptions(tmp_path / "d.json", records)
+    monkeypatch.setattr(descriptions, "CHUNK", chunk)
+    assert list(descriptions.iter_records(tmp_path / "d.json")) == \
+        load_descriptions(tmp_path / "d.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": 1}', "must be a JSON list of records"),
+    ('[{"name": "x.png"}', "lacks field(s)"),
+    ("[1, 2", "record #0: record must be an object"),
+    ('[{"name": ', "is not valid JSON"),
+    ("[] []", "extra data after the list"),
+])
+def test_broken_descriptions_are_one_line(tmp_path, text, message):
+    from learning.store.descriptions import iter_records
+
+    (tmp_path / "d.json").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        list(iter_records(tmp_path / "d.json"))
+
+
+def test_duplicate_description_is_refused(tmp_path):
+    records = grouped_records(5)
+    with pytest.raises(UserError, match="duplicate record name 'r000_0.png'"):
+        match_examples(records + [records[0]], [r["name"] for r in records])

@@ -155,7 +155,7 @@ def test_stage6_explains_grid_heads_with_complete_deeplift(tmp_path, head_name, 
                            ("testing", ["test"] * 3)):
         safe_pickle.dump({"format": "cxr-examples/1", "split": split, "names": names,
                           "features": features, "labels": np.array([1, 0, 1]),
-                          "groups": ["a", "b", "c"], "subset": subsets,
+                          "groups": [f"{split}-{g}" for g in "abc"], "subset": subsets,
                           "feature_params": BLOCK4_PARAMS}, root / f"{split}.pickle")
     assert _train(root / "training.pickle", root / "testing.pickle", root / "model",
                   "--head", head_name, *extra) == 0

@@ -65,7 +65,8 @@ def test_false_switch_gives_nothing_and_override_replaces_a_list(tmp_path):
 @pytest.mark.parametrize("text, overrides, message", [
     ("[train]\nepoch = 3\n", [], "unknown parameter [train] epoch: cxr-train has no --epoch"),
     ("[trian]\nepochs = 3\n", [], "unknown table [trian]; tables are the stages"),
-    ("[train]\nepochs = 'many'\n", [], "parameters [train]: argument --epochs: invalid int"),
+    ("[train]\nepochs = 'many'\n", [],
+     "parameters [train]: argument --epochs: invalid number of epochs 'many'"),
     ("[train]\nepochs = [1, 2]\n", [], "[train] epochs is a list, but --epochs takes one"),
     ("[visualize]\nsanity-check = 1\n", [], "--sanity-check is a switch, give true or false"),
     ("[features]\nrandom-weights = true\n", [], "use run_pipeline.sh --random-weights"),

@@ -53,3 +53,40 @@ def test_wrong_kind_and_missing_file(tmp_path):
         safe_pickle.load(tmp_path / "e.pickle", kind="cxr-features/1")
     with pytest.raises(UserError, match="not found"):
         safe_pickle.load(tmp_path / "missing.pickle")
+
+
+def _shared(depth):
+    d = [1.0]
+    for _ in range(depth):
+        d = [d, d]          # one list referenced twice: 2**depth elements as a tree
+    return d
+
+
+@pytest.mark.parametrize("depth", [20, 30, 40])
+def test_shared_references_are_measured_as_the_graph_they_are(tmp_path, depth):
+    """A few hundred bytes of memo references that expand to 2**depth elements when walked
+    (compared, printed, written to JSON) are refused at load."""
+    path = tmp_path / "bomb.pickle"
+    safe_pickle.dump({"format": "cxr-examples/2", "feature_params": {"x": _shared(depth)}}, path)
+    assert path.stat().st_size < 1000
+    with pytest.raises(UserError, match="(expands to|more than) [0-9,]+ elements"):
+        safe_pickle.load(path, kind="cxr-examples/2")
+
+
+def test_self_containing_list_is_refused(tmp_path):
+    cycle = []
+    cycle.append(cycle)
+    (tmp_path / "c.pickle").write_bytes(pickle.dumps({"format": "x", "a": cycle}))
+    with pytest.raises(UserError, match="a container that contains itself"):
+        safe_pickle.load(tmp_path / "c.pickle")
+
+
+def test_shared_strings_and_small_sharing_still_load(tmp_path):
+    """What our writers make: one str object referenced by many list slots (pickle's memo),
+    plus a little harmless sharing."""
+    train = "train"
+    obj = {"format": "x", "subset": [train] * 100_000, "small": _shared(8),
+           "rows": np.arange(10)}
+    safe_pickle.dump(obj, tmp_path / "ok.pickle")
+    back = safe_pickle.load(tmp_path / "ok.pickle")
+    assert back["subset"] == obj["subset"] and back["small"] == obj["small"]

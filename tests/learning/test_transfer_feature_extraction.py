@@ -1,12 +1,18 @@
-"""Stage 3: features are the VGG16 conv base applied to preprocess(load_image), incrementally.
+"""Stage 3: features are the VGG16 conv base applied to preprocess(load_image), incrementally,
+into a sharded store (an index pickle + .npy shards).
 
 Random weights and 64 px images keep this fast (one 64 px VGG16 build is ~1 s); the images are
-the real NIH X-rays of demo/nih-24 plus a truncated PNG and a .DS_Store.
+the real NIH X-rays of demo/nih-24 plus a truncated PNG and a .DS_Store. Most tests store
+float32 (exact comparisons); the float16 default has its own tests.
 """
 import hashlib
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
@@ -14,7 +20,10 @@ import pytest
 
 from learning import safe_pickle, vgg
 from learning import transfer_feature_extraction as tfe
+from learning.store.index import open_store, shards_folder
 from scraper.cli import run_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 DEMO = pathlib.Path(__file__).resolve().parents[2] / "demo" / "nih-24" / "images"
 DEMO_NAMES = sorted(p.name for p in DEMO.glob("*.png"))
@@ -35,7 +44,26 @@ def run(images, output, **kwargs):
     kwargs.setdefault("random_weights", True)
     kwargs.setdefault("image_size", SIZE)
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("feature_dtype", "float32")
+    kwargs.setdefault("shard_size_mb", 0.06)     # 7 rows of (2, 2, 512) float32 per shard
     return tfe.extract_features(images, output, **kwargs)
+
+
+def load(output):
+    """The index as a dict, with every row read back ("features", float32)."""
+    store = open_store(output)
+    rows = store.read(np.arange(len(store)))
+    result = {"names": store.names, "features": rows, "content_hashes": store.content_hashes,
+              "params": store.params, "failures": store.failures, "dtype": store.dtype,
+              "shards": store.shards, "store_id": store.store_id}
+    store.close()
+    return result
+
+
+def snapshot(output):
+    """Bytes of the index and of every shard file."""
+    folder = pathlib.Path(shards_folder(output))
+    return {p.name: p.read_bytes() for p in [pathlib.Path(output)] + sorted(folder.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +86,14 @@ def copy_run(first, tmp_path):
     images, output, _ = first
     shutil.copytree(images, tmp_path / "images")
     shutil.copy(output, tmp_path / "features.pickle")
+    shutil.copytree(shards_folder(output), shards_folder(tmp_path / "features.pickle"))
     return tmp_path / "images", tmp_path / "features.pickle"
 
 
 def test_contract_shapes_names_hashes_failures(first):
     images, output, stats = first
-    result = safe_pickle.load(output, "features", kind="cxr-features/1")
-    assert result["format"] == "cxr-features/1"
+    assert safe_pickle.load(output, kind="cxr-features/2")["format"] == "cxr-features/2"
+    result = load(output)
     assert result["names"] == DEMO_NAMES
     assert result["features"].dtype == np.float32
     assert result["features"].shape == (24, 2, 2, 512)
@@ -82,7 +111,7 @@ def test_contract_shapes_names_hashes_failures(first):
 
 def test_features_equal_a_direct_call_of_the_conv_base(first):
     images, output, _ = first
-    result = safe_pickle.load(output, "features", kind="cxr-features/1")
+    result = load(output)
     model = vgg.build_conv_base(random_weights=True, seed=0, image_size=SIZE)
     batch = np.stack([vgg.load_image(images / n, SIZE) for n in DEMO_NAMES])   # (24, 64, 64, 3)
     expected = np.asarray(model(vgg.preprocess(batch), training=False))        # (24, 2, 2, 512)
@@ -93,22 +122,26 @@ def test_features_equal_a_direct_call_of_the_conv_base(first):
 
 def test_rerun_computes_nothing_and_leaves_the_file_alone(first, tmp_path, net):
     images, output = copy_run(first, tmp_path)
-    before = output.read_bytes()
+    before = snapshot(output)
     stats = run(images, output, model=net)
     assert (stats.computed, stats.reused, stats.failed) == (0, 24, 1)
     assert not stats.written
-    assert output.read_bytes() == before
+    assert snapshot(output) == before
 
 
 def test_new_changed_and_deleted_images(first, tmp_path, net):
     images, output = copy_run(first, tmp_path)
-    old = safe_pickle.load(output, kind="cxr-features/1")
+    old = load(output)
+    shards_before = snapshot(output)
     # Two new images (same pixels under new names) cost exactly two.
     shutil.copy(DEMO / DEMO_NAMES[0], images / "new_a.png")
     shutil.copy(DEMO / DEMO_NAMES[1], images / "new_b.png")
     stats = run(images, output, model=net)
-    assert (stats.computed, stats.reused) == (2, 24)
-    result = safe_pickle.load(output, kind="cxr-features/1")
+    assert (stats.computed, stats.reused, stats.copied) == (2, 24, 0)
+    after = snapshot(output)
+    kept = {name for name in shards_before if name.endswith(".npy")}
+    assert all(after[name] == shards_before[name] for name in kept)  # unchanged shards kept
+    result = load(output)
     assert result["names"] == sorted(DEMO_NAMES + ["new_a.png", "new_b.png"])
     np.testing.assert_allclose(result["features"][result["names"].index("new_a.png")],
                                old["features"][0], rtol=1e-4, atol=1e-4)
@@ -119,7 +152,7 @@ def test_new_changed_and_deleted_images(first, tmp_path, net):
     (images / DEMO_NAMES[3]).unlink()
     stats = run(images, output, model=net)
     assert (stats.computed, stats.reused) == (1, 24)
-    result = safe_pickle.load(output, kind="cxr-features/1")
+    result = load(output)
     assert DEMO_NAMES[3] not in result["names"]
     assert len(result["names"]) == result["features"].shape[0] == 25
     changed = result["features"][result["names"].index(DEMO_NAMES[2])]
@@ -130,31 +163,30 @@ def test_new_changed_and_deleted_images(first, tmp_path, net):
 
 def test_changing_params_recomputes_everything_pooling_and_bf16(first, tmp_path):
     images, output = copy_run(first, tmp_path)
-    grid = safe_pickle.load(output, kind="cxr-features/1")["features"]     # (24, 2, 2, 512)
+    grid = load(output)["features"]     # (24, 2, 2, 512)
     stats = run(images, output, pooling="avg")
     assert (stats.computed, stats.reused) == (24, 0)
-    avg = safe_pickle.load(output, kind="cxr-features/1")
+    avg = load(output)
     assert avg["features"].shape == (24, 512) and avg["params"]["pooling"] == "avg"
     np.testing.assert_allclose(avg["features"], grid.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
     stats = run(images, output, pooling="max")
     assert (stats.computed, stats.reused) == (24, 0)
     maximum = grid.max(axis=(1, 2))                                           # (24, 512)
-    np.testing.assert_allclose(safe_pickle.load(output, kind="cxr-features/1")["features"],
-                               maximum, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(load(output)["features"], maximum, rtol=1e-4, atol=1e-4)
     # bf16: the precision is part of the params (recompute all), features still float32
     # and within bf16's ~3 significant digits of fp32 after 13 convolutions.
     stats = run(images, output, pooling="max", precision="bf16")
     assert (stats.computed, stats.reused) == (24, 0)
-    bf16 = safe_pickle.load(output, kind="cxr-features/1")
+    bf16 = load(output)
     assert bf16["params"]["precision"] == "bf16"
-    assert bf16["features"].dtype == np.float32 and bf16["features"].shape == (24, 512)
+    assert bf16["dtype"] == "float32" and bf16["features"].shape == (24, 512)
     relative = np.abs(bf16["features"] - maximum).max() / np.abs(maximum).max()
     assert 1e-4 < relative < 0.05
 
 
 def test_interrupted_run_keeps_previous_output_and_resumes(first, tmp_path, net, monkeypatch):
     images, output = copy_run(first, tmp_path)
-    before = output.read_bytes()
+    before = snapshot(output)
     for name in DEMO_NAMES[:8]:                       # 8 changed images -> 2 batches of 4
         (images / name).write_bytes((DEMO / DEMO_NAMES[23]).read_bytes() + name.encode())
     calls = []
@@ -169,13 +201,13 @@ def test_interrupted_run_keeps_previous_output_and_resumes(first, tmp_path, net,
     monkeypatch.setattr(tfe.FeatureModel, "__call__", interrupt_second_batch)
     with pytest.raises(KeyboardInterrupt):
         run(images, output, model=net, batch_size=4)
-    assert output.read_bytes() == before                      # previous output intact
+    assert all(snapshot(output)[n] == before[n] for n in before)  # previous output intact
     assert os.path.exists(tfe.partial_path(output))           # 4 finished images saved
     monkeypatch.setattr(tfe.FeatureModel, "__call__", real_call)
     stats = run(images, output, model=net, batch_size=4)
     assert (stats.computed, stats.reused) == (4, 20)          # only the 4 not yet done
     assert not os.path.exists(tfe.partial_path(output))
-    result = safe_pickle.load(output, kind="cxr-features/1")
+    result = load(output)
     np.testing.assert_allclose(result["features"][0], result["features"][23], rtol=1e-4,
                                atol=1e-4)  # same pixels (trailing bytes after IEND ignored)
 
@@ -196,8 +228,8 @@ def test_crash_keeps_the_periodic_checkpoint(first, tmp_path, net, monkeypatch):
     monkeypatch.setattr(tfe.FeatureModel, "__call__", crash_second_batch)
     with pytest.raises(MemoryError):
         run(images, output, model=net, batch_size=4, checkpoint_every=1e-9)
-    partial = safe_pickle.load(tfe.partial_path(output), kind="cxr-features-partial/1")
-    assert partial["names"] == DEMO_NAMES[:4]      # only rows not in the previous output
+    partial = safe_pickle.load(tfe.partial_path(output), kind="cxr-features-partial/2")
+    assert sorted(partial["names"]) == sorted(DEMO_NAMES[:4] + DEMO_NAMES[8:])  # 4 new + kept
     monkeypatch.setattr(tfe.FeatureModel, "__call__", real_call)
     stats = run(images, output, model=net, batch_size=4)
     assert (stats.computed, stats.reused) == (4, 20)
@@ -212,7 +244,7 @@ def test_main_end_to_end_prints_warning_and_summary(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "RANDOMLY initialised" in err and "smoke tests only" in err
     assert "3 images: 2 computed, 0 reused, 1 failed, 1 non-image files skipped" in err
-    assert safe_pickle.load(output, kind="cxr-features/1")["features"].shape == (2, 512)
+    assert load(output)["features"].shape == (2, 512)
     assert run_main(tfe.main, "cxr-extract-features", argv) == 0
     assert "0 computed, 2 reused, 1 failed" in capsys.readouterr().err
 
@@ -258,7 +290,7 @@ def test_refuses_to_overwrite_a_file_that_is_not_a_features_pickle(tmp_path, cap
     out = tmp_path / "training.pickle"
     safe_pickle.dump({"format": "cxr-examples/1", "x": [1]}, out)
     line = _one_error_line(capsys, [images, out, "--random-weights", "--image-size", "32"])
-    assert "refusing to overwrite" in line
+    assert "refusing to overwrite" in line and "is not a features file" in line
     assert safe_pickle.load(out)["format"] == "cxr-examples/1"
 
 
@@ -314,8 +346,12 @@ def test_a_running_writer_is_not_disturbed(first, tmp_path, net, capsys):
     ("--batch-size", "0", "must be between 1 and 1,024"),
     ("--seed", "-5", "must be between 0 and 4,294,967,295"),
     ("--workers", "0", "must be between 1 and 256"),
-    ("--checkpoint-every", "nan", "must be 0 or more"),
-    ("--checkpoint-every", "-1", "must be 0 or more"),
+    ("--checkpoint-every", "nan", "must be between 0 and 604,800"),
+    ("--checkpoint-every", "-1", "must be between 0 and 604,800"),
+    ("--checkpoint-every", "1e20", "must be between 0 and 604,800"),
+    ("--shard-size-mb", "0", "must be between 0.001 and 4,096"),
+    ("--shard-size-mb", "1e9", "must be between 0.001 and 4,096"),
+    ("--max-image-pixels", "0", "must be at least 1"),
 ])
 def test_flag_ranges_are_checked_at_parse_time(tmp_path, capsys, flag, value, message):
     images = make_images(tmp_path / "images", DEMO_NAMES[:1])
@@ -362,23 +398,126 @@ def test_pixel_limit_holds_in_decode_processes_too(tmp_path, mode):
     assert isinstance(result, features_decode.BadImage) and "max-image-pixels" in str(result)
 
 
-def test_reuse_plan_and_feature_table_alone():
-    from learning import features_store
+def test_reuse_plan_alone():
+    from types import SimpleNamespace
+
+    from learning.store import incremental
 
     params = {"layer": "block5_pool"}
-    previous = {"params": params, "rows": np.arange(6, dtype=np.float32).reshape(3, 2),
-                "index": {"a": ("ha", 0), "b": ("hb", 1), "c": ("hc", 2)}}
-    checkpoint = {"params": params, "rows": [np.array([9, 9], np.float32)],
-                  "index": {"d": ("hd", 0)}}
-    stale = {"params": {"layer": "other"}, "rows": np.zeros((1, 2)), "index": {"e": ("he", 0)}}
+    previous = SimpleNamespace(params=params, dtype="float32", names=["a", "b", "c"],
+                               content_hashes=["ha", "hb", "hc"])
+    checkpoint = SimpleNamespace(params=params, dtype="float16", names=["d"],
+                                 content_hashes=["hd"])
+    stale = SimpleNamespace(params={"layer": "other"}, dtype="float32", names=["e"],
+                            content_hashes=["he"])
     names, hashes = ["a", "b", "d", "e", "f"], ["ha", "CHANGED", "hd", "he", None]
-    sources, reuse, to_compute = features_store.plan_reuse(
-        names, hashes, [previous, checkpoint, stale], params)
+    sources, reuse, to_compute = incremental.plan_reuse(
+        names, hashes, [previous, checkpoint, stale], params, "float16")
+    assert sources == [previous, checkpoint]
     assert reuse == {0: (0, 0), 2: (1, 0)} and to_compute == [1, 3]   # f unreadable: neither
-    assert stale["rows"] is None                                       # released at once
-    table = features_store.FeatureTable(len(names), sources, reuse, previous)
-    assert table.unsaved().tolist() == [False, False, True, False, False]
-    table.put([1], np.array([[7, 7]], np.float32))
-    kept, features = table.compact()
-    assert kept.tolist() == [0, 1, 2]
-    np.testing.assert_array_equal(features, [[0, 1], [7, 7], [9, 9]])
+    # A float32 store never takes float16 rows (precision would be lost silently).
+    sources, reuse, to_compute = incremental.plan_reuse(
+        names, hashes, [previous, checkpoint], params, "float32")
+    assert sources == [previous] and reuse == {0: (0, 0)} and to_compute == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the store (issue 16)
+
+def test_float16_default_store_halves_disk_and_stays_close(first, tmp_path, net, capsys):
+    """The default stores float16: 2 bytes a value (a .npy header per shard aside), within
+    float16's precision of the float32 rows; the shards are plain .npy files."""
+    images, output = copy_run(first, tmp_path)
+    exact = load(output)["features"]
+    half = tmp_path / "half" / "features.pickle"
+    stats = tfe.extract_features(images, half, random_weights=True, image_size=SIZE,
+                                 progress=False, model=net)
+    assert stats.computed == 24
+    result = load(half)
+    assert result["dtype"] == "float16" and len(result["shards"]) == 1   # 256 MiB shards
+    np.testing.assert_allclose(result["features"], exact, rtol=2e-3,
+                               atol=1e-3 * np.abs(exact).max())
+    shard = pathlib.Path(shards_folder(half)) / result["shards"][0]["file"]
+    assert shard.stat().st_size == result["shards"][0]["bytes"] == 128 + 24 * 2 * 2 * 512 * 2
+    np.testing.assert_array_equal(np.load(shard).astype(np.float32), result["features"])
+
+
+def test_float16_overflow_is_one_line(first, tmp_path, net, monkeypatch, capsys):
+    """Features beyond float16's range are refused, naming the flag that keeps them."""
+    images, _ = copy_run(first, tmp_path)
+    real_call = tfe.FeatureModel.__call__
+    monkeypatch.setattr(tfe.FeatureModel, "__call__",
+                        lambda self, batch: real_call(self, batch) * 1e6)
+    with pytest.raises(tfe.UserError, match=r"do not fit in float16 .* --feature-dtype float32"):
+        tfe.extract_features(images, tmp_path / "o" / "f.pickle", random_weights=True,
+                             image_size=SIZE, progress=False, model=net)
+    assert not (tmp_path / "o" / "f.pickle").exists()
+
+
+def test_old_single_pickle_is_converted_without_recomputing(first, tmp_path, net):
+    """A cxr-features/1 file (every row in one pickle) as the previous output: re-running
+    stage 3 rewrites it as an index + shards, reusing every row."""
+    images, output = copy_run(first, tmp_path)
+    rows = load(output)
+    old = tmp_path / "old" / "features.pickle"
+    safe_pickle.dump({"format": "cxr-features/1", "names": rows["names"],
+                      "features": rows["features"], "content_hashes": rows["content_hashes"],
+                      "params": rows["params"], "failures": rows["failures"]}, old)
+    stats = run(images, old, model=net)
+    assert (stats.computed, stats.reused, stats.copied) == (0, 24, 24) and stats.written
+    converted = load(old)
+    assert converted["names"] == rows["names"]
+    np.testing.assert_array_equal(converted["features"], rows["features"])
+
+
+def test_deleting_most_of_a_shard_rewrites_it(first, tmp_path, net):
+    """A shard left mostly dead by deleted images is rewritten; the others are kept."""
+    images, output = copy_run(first, tmp_path)
+    before = load(output)
+    for name in DEMO_NAMES[:5]:              # 5 of the first shard's 7 rows
+        (images / name).unlink()
+    stats = run(images, output, model=net)
+    assert (stats.computed, stats.reused, stats.copied) == (0, 19, 2)
+    after = load(output)
+    assert after["names"] == DEMO_NAMES[5:]
+    np.testing.assert_array_equal(after["features"], before["features"][5:])
+    files = sorted(p.name for p in pathlib.Path(shards_folder(output)).iterdir())
+    assert files == sorted(s["file"] for s in after["shards"])     # no dead shard left
+    assert len(set(files) & {s["file"] for s in before["shards"]}) == 3
+
+
+def test_sigkill_mid_run_resumes_from_complete_shards(first, tmp_path, net):
+    """A real stage-3 process killed (SIGKILL) after its first checkpoint: the re-run
+    computes only what no complete shard holds, and the result equals a clean run's."""
+    images = make_images(tmp_path / "images", DEMO_NAMES * 0)
+    for i in range(40):                      # 40 distinct files (different bytes)
+        (images / f"x{i:02d}.png").write_bytes((DEMO / DEMO_NAMES[i % 24]).read_bytes() +
+                                               bytes([i]))
+    output = tmp_path / "features.pickle"
+    argv = [sys.executable, "-m", "learning.transfer_feature_extraction", str(images),
+            str(output), "--random-weights", "--image-size", str(SIZE), "--batch-size", "1",
+            "--shard-size-mb", "0.005", "--no-progress", "--workers", "1", "--layer",
+            "block5_pool"]
+    process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, start_new_session=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(tfe.partial_path(output)) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, process.stderr.read()
+    process.stderr.close()
+    assert not output.exists()
+    done = len(safe_pickle.load(tfe.partial_path(output))["names"])
+    assert 1 <= done < 40
+    stats = run(images, output, shard_size_mb=0.005, feature_dtype="float16", model=net)
+    assert stats.reused >= done and stats.computed == 40 - stats.reused
+    assert stats.failed == 1                 # the truncated PNG
+    assert not os.path.exists(tfe.partial_path(output))
+    resumed = load(output)
+    exact = load(first[1])["features"]       # x{i}.png has the pixels of DEMO_NAMES[i % 24]
+    expected = exact[[i % 24 for i in range(40)]].astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(resumed["features"], expected, rtol=1e-3,
+                               atol=1e-3 * np.abs(expected).max())
+    files = {p.name for p in pathlib.Path(shards_folder(output)).iterdir()}
+    assert files == {s["file"] for s in resumed["shards"]}       # no orphan, no temp file

@@ -1,0 +1,190 @@
+"""Scale benchmark: peak memory and time per image of stages 4 and 5 as the dataset grows.
+
+For each N (2,000, 10,000, 50,000; `--quick`: 2,000 and 10,000) it generates, straight into a
+features store (no VGG16), N synthetic feature rows of the default shape (block4_pool at 224
+px: 14 x 14 x 512, float16, 196 KiB per image) with a weak label signal, and an
+images-description.json of N records (2 images per patient, ~40 % abnormal). Then each stage
+runs as its own command in a child process, exactly as a user runs it:
+  stage 4  cxr-prepare-examples  (split by patient; references, no feature copied)
+  stage 5  cxr-train --head cam --epochs E --patience 0  (the default head, E epochs exactly)
+and the child's peak RSS (os.wait4's ru_maxrss) and wall time are printed as one JSON line per
+(stage, N): {"stage", "n", "peak_rss_mb", "seconds", "seconds_per_image", ...}. A last line
+per stage compares the largest N with the smallest against the goals (issue 16): peak RSS
+ratio <= 1.3 and seconds-per-image ratio <= 1.3.
+
+Each stage is one function of STAGES (name -> function(data folder, N, args) -> argv of the
+child); stage 6's index/gallery part can be added there as another entry.
+
+Example:
+    python benchmarks/bench_scale.py --work-dir /tmp/bench-scale --quick
+    python benchmarks/bench_scale.py --work-dir /big/disk/bench-scale   # 50,000: 10 GB
+
+MEASURED: see the table at the end of this docstring (filled in from a run).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHAPE = (14, 14, 512)          # block4_pool at 224 px
+PARAMS = {"weights": "random:seed=0", "image_size": 224, "layer": "block4_pool",
+          "pooling": "none", "preprocessing": "caffe (keras.applications.vgg16)",
+          "precision": "fp32"}
+GOAL_RATIO = 1.3
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_dataset(folder, n, seed=0, pool_size=256):
+    """images-description.json and a float16 store of n synthetic rows in `folder`.
+
+    Rows are drawn from a pool of `pool_size` random ReLU-like rows (cheap to make at 50,000),
+    scaled per image, with +0.5 added to 16 channels of abnormal images: learnable, not
+    trivially."""
+    from learning.store.index import write_store
+    from scraper.schema import make_record, save_descriptions
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.4).astype(np.int64)
+    names = [f"{i:08d}.png" for i in range(n)]
+    save_descriptions(os.path.join(folder, "images-description.json"), [
+        make_record(name, "folder", label=("abnormal" if label else "normal"),
+                    report_id=f"patient-{i // 2}")
+        for i, (name, label) in enumerate(zip(names, labels))])
+    pool = np.abs(rng.normal(size=(pool_size,) + SHAPE)).astype(np.float32)
+
+    def blocks(size=512):
+        for start in range(0, n, size):
+            part = np.arange(start, min(n, start + size))
+            rows = pool[rng.integers(0, pool_size, len(part))]
+            rows *= rng.uniform(0.5, 1.5, (len(part), 1, 1, 1)).astype(np.float32)
+            rows[labels[part] == 1, :, :, :16] += 0.5
+            yield rows
+
+    write_store(os.path.join(folder, "transfer_features.pickle"), names, blocks(), SHAPE,
+                PARAMS, "float16")
+
+
+def disk_bytes(folder):
+    total = 0
+    for root, _, files in os.walk(folder):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage4(folder, n, args):
+    """cxr-prepare-examples on the generated description and store."""
+    path = lambda name: os.path.join(folder, name)  # noqa: E731
+    return ["-m", "learning.learning_examples_preparing", path("images-description.json"),
+            path("transfer_features.pickle"), path("training.pickle"), path("testing.pickle"),
+            path("examples.json")]
+
+
+def stage5(folder, n, args):
+    """cxr-train with the default (cam) head for exactly args.epochs epochs."""
+    return ["-m", "learning.fully_connected_layers_training",
+            os.path.join(folder, "training.pickle"), os.path.join(folder, "testing.pickle"),
+            os.path.join(folder, "model"), "--head", args.head, "--epochs", str(args.epochs),
+            "--patience", "0", "--bootstrap", "200"]
+
+
+STAGES = {"4": stage4, "5": stage5}   # stage 6 (index/gallery): add a function here
+
+
+def run_child(argv, log_path):
+    """Run `python argv` as a child; -> (seconds, peak RSS in MiB, exit code)."""
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=log,
+                                 stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, PYTHONPATH=ROOT))
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.monotonic() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage.ru_maxrss / 1024.0, child.returncode   # ru_maxrss: KiB on Linux
+
+
+def measure(n, args):
+    folder = os.path.join(args.work_dir, f"n{n}")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    started = time.monotonic()
+    generated = run_child(["-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
+                                 f"from benchmarks.bench_scale import make_dataset; "
+                                 f"make_dataset({folder!r}, {n})"],
+                          os.path.join(folder, "generate.log"))
+    if generated[2] != 0:
+        raise SystemExit(f"generating {n} rows failed: see {folder}/generate.log")
+    store = disk_bytes(os.path.join(folder, "transfer_features.pickle.shards")) + \
+        os.path.getsize(os.path.join(folder, "transfer_features.pickle"))
+    print(json.dumps({"stage": "generate", "n": n, "seconds": round(time.monotonic() -
+                                                                     started, 1),
+                      "store_bytes_per_image": round(store / n)}), flush=True)
+    results = {}
+    for stage in args.stages:
+        seconds, rss, code = run_child(STAGES[stage](folder, n, args),
+                                       os.path.join(folder, f"stage{stage}.log"))
+        line = {"stage": int(stage), "n": n, "peak_rss_mb": round(rss, 1),
+                "seconds": round(seconds, 1), "seconds_per_image": round(seconds / n, 6),
+                "exit": code}
+        if stage == "4":
+            line["split_files_bytes"] = sum(os.path.getsize(os.path.join(folder, name))
+                                            for name in ("training.pickle", "testing.pickle"))
+        if stage == "5" and code == 0:
+            with open(os.path.join(folder, "model", "metrics.json")) as handle:
+                metrics = json.load(handle)
+            line["test_auroc"] = metrics["test"]["roc_auc"]
+            line["epochs_run"] = metrics["epochs_run"]
+        print(json.dumps(line), flush=True)
+        results[stage] = line
+        if code != 0:
+            raise SystemExit(f"stage {stage} failed at N = {n}: see "
+                             f"{folder}/stage{stage}.log")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--work-dir", required=True,
+                        help="where the synthetic data goes (50,000 images: about 10 GB)")
+    parser.add_argument("--quick", action="store_true", help="N = 2,000 and 10,000 only")
+    parser.add_argument("--sizes", default="2000,10000,50000", help="comma-separated N")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages")
+    parser.add_argument("--epochs", type=int, default=2, help="stage-5 epochs (exactly)")
+    parser.add_argument("--head", default="cam", help="stage-5 head preset")
+    parser.add_argument("--keep", action="store_true", help="keep each N's data folder")
+    args = parser.parse_args(argv)
+    sizes = [2000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    args.stages = [s for s in args.stages.split(",") if s]
+    os.makedirs(args.work_dir, exist_ok=True)
+    started = time.monotonic()
+    results = {n: measure(n, args) for n in sizes}
+    small, large = min(sizes), max(sizes)
+    for stage in args.stages:
+        rss = results[large][stage]["peak_rss_mb"] / results[small][stage]["peak_rss_mb"]
+        per_image = (results[large][stage]["seconds_per_image"] /
+                     results[small][stage]["seconds_per_image"])
+        print(json.dumps({"stage": int(stage), "compare": f"{large} vs {small}",
+                          "peak_rss_ratio": round(rss, 3),
+                          "seconds_per_image_ratio": round(per_image, 3),
+                          "goal": GOAL_RATIO, "met": rss <= GOAL_RATIO and
+                          per_image <= GOAL_RATIO}), flush=True)
+    print(json.dumps({"total_seconds": round(time.monotonic() - started, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
