@@ -231,7 +231,7 @@ def _colour_bar(scale, page_dir):
     unit = f" {e(scale['unit'])}" if scale.get("unit") else ""
     where = "full colour at &plusmn;" + ("n/a" if top is None else f"{top:.3g}")
     return (f"<div class=\"colour-bar\"><span>{ends[0]}</span><span class=\"cbar\">{bar}{middle}"
-            f"</span><span class=\"top\">{e(ends[1]) if top is None else ends[1]}{unit}</span>"
+            f"</span><span class=\"top\">{e(ends[1]) if top is None else ends[1]}</span>"
             f"</div><div class=\"meta scale\">{where}{unit}{' (' + e(kind) + ')' if kind else ''};"
             f" smoothing: {e(smoothing)}</div>")
 

@@ -115,11 +115,16 @@ def make_header(gallery, n_test=208, limit=None, examples=None):
               "controls": {"lung_prior": _block(0.41), "centred_gaussian": _block(0.21)},
               "description": {"controls": "maps that use no image <no model>",
                               "difference_vs": "method minus control, paired bootstrap"}}
-    sanity = {"methods": {"grad-cam": {"head": {"mean_rho": float("nan")},
-                                       "head+block4": {"mean_rho": 0.21}},
-                          "deeplift": {"head": {"mean_rho": 0.1},
-                                       "head+block4": {"mean_rho": 0.05}, "status": "passes"}},
-              "flagged": [], "images": ["a", "b"],
+    def stage(rho, status):
+        return {"mean_rho": rho, "checked": 0 if rho is None else 2, "images": 2,
+                "status": status}
+    sanity = {"methods": {"grad-cam": {"stages": {"head": stage(None, "could not be checked"),
+                                                  "head+block4": stage(0.21, "passes")},
+                                       "status": "could not be checked"},
+                          "deeplift": {"stages": {"head": stage(0.1, "passes"),
+                                                  "head+block4": stage(0.05, "passes")},
+                                       "status": "passes"}},
+              "flagged": [], "images": ["a", "b"], "flag_rho": 0.9,
               "stages": {"head": "head kernels re-drawn",
                          "head+block4": "head and block4 conv kernels re-drawn"}}
     grid = [[(r * 3 + c) % 5 if 1 < r < 6 else 0 for c in range(8)] for r in range(8)]
