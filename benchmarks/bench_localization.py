@@ -210,6 +210,17 @@ pointing 0.235 +- 0.011, inside 0.263 +- 0.002, IoBB 0.295; Grad-CAM++ 0.242 / 0
 AUROC, at 4x the feature cost (stage 3 took 22 min for 1,000 images here vs 3 min at 224).
 Not run for lack of CPU: LSE pooling, block5 with more seeds and epochs.
 Default chosen: cam-aug-r3 with Grad-CAM at 224 px (the "cam" preset).
+
+THE THIRD CONTROL (issue 21; measured December 2026, declared before running: the default
+"cam" preset with Grad-CAM, seeds 0, 1, 2, nothing chosen on it). The mean of the default's own
+maps of the 44 images (each scaled to max 1), shown for every image, scores pointing 0.227 /
+0.386 / 0.227 and inside share 0.219 / 0.227 / 0.223. Paired differences, maps minus their own
+mean map: pointing +0.091 [-0.045, +0.227] / -0.023 [-0.205, +0.159] / +0.114 [-0.023, +0.250];
+inside share +0.045 [+0.013, +0.075] / +0.053 [+0.015, +0.088] / +0.046 [+0.013, +0.079]. So on
+these 44 images the per-image maps carry a little per-image information in where their mass
+lies (inside share beats the mean map, CI above 0 for every seed), none that the pointing game
+can show, and the verdict for every seed is "does not localize" (pointing does not beat the
+lung prior nor the mean map). The same holds for the maps multiplied by the lung prior.
 """
 import argparse
 import csv

@@ -174,7 +174,7 @@ def compile_model(model, config):
 
 def make_batches(paths, labels, subset, config, image_size, seed, workers=1):
     """Namespace(train, val or None, class_weights): the streamed training and validation sets."""
-    from learning.fully_connected_layers_training import class_weights
+    from learning.train.loop import class_weights
     from learning.store.image_batches import ImageBatches
 
     subset = np.asarray(subset, dtype=object)
@@ -295,17 +295,10 @@ def predict_logits(model, batches):
     return np.asarray(model.predict(batches, verbose=0), np.float64)
 
 
-def cross_entropy(labels, logits):
-    """Mean softmax cross-entropy of 2-class logits (N, 2): the unweighted validation loss."""
-    logits = np.asarray(logits, np.float64)
-    top = logits.max(axis=1)
-    log_total = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    return float(np.mean(log_total - logits[np.arange(len(labels)), labels]))
-
-
 def validate(model, data):
     """(validation loss, AUROC) of the current weights; (None, None) without validation."""
     from learning.metrics import roc_auc
+    from learning.train.loop import cross_entropy
 
     if data.val is None:
         return None, None
