@@ -186,6 +186,7 @@ def describe_item(args, inputs, item, probs, methods):
             "original_size": [width, height], "boxes": boxes, "excluded": excluded,
             "source": str(record.get("url") or ""), "view": record.get("view"),
             "modality": (record.get("dicom") or {}).get("modality") or None,
+            "report": {key: record.get(key) for key in ("findings", "impression", "items")},
             "files": files, "methods": {m: {"picture": pictures[m]} for m in methods},
             # internal: not for the pages
             "path": item["path"], "scored_boxes": scored, "scores": {}}
