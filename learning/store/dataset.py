@@ -231,7 +231,7 @@ def training_batches(source, positions, labels, sample_weight, batch_size, seed,
     return Batches()
 
 
-def predict_logits(model, source, positions=None, batch_size=256):
+def predict_logits(model, source, positions=None, batch_size=64):
     """(len(positions), 2) float64 logits of `model` on the source's rows (all by default),
     through one compiled forward function per model (learning.gradients.forward)."""
     from learning.gradients import forward
