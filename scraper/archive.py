@@ -29,12 +29,12 @@ import zlib
 
 from scraper.cli import UserError, fmt_count, log, progress_bar
 from scraper.download import DownloadRefused, download
-from scraper.fileio import (NotRegularFile, TooLarge, atomic_write_bytes, read_regular,
-                            remove_stale_temp_files)
+from scraper.fileio import (NotRegularFile, TooLarge, atomic_write_bytes, open_regular,
+                            read_regular, remove_stale_temp_files)
 from scraper.images import BadImage, check_image_bytes, check_image_file
 from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem,
                             label_from_mesh, load_descriptions, make_record)
-from scraper.summary import ScrapeSummary, finish, merge_records
+from scraper.summary import ScrapeSummary, finish, merge_records, require_saved
 
 ARCHIVE_PNG_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
 ARCHIVE_REPORTS_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"
@@ -129,12 +129,14 @@ def _stream_members(path, what):
 
     `read()` returns the member's bytes. Corrupt or non-tar input -> UserError naming the file.
     """
+    handle = open_regular(path, what)  # a FIFO or device is refused here, never read
     try:
-        tar = tarfile.open(path, mode="r|*")
+        tar = tarfile.open(fileobj=handle, mode="r|*")
     except _ARCHIVE_ERRORS as error:
+        handle.close()
         raise UserError(f"{what} {path} is not a tar.gz archive ({error})") from None
     count = 0
-    with tar:
+    with handle, tar:
         while True:
             try:
                 member = tar.next()
@@ -297,4 +299,5 @@ def scrape_archive(data_dir, png_source, reports_source, limit=None, progress=Tr
 
     records = [make_record(source="archive", url=urls[name], **fields[name])
                for name in wanted if name in urls]
-    return finish(data_dir, merge_records(existing, records), failures, summary)
+    finish(data_dir, merge_records(existing, records), failures, summary)
+    return require_saved(summary, f"the archives {png_source}", failures)

@@ -13,29 +13,33 @@ Modality LUT Sequence) -> VOI: the VOI LUT Sequence, else WindowCenter/WindowWid
 LINEAR_EXACT or SIGMOID), else a robust percentile window (0.5-99.5 % of the non-padding
 pixels) -> MONOCHROME1 inverted -> padding drawn black -> 0..255. RGB/YBR (pydicom converts YBR
 to RGB) becomes gray with the ITU-R 601 weights. Multi-frame images and modalities that are not
-projection radiographs are refused with the reason.
+projection radiographs are refused with the reason. Decoded sizes and lookup tables are
+checked from the headers before any decoder runs (scraper/dicom_checks.py); a file that still
+trips pydicom, GDCM or numpy is one listed failure (DicomError), never the end of the import.
 
 Privacy: nothing from the header is returned but the pixel record (modality, photometric
 interpretation, bits, transfer syntax, rescale, window) and the grouping keys, which callers
-store only as salted hashes (`salted_id`, salt kept per data folder in `SALT_FILE`).
+store only as salted hashes (scraper/phi.py: `salted_id`, `IdentifierMask`).
 
 Example (through the stage-2 command):
     cxr-scrape data --source folder --images dicom_export --labels labels.csv
 """
-import hashlib
-import hmac
+import io
 import os
-import secrets
 import struct
 import warnings
+import zlib
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from scraper.fileio import atomic_write_text, read_regular
-from scraper.images import BadImage, max_pixels
+from scraper.dicom_checks import (DicomError, check_inflated_size, check_lookup_tables,
+                                  check_pixel_data, header_int as _int)
+from scraper.fileio import TooLarge, read_regular
+from scraper.images import max_pixels
+from scraper.schema import normalize_modality, normalize_view
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
 # Projection radiography (DICOM PS3.3 C.7.3.1.1.1): imported without a word.
@@ -46,20 +50,12 @@ TOLERATED_MODALITIES = ("OT", "SC", "")
 MAX_DICOM_BYTES = 256 << 20      # an uncompressed 4k x 4k 16-bit radiograph is 32 MB
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: the index of a CD/export, no image
 PERCENTILES = (0.5, 99.5)        # robust window when the header gives none
-SALT_FILE = ".id-salt"
 GROUP_KEYS = {"patient": "PatientID", "study": "StudyInstanceUID"}
-# Header values that identify a patient or a study; used only to mask them out of file paths.
-IDENTIFYING = ("PatientID", "OtherPatientIDs", "PatientName", "PatientBirthDate",
-               "AccessionNumber", "StudyID", "StudyInstanceUID", "SeriesInstanceUID",
-               "SOPInstanceUID", "MedicalRecordLocator")
-# What can go wrong inside pydicom/GDCM on a broken or hostile file (one reason per file).
+# What can go wrong inside pydicom/GDCM/numpy on a broken or hostile file (one reason per file;
+# the import goes on). MemoryError too: a decoder that still over-allocates fails one file.
 _READ_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError,
-                IndexError, NotImplementedError, RuntimeError, OverflowError, struct.error,
-                OSError, UnicodeDecodeError)
-
-
-class DicomError(BadImage):
-    """A DICOM file that cannot be imported; the message is the reason shown to the user."""
+                IndexError, NotImplementedError, RuntimeError, ArithmeticError, struct.error,
+                OSError, UnicodeDecodeError, MemoryError, zlib.error)
 
 
 def is_dicom_name(name):
@@ -85,31 +81,43 @@ def read_header(path):
     """(header without pixels, bare?) of a DICOM file; None when `path` is not DICOM at all.
 
     Raises DicomError when the file declares itself DICOM (preamble or .dcm name) but its
-    header cannot be read. `path` must be a regular file (the caller checks).
+    header cannot be read, or when it would decode to more than the caps allow. `path` must be
+    a regular file (the caller checks).
     """
-    size = os.path.getsize(path)
-    if size > MAX_DICOM_BYTES:
-        raise DicomError(f"DICOM file is {size:,} bytes, more than the {MAX_DICOM_BYTES:,} "
-                         f"allowed")
-    with open(path, "rb") as handle:
-        kind = _sniff(handle.read(132))
+    data = _read_bytes(path)
+    kind = _sniff(data[:132])
     if kind is None:
         if is_dicom_name(os.path.basename(path)):
             raise DicomError("not a DICOM file (no 'DICM' preamble and no DICOM header)")
         return None
     try:
+        if kind == "preamble":
+            check_inflated_size(data)
         with warnings.catch_warnings():  # pydicom warns per odd element; the reason is enough
             warnings.simplefilter("ignore")
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=kind == "bare")
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                     force=kind == "bare")
         # force=True parses anything; a real image header has these.
         if kind == "bare" and not ("SOPClassUID" in header or "Rows" in header):
             return None
         header.get("Rows")  # decode a few elements now: a garbled header fails here
+    except DicomError:
+        raise
     except _READ_ERRORS as error:
         if kind == "bare" and not is_dicom_name(os.path.basename(path)):
             return None
         raise DicomError(f"unreadable DICOM header ({_short(error)})") from None
     return header, kind == "bare"
+
+
+def _read_bytes(path):
+    """The whole file (at most MAX_DICOM_BYTES): pydicom then parses from memory, where an
+    element that claims gigabytes gets what is there, not an allocation of its claim."""
+    try:
+        return read_regular(path, MAX_DICOM_BYTES, "DICOM file")
+    except TooLarge:
+        raise DicomError(f"DICOM file is {os.path.getsize(path):,} bytes, more than the "
+                         f"{MAX_DICOM_BYTES:,} allowed") from None
 
 
 def _short(error):
@@ -135,16 +143,15 @@ def check_importable(header):
         raise DicomError(f"image is {columns:,} x {rows:,} = {rows * columns:,} pixels, more "
                          f"than the {max_pixels():,} allowed (raise --max-image-pixels if it "
                          f"is real)")
+    if rows <= 0 or columns <= 0:
+        raise DicomError(f"image of {columns} x {rows} pixels (Rows/Columns missing or 0)")
+    samples, bits = _int(header.get("SamplesPerPixel"), 1), _int(header.get("BitsAllocated"), 0)
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32):
+        raise DicomError(f"unsupported pixel layout: {samples} sample(s) per pixel of {bits} "
+                         f"bits allocated (supported: 1 or 3 samples of 1, 8, 16 or 32 bits)")
     if modality in TOLERATED_MODALITIES:
         return f"modality {modality or 'missing'}"
     return None
-
-
-def _int(value, default):
-    try:
-        return int(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return default
 
 
 def convert(path, bare=False):
@@ -164,7 +171,7 @@ def is_media_directory(header):
 
 def _convert(path, bare):
     try:
-        ds = pydicom.dcmread(path, force=bare)
+        ds = pydicom.dcmread(io.BytesIO(_read_bytes(path)), force=bare)
     except _READ_ERRORS as error:
         raise DicomError(f"unreadable DICOM file ({_short(error)})") from None
     check_importable(ds)
@@ -178,20 +185,34 @@ def _convert(path, bare):
                   pydicom.uid.ExplicitVRLittleEndian if little else
                   pydicom.uid.ExplicitVRBigEndian)
         ds.file_meta.TransferSyntaxUID = syntax
+    check_pixel_data(ds, syntax)  # sizes from the headers, before any decoder allocates
+    check_lookup_tables(ds)
+    try:
+        return _pixels(ds, syntax)
+    except DicomError:
+        raise
+    except _READ_ERRORS as error:  # whatever else a hostile file finds: this file fails
+        raise DicomError(f"cannot convert the pixels ({_short(error)})") from None
+
+
+def _pixels(ds, syntax):
+    """Decode and convert: (uint8 (H, W), pixel record, dataset)."""
     try:
         stored = ds.pixel_array  # (H, W) or (H, W, 3); YBR already converted to RGB
     except _READ_ERRORS as error:
         name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
         raise DicomError(f"cannot decode the pixel data ({name}): {_short(error)}") from None
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    record = {"modality": str(ds.get("Modality", "") or ""), "photometric": photometric,
+    record = {"modality": normalize_modality(ds.get("Modality")), "photometric": photometric,
               "bits_stored": _int(ds.get("BitsStored"), None),
               "transfer_syntax": str(syntax or ""), "rows": int(stored.shape[0]),
               "columns": int(stored.shape[1])}
-    if stored.ndim == 3:
+    colour = _int(ds.get("SamplesPerPixel"), 1) == 3
+    if stored.ndim != (3 if colour else 2) or stored.shape[:2] != (ds.Rows, ds.Columns):
+        raise DicomError(f"decoded pixel array has shape {stored.shape}, the header describes "
+                         f"{ds.Rows} x {ds.Columns}" + (" x 3" if colour else ""))
+    if colour:
         return _color_to_gray(stored, ds, record), record, ds
-    if stored.ndim != 2:
-        raise DicomError(f"unexpected pixel array shape {stored.shape}")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(f"unsupported photometric interpretation {photometric or 'missing'} "
                          f"(supported: MONOCHROME1, MONOCHROME2, RGB, YBR_*)")
@@ -298,31 +319,6 @@ def grayscale_to_uint8(stored, ds, record):
 
 # ---- grouping keys, views and privacy -------------------------------------------------------
 
-def data_salt(data_dir):
-    """The data folder's secret salt (created on first use; hex text in SALT_FILE)."""
-    path = os.path.join(os.fspath(data_dir), SALT_FILE)
-    try:
-        salt = read_regular(path, 1024, "salt file").decode("ascii", "replace").strip()
-        if len(salt) >= 32:
-            return salt
-    except FileNotFoundError:
-        pass
-    salt = secrets.token_hex(32)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    atomic_write_text(path, salt + "\n")
-    return salt
-
-
-def salted_hex(salt, text, length=16):
-    """HMAC-SHA256 of `text` under the data folder's salt, as `length` hex digits."""
-    return hmac.new(salt.encode(), text.encode(), hashlib.sha256).hexdigest()[:length]
-
-
-def salted_id(salt, kind, value):
-    """'kind-<16 hex>': a grouping key or name that cannot be turned back into `value`."""
-    return f"{kind}-{salted_hex(salt, f'{kind}:{value}')}"
-
-
 def group_key(ds, by="patient"):
     """(kind, raw value) of the grouping element, falling back from patient to study; or None."""
     order = ("patient", "study") if by == "patient" else ("study",)
@@ -334,29 +330,12 @@ def group_key(ds, by="patient"):
 
 
 def view_of(ds):
-    """ViewPosition -> 'PA' | 'AP' | 'lateral' | other upper-case text | None."""
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD"):
-        return "lateral"
-    return view or None
+    """ViewPosition -> the schema's vocabulary ('PA', 'AP', 'lateral', ..., 'other') or None."""
+    return normalize_view(ds.get("ViewPosition"))
 
 
-def mask_identifiers(text, ds):
-    """`text` (a file path) with every identifying header value replaced by [Keyword]."""
-    for keyword in IDENTIFYING:
-        value = ds.get(keyword)
-        if value is None:
-            continue
-        values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
-        parts = []
-        for item in values:
-            item = str(item).strip()
-            parts.append(item)
-            parts.extend(p for p in item.replace("^", " ").split() if p != item)
-        for part in sorted(set(parts), key=len, reverse=True):
-            if len(part) >= 4 and part.lower() in text.lower():
-                start = text.lower().index(part.lower())
-                while start >= 0:
-                    text = text[:start] + f"[{keyword}]" + text[start + len(part):]
-                    start = text.lower().find(part.lower(), start + len(keyword) + 2)
-    return text
+def modality_of(ds):
+    """Modality -> the schema's vocabulary ('CR', 'DX', ..., 'other') or None."""
+    return normalize_modality(ds.get("Modality"))
+
+

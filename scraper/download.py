@@ -4,9 +4,10 @@ The bytes stream into `<target>.download` beside the target, with a progress bar
 continues that file with an HTTP Range request; the hash is checked before the atomic rename,
 so the target is either absent, the previous file, or the complete verified file.
 
-The temp file is opened without following symlinks (a link planted at `<target>.download`
-would make us append to whatever it points at) and locked while written (a second download
-into it is refused). A body is never allowed past its declared Content-Length nor past
+The temp file is opened without following symlinks and only when it has a single hard link
+(a link planted at `<target>.download` would make us append to whatever it points at, and the
+final rename would move the victim), and locked while written (a second download into it is
+refused). A body is never allowed past its declared Content-Length nor past
 `max_bytes` (an endless body would fill the disk).
 """
 import contextlib
@@ -17,7 +18,7 @@ import stat
 
 import requests
 from scraper.cli import UserError, log, progress_bar
-from scraper.fileio import atomic_write, file_hash, open_nofollow
+from scraper.fileio import atomic_write, file_hash, open_nofollow, open_regular
 from scraper.http_client import (DEFAULT_TIMEOUT, BodyTooLarge, declared_length,
                                  describe_request_error, make_session)
 
@@ -96,7 +97,7 @@ def install(source_path, target, expected_hash=None, source=None, move=False):
         os.replace(source_path, target)
     else:
         # copy through a unique temp file beside the target, so a killed copy leaves no half file
-        with open(source_path, "rb") as source_file, atomic_write(target) as handle:
+        with open_regular(source_path, "file") as source_file, atomic_write(target) as handle:
             shutil.copyfileobj(source_file, handle, CHUNK * 16)
     return "downloaded"
 
@@ -111,6 +112,9 @@ def _partial_size(partial):
         raise DownloadRefused(f"refusing to use {partial}: it is "
                         f"{'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a file'}, "
                         f"not a download of ours (remove it and re-run)")
+    if info.st_nlink > 1:  # a hard link: appending would change the other file's bytes
+        raise DownloadRefused(f"refusing to use {partial}: it has {info.st_nlink} hard links, "
+                              f"not a download of ours (remove it and re-run)")
     return info.st_size
 
 

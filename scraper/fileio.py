@@ -261,12 +261,13 @@ def read_regular(path, max_bytes, what="file"):
 def open_nofollow(path, append=False):
     """Open `path` for binary writing (or appending) without following a symlink planted there.
 
-    Refuses (UserError) a symlink or a non-regular file at `path`: a planted link would make us
-    write into whatever it points at.
+    Refuses (UserError) a symlink, a non-regular file or a file with more than one hard link at
+    `path`: a planted link would make us write into whatever it points at (`check_private`).
+    Truncation (append=False) happens only after the checks: O_TRUNC is not passed to open.
     """
     path = os.fspath(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    flags |= os.O_APPEND if append else os.O_TRUNC
+    flags |= os.O_APPEND if append else 0
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as error:
@@ -276,12 +277,27 @@ def open_nofollow(path, append=False):
         if error.errno == errno.ENXIO:  # a FIFO without reader
             raise NotRegularFile(f"refusing to write into a FIFO: {path}") from None
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    try:
+        check_private(fd, path)
+    except BaseException:
         os.close(fd)
-        raise NotRegularFile(f"refusing to write into {path}: {_kind(mode)}")
+        raise
     os.set_blocking(fd, True)
+    if not append:
+        os.ftruncate(fd, 0)
     return os.fdopen(fd, "ab" if append else "wb")
+
+
+def check_private(fd, path, what="refusing to write into"):
+    """Refuse (UserError) to write into an open file that is not a regular file of its own:
+    a hard link planted at a temp or lock file's name (`ln victim data/w.h5.download`) shares
+    the victim's bytes, and writing there would change the victim."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFile(f"{what} {path}: {_kind(info.st_mode)}")
+    if info.st_nlink > 1:
+        raise UserError(f"{what} {path}: it has {info.st_nlink} hard links (its bytes are "
+                        f"another file's too); remove it and re-run")
 
 
 # ---- outputs must not clobber inputs -------------------------------------------------------
@@ -343,12 +359,18 @@ def _same_file(a, b):
 
 # ---- one writer per data folder ------------------------------------------------------------
 
+_HELD = {}  # (st_dev, st_ino) of a lock file this process holds -> [fd, depth]
+
+
 @contextlib.contextmanager
 def folder_lock(directory, prog):
     """Hold an exclusive lock on `directory` (its .cxr-lock file) for the `with` block.
 
     A second writer is refused at once with one line naming the holder's process id (waiting
     could hang behind a stuck run). The lock dies with its process: a killed run leaves none.
+    Re-entrant within a process (a stage that calls another stage's code on the same folder).
+    The lock file is only ever written when it is a regular file of its own: a symlink, FIFO,
+    folder or hard link planted at .cxr-lock is refused with one line, never written through.
     """
     directory = os.fspath(directory)
     try:
@@ -356,22 +378,52 @@ def folder_lock(directory, prog):
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"{directory} is a file, expected a folder") from None
     path = os.path.join(directory, LOCK_FILE)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                     0o666)
-    except OSError as error:
-        if error.errno != errno.ELOOP:
-            raise
-        raise UserError(f"refusing to use {path}: it is a symbolic link (remove it)") from None
+    fd = _open_lock(path)
+    key = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    if key in _HELD:  # this process holds it already: nest
+        os.close(fd)
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            holder = "".join(c for c in holder if c.isprintable()) or "unknown"
             raise UserError(f"another run is writing to {directory} (process {holder}); wait "
                             f"for it to finish or use another folder") from None
+        check_private(fd, path, "refusing to use the lock file")  # a link made meanwhile
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {prog}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
         yield
     finally:
+        _HELD.pop(key, None)
         os.close(fd)  # releases the lock
+
+
+def _open_lock(path):
+    """The lock file's fd (created if missing), never following a link; UserError when the
+    name holds something that is not our own regular file."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"refusing to use {path}: it is a symbolic link (remove it)") \
+                from None
+        if error.errno in (errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot use the lock file {path}: {error.strerror} (remove it, "
+                            f"or use a folder you may write)") from None
+        raise
+    try:
+        check_private(fd, path, "refusing to use the lock file")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return fd

@@ -17,15 +17,22 @@ Writes: <data_dir>/images/<name>: a hard link (or an atomic copy across file sys
 Groups (report_id, kept on one side of the split): the CSV's group column, else the first
 capture group of --group-pattern on the relative path, else a DICOM's PatientID (or its
 StudyInstanceUID with --dicom-group study), else the image itself - with a warning when names
-share prefixes that look like patients. DICOM groups are stored as salted hashes only.
+share prefixes that look like patients. DICOM groups are stored as salted hashes only
+(scraper/groups.py).
 
 Only regular files are opened: a FIFO or device (also behind a symbolic link) named like an
 image is a failure with the reason, never read; a symbolic link to a regular file imports the
 target's bytes. Files that are neither images nor DICOM (.DS_Store, Thumbs.db, notes.txt) are
 skipped and counted; a file with an image extension that does not decode is a failure with its
-reason, as is a broken DICOM or a CSV row naming a missing image; images the CSV does not list
-are skipped. A re-run leaves unchanged files alone (counted as present). Nothing imported
-(0 saved, 0 present) is an error.
+reason, as is a broken DICOM or a CSV row naming an unusable path or a file that is no image;
+images the CSV does not list are skipped; CSV rows naming images this folder does not hold (a
+master list) are counted apart, in one line, not as failures (scraper/folder_csv.py reads the
+CSVs). A re-run leaves unchanged files alone (counted as present). Nothing imported (0 saved,
+0 present) is an error.
+
+Privacy: for DICOM input every string that leaves the import (records' urls, failures, log
+lines, errors) goes through one IdentifierMask built from all the DICOM headers found
+(scraper/phi.py); records carry the masked source path, the normalised view and modality.
 
 Example (through the stage-2 command):
     cxr-scrape data --source folder --images demo/nih-24/images \\
@@ -37,7 +44,6 @@ Example (through the stage-2 command):
 """
 import collections
 import contextlib
-import csv
 import dataclasses
 import os
 import re
@@ -48,34 +54,22 @@ import time
 import numpy as np
 from PIL import Image
 
-from scraper import dicom
-from scraper.cli import UserError, fmt_count, log, progress_bar
-from scraper.fileio import atomic_write, remove_stale_temp_files
+from scraper import dicom, phi
+from scraper.cli import UserError, fmt_count, progress_bar
+from scraper.fileio import atomic_write, open_regular, remove_stale_temp_files
 from scraper.images import BadImage, check_image_file, is_image_name
-from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, load_descriptions, make_box,
-                            make_record, normalize_label)
+from scraper.folder_csv import read_boxes_csv, read_labels_csv
+from scraper.groups import assign_groups
+from scraper.phi import mask, say
+from scraper.schema import DESCRIPTION_FILE, IMAGES_DIR, load_descriptions, make_record
 from scraper.summary import ScrapeSummary, finish, merge_records
 
-IMAGE_COLUMN = "image"
-VIEW_COLUMN = "view"
-BOX_COLUMNS = ("image", "finding", "x", "y", "w", "h")
 _SKIPPED_DIRS = ("__MACOSX",)  # macOS zip leftovers: resource forks, never images
 
 
 def flat_name(relative_path):
     """'abnormal/1.jpg' -> 'abnormal__1.jpg' (unique, flat, safe as a file name)."""
     return relative_path.replace("\\", "/").strip("/").replace("/", "__")
-
-
-def clean_relative(path_text):
-    """A CSV's image path -> normalised '/'-separated relative path, or None if it climbs out."""
-    text = path_text.strip().replace("\\", "/")
-    while text.startswith("./"):
-        text = text[2:]
-    parts = [p for p in text.split("/") if p not in ("", ".")]
-    if not parts or text.startswith("/") or ".." in parts or ":" in parts[0]:
-        return None
-    return "/".join(parts)
 
 
 def list_files(images_dir, exclude=None):
@@ -94,90 +88,6 @@ def list_files(images_dir, exclude=None):
             relative = name if relative_root == "." else f"{relative_root}/{name}"
             found.append(relative.replace(os.sep, "/"))
     return sorted(found)
-
-
-def _open_csv(path, what):
-    """(rows as dicts with their line numbers, column names); UserError on unreadable files."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            reader.fieldnames = columns
-            rows = [(reader.line_num, row) for row in reader]
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} is a directory, expected a CSV file: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{what} {path} is not a readable UTF-8 CSV ({error})") from None
-    if not columns:
-        raise UserError(f"{what} {path} is empty: expected a header row")
-    return rows, columns
-
-
-def _require_columns(path, what, columns, wanted, hint=""):
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        raise UserError(f"{what} {path} has no column {', '.join(map(repr, missing))} "
-                        f"(columns: {', '.join(columns)}){hint}")
-
-
-def _cell(row, column):
-    return (row.get(column) or "").strip()
-
-
-def read_labels_csv(path, label_column="label", group_column="group"):
-    """{relative path: {"label", "report_id"?, "view"?, "row"}} from a labels CSV."""
-    rows, columns = _open_csv(path, "labels CSV")
-    _require_columns(path, "labels CSV", columns, (IMAGE_COLUMN, label_column),
-                     "; name the label column with --label-column")
-    if group_column not in columns and group_column != "group":
-        raise UserError(f"labels CSV {path} has no group column {group_column!r} "
-                        f"(columns: {', '.join(columns)})")
-    entries = {}
-    for line, row in rows:
-        image = _cell(row, IMAGE_COLUMN)
-        if not image and not any(_cell(row, c) for c in columns):
-            continue  # blank line
-        relative = clean_relative(image)
-        if relative is None:
-            raise UserError(f"labels CSV {path}: row {line}: invalid image path {image!r} "
-                            f"(must be relative to the images folder, without '..')")
-        value = _cell(row, label_column)
-        try:
-            label = normalize_label(value)
-        except ValueError:
-            raise UserError(f"labels CSV {path}: row {line} (image {image}): invalid "
-                            f"{label_column} {value!r}; use normal/abnormal or 0/1") from None
-        if relative in entries:
-            raise UserError(f"labels CSV {path}: image {image!r} is listed twice "
-                            f"(rows {entries[relative]['row']} and {line})")
-        entry = {"label": label, "row": line}
-        if _cell(row, group_column):
-            entry["report_id"] = _cell(row, group_column)
-        if _cell(row, VIEW_COLUMN):
-            entry["view"] = _cell(row, VIEW_COLUMN)
-        entries[relative] = entry
-    return entries
-
-
-def read_boxes_csv(path):
-    """{relative path: [box, ...]} from a CSV with columns image, finding, x, y, w, h."""
-    rows, columns = _open_csv(path, "boxes CSV")
-    _require_columns(path, "boxes CSV", columns, BOX_COLUMNS)
-    boxes = {}
-    for line, row in rows:
-        if not any(_cell(row, c) for c in columns):
-            continue
-        relative = clean_relative(_cell(row, "image"))
-        try:
-            if relative is None:
-                raise ValueError(f"invalid image path {_cell(row, 'image')!r}")
-            box = make_box(*(_cell(row, c) for c in BOX_COLUMNS[1:]))
-        except ValueError as error:
-            raise UserError(f"boxes CSV {path}: row {line}: {error}") from None
-        boxes.setdefault(relative, []).append(box)
-    return boxes
 
 
 def _unchanged(source, target):
@@ -203,11 +113,10 @@ def place_file(source, target):
     except OSError:  # other file system, no permission to link, ...: copy instead
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    with open(source, "rb") as source_file, atomic_write(target) as handle:
+    with open_regular(source, "image") as source_file, atomic_write(target) as handle:
         shutil.copyfileobj(source_file, handle, 1 << 20)
     info = os.stat(source)
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
-
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO/named pipe"),
@@ -301,34 +210,41 @@ def _resolve_uids(listed, uids, what):
 
 def _select_entries(sources, junk, labels_csv, normal_class, images_dir, label_column,
                     group_column, fail):
-    """{relative: {"label", "report_id"?, "view"?}} to import, and how many were skipped."""
+    """({relative: {"label", "report_id"?, "view"?}} to import, how many were skipped, and how
+    many CSV rows name an image that is not in the folder)."""
     if labels_csv:
-        entries = _resolve_uids(read_labels_csv(labels_csv, label_column, group_column),
-                                _uid_index(sources), f"labels CSV {labels_csv}")
+        listed, invalid = read_labels_csv(labels_csv, label_column, group_column)
+        entries = _resolve_uids(listed, _uid_index(sources), f"labels CSV {labels_csv}")
+        csv_name = os.path.basename(labels_csv)
+        for line, image, reason in invalid:
+            fail(image, f"listed in {csv_name} row {line}: {reason}")
         on_disk = set(sources) | set(junk)
+        absent = sorted((e["row"], r) for r, e in entries.items() if r not in on_disk)
         for relative, entry in list(entries.items()):
-            where = f"listed in {os.path.basename(labels_csv)} row {entry['row']}"
             if relative not in on_disk:
-                fail(relative, f"{where} but not found in {images_dir}")
-                del entries[relative]
+                del entries[relative]  # a master CSV lists more than one folder holds
             elif relative not in sources:
-                fail(relative, f"{where} but not an image file")
+                fail(relative, f"listed in {csv_name} row {entry['row']} but not an image file")
                 del entries[relative]
+        if absent:
+            say(f"{fmt_count(len(absent))} row(s) of {csv_name} name images that are not in "
+                f"{images_dir}: not imported, not failures (e.g. row {absent[0][0]}: "
+                f"{absent[0][1]})")
         left_out = [p for p in sources if p not in entries]
         if left_out:
-            log(f"{fmt_count(len(left_out))} image(s) not in {labels_csv}: skipped "
+            say(f"{fmt_count(len(left_out))} image(s) not in {labels_csv}: skipped "
                 f"(e.g. {left_out[0]})")
-        return entries, len(left_out)
+        return entries, len(left_out), len(absent)
     if normal_class:
         labels = _class_labels(sorted(sources), normal_class, images_dir)
         loose = [p for p in sorted(sources) if p not in labels]
         if loose:
-            log(f"{fmt_count(len(loose))} image(s) outside the class folders: skipped "
+            say(f"{fmt_count(len(loose))} image(s) outside the class folders: skipped "
                 f"(e.g. {loose[0]})")
-        return {p: {"label": label} for p, label in labels.items()}, len(loose)
-    log("warning: no labels CSV and no normal class folder: every image is imported "
+        return {p: {"label": label} for p, label in labels.items()}, len(loose), 0
+    say("warning: no labels CSV and no normal class folder: every image is imported "
         "unlabelled (kept out of training)")
-    return {p: {"label": None} for p in sorted(sources)}, 0
+    return {p: {"label": None} for p in sorted(sources)}, 0, 0
 
 
 def output_names(entries, sources, salt, by_class):
@@ -342,7 +258,7 @@ def output_names(entries, sources, salt, by_class):
         header = sources[relative].header
         if header is not None:
             key = str(header.get("SOPInstanceUID", "") or f"path:{relative}")
-            names[relative] = dicom.salted_id(salt, "dcm", key) + ".png"
+            names[relative] = phi.salted_id(salt, "dcm", key) + ".png"
         elif by_class:
             plain[os.path.basename(relative)].append(relative)
         else:
@@ -351,68 +267,8 @@ def output_names(entries, sources, salt, by_class):
         stem, extension = os.path.splitext(base)
         for relative in relatives:
             names[relative] = (base if len(relatives) == 1 else
-                               f"{stem}-{dicom.salted_hex(salt, relative, 8)}{extension}")
+                               f"{stem}-{phi.salted_hex(salt, relative, 8)}{extension}")
     return names
-
-
-def assign_groups(entries, sources, salt, pattern=None, dicom_group="patient"):
-    """Fill entry["report_id"]: CSV group, else --group-pattern, else DICOM header, else none.
-
-    DICOM groups are salted hashes (the raw value is never stored). Warns about images the
-    pattern does not match and, when nothing groups the images, about shared name prefixes.
-    """
-    ungrouped = []
-    for relative, entry in entries.items():
-        header = sources[relative].header
-        value, kind = entry.get("report_id"), "group"
-        if not value and pattern is not None:
-            match = pattern.search(relative)
-            value = match.group(1) if match and match.group(1) else None
-        if not value and header is not None:
-            kind, value = dicom.group_key(header, dicom_group) or ("group", None)
-        if value and header is not None:
-            value = dicom.salted_id(salt, kind, value)
-        if value:
-            entry["report_id"] = value
-        else:
-            ungrouped.append(relative)
-    if ungrouped and pattern is not None:
-        log(f"warning: {fmt_count(len(ungrouped))} image(s) do not match --group-pattern "
-            f"{pattern.pattern!r}: each is its own group (e.g. {ungrouped[0]})")
-    if pattern is None and len(ungrouped) == len(entries):
-        warn_shared_prefixes(ungrouped)
-
-
-_PREFIX = re.compile(r"^([A-Za-z]*\d+[A-Za-z]*)([_\-])")
-
-
-def shared_prefixes(relatives):
-    """{prefix: n} for name prefixes (before the first _ or -, with a digit) shared by 2+."""
-    counts = collections.Counter()
-    for relative in relatives:
-        match = _PREFIX.match(os.path.basename(relative))
-        if match:
-            counts[match.group(1) + match.group(2)] += 1
-    return {prefix: n for prefix, n in counts.items() if n >= 2}
-
-
-def warn_shared_prefixes(relatives):
-    """Say so when ungrouped images share patient-like name prefixes (one patient, many films)."""
-    # A prefix on more than a tenth of the images is a naming scheme ('NORMAL2-'), not a patient.
-    cap = max(3, len(relatives) // 10)
-    shared = {p: n for p, n in shared_prefixes(relatives).items() if n <= cap}
-    if not shared:
-        return
-    example, count = max(shared.items(), key=lambda item: (item[1], item[0]))
-    head, separator = example[:-1], example[-1]
-    letters = re.match(r"[A-Za-z]*", head).group(0)
-    suggestion = (f"^({letters}\\d+){separator}" if re.fullmatch(r"[A-Za-z]*\d+", head)
-                  else f"^([^{separator}]+){separator}")
-    log(f"warning: {fmt_count(sum(shared.values()))} of {fmt_count(len(relatives))} images "
-        f"share a name prefix with another image ({fmt_count(len(shared))} prefixes, e.g. "
-        f"{example!r} x {count}) but no group is given, so each image is its own group; if a "
-        f"prefix is a patient, keep each patient on one side of the split with --group-pattern "
-        f"'{suggestion}' (the first capture group names the patient)")
 
 
 def _existing_records(data_dir):
@@ -427,7 +283,7 @@ def _class_labels(images, normal_class, images_dir):
         raise UserError(f"normal class folder {normal_class!r} not found in {images_dir}; "
                         f"sub-folders with images: {', '.join(classes) or 'none'}")
     if len(classes) == 1:
-        log(f"warning: only the normal class folder {normal_class!r} has images: "
+        say(f"warning: only the normal class folder {normal_class!r} has images: "
             f"every image is labelled normal")
     return {p: ("normal" if p.split("/")[0] == normal_class else "abnormal")
             for p in images if "/" in p}
@@ -469,11 +325,14 @@ def _record(name, entry, source, boxes, url, pixel_record=None):
     header = source.header
     view = entry.get("view") or (dicom.view_of(header) if header is not None else None)
     extra = {"report_id": entry["report_id"]} if entry.get("report_id") else {}
-    record = make_record(name, "folder", url=url, type="label", items=[label] if label else [],
-                         label=label, view=view, boxes=boxes, **extra)
-    if pixel_record is not None:
-        record["dicom"] = pixel_record  # what was applied: window, inversion, rescale, syntax
-    return record
+    if header is not None:  # the source path, view and modality, PHI masked (issue 17 #7)
+        extra["modality"] = dicom.modality_of(header)
+        url = mask(url)
+    if pixel_record is not None:  # what was applied: window, inversion, rescale, syntax
+        extra["dicom"] = {key: mask(value) if isinstance(value, str) else value
+                          for key, value in pixel_record.items()}
+    return make_record(name, "folder", url=url, type="label", items=[label] if label else [],
+                       label=label, view=view, boxes=boxes, **extra)
 
 
 def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, summary, fail,
@@ -486,7 +345,7 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
         if name in owner:
             fail(relative, f"the same DICOM image (SOPInstanceUID) as {owner[name]}: a duplicate"
                  if source.header is not None else
-                 f"output name {name!r} collides with {owner[name]!r}; rename one", source.header)
+                 f"output name {name!r} collides with {owner[name]!r}; rename one")
             continue
         owner[name] = relative
         target = os.path.join(out_dir, name)
@@ -497,23 +356,22 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
             if source.header is None:
                 pixel_record, saved = None, _import_plain(source, target)
             else:
-                url = dicom.mask_identifiers(url, source.header)
                 warning = dicom.check_importable(source.header)
                 if warning:
                     tolerated.append(warning)
                 pixel_record, saved = import_dicom(source, target, existing.get(name))
         except BadImage as error:
-            fail(relative, str(error), source.header)
+            fail(relative, str(error))
             continue
         except OSError as error:
-            fail(relative, f"cannot read or copy: {error.strerror or error}", source.header)
+            fail(relative, f"cannot read or copy: {error.strerror or error}")
             continue
         summary.saved += saved
         summary.present += not saved
         records.append(_record(name, entries[relative], source, boxes.get(relative, []), url,
                                pixel_record))
     if tolerated:
-        log(f"warning: {fmt_count(len(tolerated))} DICOM image(s) imported whose modality is "
+        say(f"warning: {fmt_count(len(tolerated))} DICOM image(s) imported whose modality is "
             f"not a radiograph's (CR/DX/DR/RG): {collections.Counter(tolerated).most_common(1)[0][0]}"
             f" ...; check that they are chest X-rays")
     return records
@@ -538,28 +396,39 @@ def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxe
     pattern = re.compile(group_pattern) if isinstance(group_pattern, str) else group_pattern
     out_dir = os.path.join(data_dir, IMAGES_DIR)
     sources, junk = scan_folder(images_dir, exclude=out_dir)
+    # From here on every string that leaves goes through the one mask of this folder's DICOMs.
+    with phi.masking(phi.IdentifierMask(s.header for s in sources.values()
+                                        if s.header is not None)):
+        try:
+            return _import_sources(data_dir, images_dir, sources, junk, labels_csv,
+                                   normal_class, boxes_csv, label_column, group_column, pattern,
+                                   dicom_group, progress, summary)
+        except UserError as error:
+            raise UserError(mask(str(error)), error.exit_code) from None
+
+
+def _import_sources(data_dir, images_dir, sources, junk, labels_csv, normal_class, boxes_csv,
+                    label_column, group_column, pattern, dicom_group, progress, summary):
+    out_dir = os.path.join(data_dir, IMAGES_DIR)
     failures = []
 
-    def fail(relative, reason, header=None):
-        url = os.path.abspath(os.path.join(images_dir, relative))
-        name = flat_name(relative)
-        if header is not None:  # a DICOM's own path may hold its PatientID
-            url, name = dicom.mask_identifiers(url, header), dicom.mask_identifiers(name, header)
-        failures.append({"name": name, "url": url, "reason": reason})
+    def fail(relative, reason):
+        failures.append({"name": mask(flat_name(relative)), "reason": mask(reason),
+                         "url": mask(os.path.abspath(os.path.join(images_dir, relative)))})
 
-    entries, summary.skipped = _select_entries(sources, junk, labels_csv, normal_class,
-                                               images_dir, label_column, group_column, fail)
-    if junk:
-        log(f"{fmt_count(len(junk))} file(s) that are not images skipped (e.g. {junk[0]})")
-    summary.skipped += len(junk)
-    boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}
+    boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}  # both CSVs before any work
     boxes = _resolve_uids(boxes, _uid_index(sources), f"boxes CSV {boxes_csv}")
+    entries, summary.skipped, summary.absent = _select_entries(
+        sources, junk, labels_csv, normal_class, images_dir, label_column, group_column, fail)
+    if junk:
+        say(f"{fmt_count(len(junk))} file(s) that are not images skipped (e.g. {junk[0]})")
+    summary.skipped += len(junk)
     unused_boxes = sorted(set(boxes) - set(entries))
     if unused_boxes:
-        log(f"warning: boxes for {fmt_count(len(unused_boxes))} image(s) that are not "
+        say(f"warning: boxes for {fmt_count(len(unused_boxes))} image(s) that are not "
             f"imported are ignored (e.g. {unused_boxes[0]})")
 
-    salt = dicom.data_salt(data_dir)
+    salt = phi.data_salt(data_dir)
     names = output_names(entries, sources, salt, by_class=bool(normal_class))
     assign_groups(entries, sources, salt, pattern, dicom_group)
     os.makedirs(out_dir, exist_ok=True)
@@ -571,9 +440,11 @@ def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxe
     # the record of the same source file instead of keeping both.
     urls = {r["url"] for r in records}
     kept = [r for r in existing.values() if r["source"] != "folder" or r["url"] not in urls]
-    summary = finish(data_dir, merge_records(kept, records), failures, summary)
+    summary = finish(data_dir, merge_records(kept, records), failures, summary, say=say)
     if summary.saved + summary.present == 0:
         reason = f"; first: {failures[0]['name']}: {failures[0]['reason']}" if failures else ""
+        absent = (f", {fmt_count(summary.absent)} listed but not in the folder"
+                  if summary.absent else "")
         raise UserError(f"nothing imported from {images_dir}: {fmt_count(len(failures))} "
-                        f"failed, {fmt_count(summary.skipped)} skipped{reason}")
+                        f"failed, {fmt_count(summary.skipped)} skipped{absent}{reason}")
     return summary

@@ -46,7 +46,7 @@ from scraper.images import (BadImage, ImageTooLarge, check_image_bytes, check_im
                             is_image_name)
 from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem, label_from_mesh,
                             load_descriptions, make_record, save_descriptions)
-from scraper.summary import ScrapeSummary, finish
+from scraper.summary import ScrapeSummary, finish, require_saved
 
 DEFAULT_BASE_URL = "https://openi.nlm.nih.gov"
 DEFAULT_WORKERS = 8
@@ -523,11 +523,15 @@ def scrape_openi(data_dir, base_url=DEFAULT_BASE_URL, limit=None, workers=DEFAUL
     pool.shutdown()
     bar.close()
     summary.saved, summary.present = book.saved, book.present
-    finish(data_dir, list(book.records.values()), list(book.failures.values()), summary)
+    failures = list(book.failures.values())
+    finish(data_dir, list(book.records.values()), failures, summary)
     if listing_error:
         raise UserError(f"{listing_error}; the {fmt_count(len(futures))} images listed before "
                         f"were handled, re-run to continue")
-    return summary
+    if not futures and not summary.skipped:
+        raise UserError(f"Open-i {base_url} listed no images for query {query!r} in "
+                        f"collection {collection!r}: nothing saved")
+    return require_saved(summary, f"Open-i {base_url}", sorted(failures, key=lambda f: f["name"]))
 
 
 def _chain_first(first, pages):

@@ -12,10 +12,23 @@ images-description.json is a JSON list with one record per image:
     findings    report text (FINDINGS section), "" when absent
     impression  report text (IMPRESSION section), "" when absent
     caption     figure caption, e.g. "Xray Chest PA and Lateral"
-    view        "PA" | "AP" | "lateral" | ... or None
+    view        one of VIEWS ("PA", "AP", "lateral", "oblique", "decubitus", "other") or None
+                (unknown); header or CSV text is normalised by `normalize_view`, never copied
     boxes       list of {"finding", "x", "y", "w", "h"} in original-image pixels
     source      "openi" | "archive" | "folder"
     license     licence text or URL of the image/report
+
+Optional fields (OPTIONAL_FIELDS; present on records that have them, e.g. DICOM imports):
+
+    modality    one of MODALITIES ("CR", "DX", "DR", "RG", "OT", "SC", "other") or None: the
+                DICOM Modality, normalised by `normalize_modality`
+    dicom       what stage 2 applied to a DICOM file's pixels: {"modality", "photometric",
+                "bits_stored", "transfer_syntax", "rows", "columns", "rescale", "window",
+                "inverted", "padding_pixels", "source_size", "source_mtime_ns"}
+
+For DICOM records `url` is the source file's path with every identifying header value masked
+("/exports/[PatientID]/IM1.dcm"), `name` a salted hash ("dcm-<16 hex>.png") and `report_id`
+a salted hash of the PatientID or StudyInstanceUID ("patient-<16 hex>"): no PHI.
 """
 import math
 import os
@@ -25,6 +38,20 @@ from scraper.fileio import atomic_write_json, read_json
 
 FIELDS = ("name", "url", "type", "items", "image", "label", "report_id", "findings",
           "impression", "caption", "view", "boxes", "source", "license")
+OPTIONAL_FIELDS = ("modality", "dicom")
+VIEWS = ("PA", "AP", "lateral", "oblique", "decubitus", "other")
+MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC", "other")
+# What view names say, in DICOM (ViewPosition defined terms) and in people's CSVs: lower case.
+_VIEW_ALIASES = {
+    "pa": "PA", "posteroanterior": "PA", "postero-anterior": "PA", "pa view": "PA",
+    "ap": "AP", "anteroposterior": "AP", "antero-posterior": "AP", "ap view": "AP",
+    "ap supine": "AP", "ap erect": "AP", "ap portable": "AP",
+    "lateral": "lateral", "lat": "lateral", "ll": "lateral", "rl": "lateral",
+    "left lateral": "lateral", "right lateral": "lateral",
+    "oblique": "oblique", "obl": "oblique", "rao": "oblique", "lao": "oblique",
+    "rpo": "oblique", "lpo": "oblique", "rlo": "oblique", "llo": "oblique",
+    "decubitus": "decubitus", "lld": "decubitus", "rld": "decubitus", "ld": "decubitus",
+}
 LABELS = ("normal", "abnormal")
 SOURCES = ("openi", "archive", "folder")
 DESCRIPTION_FILE = "images-description.json"
@@ -79,6 +106,24 @@ def normalize_label(value):
         raise ValueError(f"invalid label {value!r}: use normal/abnormal or 0/1") from None
 
 
+def normalize_view(value):
+    """Header or CSV text -> one of VIEWS, or None when empty: 'pa ' -> 'PA', 'LL' ->
+    'lateral', 'RAO' -> 'oblique'; anything unrecognised -> 'other' (never copied raw: a header
+    field may hold free text, even a name)."""
+    text = " ".join(str(value or "").replace("_", " ").split()).lower()
+    if not text:
+        return None
+    return _VIEW_ALIASES.get(text, "other")
+
+
+def normalize_modality(value):
+    """DICOM Modality text -> one of MODALITIES, or None when empty; unknown -> 'other'."""
+    text = str(value or "").strip().upper()
+    if not text:
+        return None
+    return text if text in MODALITIES else "other"
+
+
 def make_box(finding, x, y, w, h):
     box = {"finding": str(finding), "x": float(x), "y": float(y), "w": float(w), "h": float(h)}
     if not all(math.isfinite(box[k]) for k in "xywh") or box["w"] <= 0 or box["h"] <= 0:
@@ -88,7 +133,7 @@ def make_box(finding, x, y, w, h):
 
 def make_record(name, source, **fields):
     """A complete record with every schema field; unknown keyword names are an error."""
-    unknown = set(fields) - set(FIELDS)
+    unknown = set(fields) - set(FIELDS) - set(OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
     record = {
@@ -98,6 +143,7 @@ def make_record(name, source, **fields):
         "source": source, "license": "",
     }
     record.update(fields)
+    record["view"] = normalize_view(record["view"])
     validate_record(record)
     return record
 

@@ -45,11 +45,19 @@ def _archive_defaults():
     return ARCHIVE_PNG_URL, ARCHIVE_REPORTS_URL
 
 
+MAX_PATTERN_CHARS = 500  # a patient pattern is a few dozen characters
+
+
 def _group_pattern(text):
-    """An argparse type: a regular expression with at least one capture group (the patient)."""
+    """An argparse type: a regular expression with at least one capture group (the patient).
+    Bounded: at most MAX_PATTERN_CHARS long; each search is stopped after a second
+    (scraper.folder.bounded_search); what re cannot compile ('(a){99999999999}') is one line."""
+    if len(text) > MAX_PATTERN_CHARS:
+        raise argparse.ArgumentTypeError(f"invalid pattern of {len(text):,} characters: at most "
+                                         f"{MAX_PATTERN_CHARS} allowed")
     try:
         pattern = re.compile(text)
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError, ValueError) as error:
         raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {error}") \
             from None
     if pattern.groups < 1:

@@ -3,7 +3,7 @@ import dataclasses
 import os
 import time
 
-from scraper.cli import elapsed_since, fmt_count, log
+from scraper.cli import UserError, elapsed_since, fmt_count, log
 from scraper.fileio import atomic_write_json
 from scraper.schema import DESCRIPTION_FILE, FAILURES_FILE, label_counts, save_descriptions
 
@@ -15,12 +15,16 @@ class ScrapeSummary:
     failed: int = 0       # could not be had; listed in images-failures.json with the reason
     skipped: int = 0      # not images (junk files) or otherwise left out on purpose
     unlabelled: int = 0   # records with label None (e.g. Open-i "No Indexing")
+    absent: int = 0       # labels-CSV rows naming an image the folder does not hold
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def line(self):
+        absent = (f", {fmt_count(self.absent)} listed in the CSV but not in the folder"
+                  if self.absent else "")
         return (f"{fmt_count(self.saved)} saved, {fmt_count(self.present)} already present, "
                 f"{fmt_count(self.failed)} failed, {fmt_count(self.skipped)} skipped, "
-                f"{fmt_count(self.unlabelled)} unlabelled, {elapsed_since(self.started)}")
+                f"{fmt_count(self.unlabelled)} unlabelled{absent}, "
+                f"{elapsed_since(self.started)}")
 
 
 def merge_records(existing, new):
@@ -43,10 +47,21 @@ def write_outputs(data_dir, records, failures):
         os.unlink(failures_path)
 
 
-def finish(data_dir, records, failures, summary, prog="cxr-scrape"):
-    """Write the outputs, fill in the unlabelled count and print the one summary line."""
+def finish(data_dir, records, failures, summary, prog="cxr-scrape", say=log):
+    """Write the outputs, fill in the unlabelled count and print the one summary line (through
+    `say`: the folder source's masking log for DICOM imports)."""
     write_outputs(data_dir, records, failures)
     summary.unlabelled = label_counts(records)["unlabelled"]
     summary.failed = len(failures)
-    log(f"{prog}: {summary.line()} -> {os.path.join(data_dir, DESCRIPTION_FILE)}")
+    say(f"{prog}: {summary.line()} -> {os.path.join(data_dir, DESCRIPTION_FILE)}")
     return summary
+
+
+def require_saved(summary, source, failures):
+    """A run that saved nothing and found nothing already there is an error (non-zero exit),
+    not a quiet success: one line with the counts and the first failure."""
+    if summary.saved + summary.present:
+        return summary
+    first = (f"; first: {failures[0]['name']}: {failures[0]['reason']}" if failures else "")
+    raise UserError(f"nothing saved from {source}: {fmt_count(summary.failed)} failed, "
+                    f"{fmt_count(summary.skipped)} skipped{first}")

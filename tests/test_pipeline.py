@@ -178,6 +178,7 @@ def test_abbreviations_and_help_words_run_nothing(tmp_path, args):
     (["--set", "visualize.method=deeplfit"], 6, "deeplfit"),
     (["--set", "train.epochs=-5"], 5, "-5"),
     (["--set", "train.epochs=5", "--set", "visualize.method=deeplfit"], 6, "deeplfit"),
+    (["--set", "train.learning-rate=inf"], 5, "inf"),
 ])
 def test_every_stage_command_is_checked_before_any_runs(tmp_path, args, stage, message):
     """Issue 17 defect 5: a value any stage refuses stops the pipeline before stage 1, with the
@@ -185,7 +186,8 @@ def test_every_stage_command_is_checked_before_any_runs(tmp_path, args, stage, m
     from learning import pipeline_params
 
     name = pipeline_params.STAGES[stage - 1][1]
-    flags = {"method": ["--method", "deeplfit"], "epochs": ["--epochs", "-5"]}
+    flags = {"method": ["--method", "deeplfit"], "epochs": ["--epochs", "-5"],
+             "learning-rate": ["--learning-rate", "inf"]}
     for key, words in flags.items():  # values only the stages' own argparse types can refuse
         if f"{name}.{key}=" in " ".join(args):
             positionals = [a for a in pipeline_params.stage_parser(name)._actions

@@ -286,7 +286,24 @@ def _facts(entry, header):
     return ("<table id=\"numbers\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>"
                                                for k, v in rows) + "</table>"
             "<table id=\"provenance\" class=\"provenance\">"
-            + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in provenance) + "</table>")
+            + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in provenance) + "</table>"
+            + _report(entry.get("report")))
+
+
+def _report(report):
+    """The radiology report's text (optional entry field `report`: findings, impression,
+    items = MeSH major terms), escaped: it is user data."""
+    if not isinstance(report, dict):
+        return ""
+    rows = [(key, report.get(key)) for key in ("findings", "impression")]
+    items = report.get("items")
+    if isinstance(items, list) and items:
+        rows.append(("terms", "; ".join(str(item) for item in items)))
+    rows = [(key, value) for key, value in rows if isinstance(value, str) and value.strip()]
+    if not rows:
+        return ""
+    return ("<table id=\"report\" class=\"report\">" + "".join(
+        f"<tr><th>{key}</th><td>{e(value)}</td></tr>" for key, value in rows) + "</table>")
 
 
 def render_detail(entry, methods, header, index):
@@ -330,14 +347,19 @@ def copy_assets(results):
     return list(ASSETS)
 
 
-def write_pages(results, entries, methods, header):
-    """index.html, gallery-data.js, the assets and every detail page -> paths written
-    (relative to results, POSIX)."""
+def write_gallery(results, entries, methods, header):
+    """index.html, gallery-data.js and the assets (no detail page) -> paths written."""
     written = copy_assets(results)
     atomic_write_text(os.path.join(results, DATA_FILE), gallery_data(entries, methods, header))
     atomic_write_text(os.path.join(results, "index.html"),
                       render_gallery(entries, methods, header))
-    written += [DATA_FILE, "index.html"]
+    return written + [DATA_FILE, "index.html"]
+
+
+def write_pages(results, entries, methods, header):
+    """The gallery (write_gallery) and every detail page -> paths written (relative to
+    results, POSIX)."""
+    written = write_gallery(results, entries, methods, header)
     for index, entry in enumerate(entries):
         page = entry["files"]["page"]
         atomic_write_text(os.path.join(results, *page.split("/")),

@@ -16,8 +16,8 @@ CONTROLS = {"lung_prior": "lung-field prior (no model)",
             "mean_map": "the maps' own average (one map for every image)"}
 CONTROL_HINTS = {"lung_prior": "where the lungs usually are: no image is looked at",
                  "centred_gaussian": "the middle of the image: no image is looked at",
-                 "mean_map": "the mean of this run's maps, each scaled to max 1, shown for every "
-                             "image: what the maps know without looking at the image"}
+                 "mean_map": "the same map for every image: the mean of this method's maps in "
+                             "this run, each scaled to max 1"}
 METRICS = (("pointing", "pointing game"), ("inside_share", "inside share"))
 
 
@@ -62,7 +62,7 @@ def classifier_html(metrics, selection, cards):
     interval = (f" [{number(ci.get('low'))}, {number(ci.get('high'))}] (95% CI over "
                 f"{e(ci.get('n_groups', '?'))} patients/reports)"
                 if number(ci.get("low")) != "n/a" else "")
-    n_test = test.get("n")
+    n_test = test.get("n") if isinstance(test.get("n"), int) else (selection or {}).get("test_n")
     return (f"<div id=\"classifier\">test AUROC <b>{number(test.get('roc_auc'))}</b>{interval}, "
             f"accuracy {number(test.get('accuracy'))} on {e(n_test if n_test else '?')} test "
             f"images; majority baseline (always {e(base.get('predicts', '?'))}): accuracy "
@@ -222,8 +222,9 @@ def argmax_html(argmax):
         parts.append(f"<div class=\"argmax\" data-method=\"{e(method)}\"><table>{rows}</table>"
                      f"{caption}</div>")
     return ("<h2>Where the maps peak (argmax of each image's map, top of the image at the top)"
-            "</h2><div id=\"argmax\">" + "".join(parts) + "</div><div class=\"meta\">The same "
-            "cells for every finding mean the peaks follow anatomy, not the disease.</div>")
+            "</h2><div id=\"argmax\">" + "".join(parts) + "</div><div class=\"meta\">Peaks "
+            "crowded into the same cells whatever the image shows mean the maps follow anatomy, "
+            "not the disease.</div>")
 
 
 # ----------------------------------------------------------------------------- sanity
@@ -265,7 +266,8 @@ def sanity_html(report):
 
 def header_html(header, cards):
     links = " &middot; ".join(f"<a href=\"{link(name)}\">{e(name)}</a>" for name in header.links)
-    lines = list(header.meta) + ([f"run {header.run_id}"] if header.run_id else [])
+    shown = header.run_id and any(header.run_id in line for line in header.meta)
+    lines = list(header.meta) + ([f"run {header.run_id}"] if header.run_id and not shown else [])
     meta = "".join(f"<div class=\"meta\">{e(line)}</div>" for line in lines)
     classifier = classifier_html(header.model_metrics, header.selection, cards)
     return (f"<header><h1>{e(header.title)}</h1>{meta}<div class=\"head-grid\"><div>"

@@ -82,6 +82,9 @@ def make_entries(results, n, distinct=None, seed=0):
             "outcome": _outcome(label, p), "boxes": boxes, "original_size": [128, 128],
             "excluded": None, "source": f"/site/<masked>/study-{i % 7}/IM{i:05d}.dcm",
             "view": VIEWS[i % 3], "modality": MODALITIES[i % 3],
+            "report": {"findings": f"Heart size normal. <script>window.PWNED=2</script> {i}",
+                       "impression": "No acute disease." if i % 2 == 0 else "",
+                       "items": ["normal"] if i % 2 == 0 else ["Opacity/lung/base"]},
             "files": {"page": f"pictures/{i % 97:02x}/{name}.html", "xray": f"xray/{k:03d}.png"},
             "methods": methods})
     return entries
@@ -137,11 +140,12 @@ def make_header(gallery, n_test=208, limit=None, examples=None):
         sanity=sanity, links=["colour-bar.png"], run_id="20260101-120000-abcd")
 
 
-def make_run(results, n, distinct=None, **header):
-    """Write a complete generated results folder -> (entries, written paths)."""
+def make_run(results, n, distinct=None, pages=True, **header):
+    """Write a generated results folder -> (entries, written paths); pages=False writes the
+    gallery without the detail pages (its cards' links then lead nowhere)."""
     from learning.explain import gallery
 
     entries = make_entries(str(results), n, distinct)
-    written = gallery.write_pages(str(results), entries, list(METHODS),
-                                  make_header(gallery, **header))
+    write = gallery.write_pages if pages else gallery.write_gallery
+    written = write(str(results), entries, list(METHODS), make_header(gallery, **header))
     return entries, written

@@ -74,9 +74,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def big_run(tmp_path_factory):
-    """10,000 generated cards (16 distinct pictures, cycled)."""
+    """10,000 generated cards (16 distinct pictures, cycled); the gallery only: writing
+    10,000 detail pages would cost the suite ~15 s and this test opens none."""
     results = tmp_path_factory.mktemp("gallery10k")
-    entries, _ = gallery_data.make_run(results, 10_000, distinct=16)
+    entries, _ = gallery_data.make_run(results, 10_000, distinct=16, pages=False)
     return results, entries
 
 

@@ -131,6 +131,10 @@ def test_detail_page_shows_provenance_colour_bar_and_the_card_picture(run):
     assert "<span>&minus;0.0123</span>" in page and "+0.0123 logit units</span>" in page
     assert page.count('class="peak" style="left:29.00%;top:50.00%"') == 2
     assert "run 20260101-120000-abcd" in page
+    assert ("<th>findings</th><td>Heart size normal. &lt;script&gt;window.PWNED=2&lt;/script&gt; 4"
+            "</td>") in page and "<th>impression</th><td>No acute disease.</td>" in page
+    assert "<th>terms</th><td>normal</td>" in page
+    assert "<th>impression</th>" not in (results / entries[5]["files"]["page"]).read_text()
     assert "smoothing: Gaussian, sigma 1.5 px of the model input" in page
     assert "<b>" + gallery.format_p(entry["p_abnormal"]) + "</b>" in page
     assert 'data-index="4"' in page and 'data-root="../../"' in page
@@ -174,6 +178,8 @@ def test_scope_without_limit_and_a_localizing_method():
     assert "(--name '0001*')" in gallery_header.scope_html(
         50, {"name_filter": "0001*"}, 3).replace("&#x27;", "'")
     assert "localizes: beats all 3 controls" in gallery_header._verdict({"localizes": True}, 3)
+    assert "whole test set of 50 images" in gallery_header.classifier_html(
+        {"test": {"roc_auc": 0.9}}, {"test_n": 50}, 3)
 
 
 def test_an_older_localization_report_still_reads():

@@ -160,10 +160,12 @@ def test_one_bad_xml_is_a_failure_all_bad_is_an_error(tmp_path):
     pngs = tmp_path / "p.tgz"
     with tarfile.open(pngs, "w:gz"):
         pass
-    summary = scrape_archive(tmp_path / "d", pngs, good, progress=False)
+    with pytest.raises(UserError, match=r"nothing saved from the archives .*p.tgz: 5 failed, "
+                                        r"0 skipped; first: "):  # saved nothing: not a success
+        scrape_archive(tmp_path / "d", pngs, good, progress=False)
     failures = json.loads((tmp_path / "d" / "images-failures.json").read_text())
     assert any(f["name"] == "999.xml" and "does not parse" in f["reason"] for f in failures)
-    assert summary.saved == 0 and summary.failed == len(failures)
+    assert len(failures) == 5
 
     bad = tmp_path / "bad.tgz"
     with tarfile.open(bad, "w:gz") as tar:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scraper import dicom
-from scraper.cli import UserError, run_main
+from scraper import dicom, phi
+from scraper.cli import run_main
 from scraper.folder import import_folder
 from scraper.scrape import main as scrape_main
 from tests.scraper.dicom_factory import compress, dataset, write_dicom
@@ -187,9 +187,10 @@ def test_bad_dicoms_are_failures_with_reasons(src, tmp_path):
     assert reasons["frames.dcm"].startswith("multi-frame image (2 frames)")
     assert reasons["ct.dcm"].startswith("modality CT is not a projection radiograph")
     assert reasons["nopixels.dcm"].startswith("no pixel data")
-    assert reasons["htj2k.dcm"].startswith(
-        "cannot decode the pixel data (High-Throughput JPEG 2000")
-    assert reasons["truncated.dcm"].startswith("cannot decode the pixel data")
+    assert reasons["htj2k.dcm"] == ("the compressed pixel data declares 0 x 0 pixels, the "
+                                    "header 128 x 128: refused before decoding")
+    assert reasons["truncated.dcm"].startswith("the pixel data holds 16,026 bytes but the "
+                                               "header describes 32,768 (128 x 128")
     assert reasons["text.dcm"].startswith("not a DICOM file")
     assert reasons["good.dcm"] == "the same DICOM image (SOPInstanceUID) as copy.dcm: a duplicate"
 
@@ -253,8 +254,8 @@ def test_groups_by_patient_or_study_and_reruns_convert_nothing(src, tmp_path):
     data, records, _ = imported(tmp_path, None)
     groups = {os.path.basename(r["url"]): r["report_id"] for r in records.values()}
     assert groups["a.dcm"] == groups["b.dcm"] != groups["c.dcm"]
-    salt = (data / dicom.SALT_FILE).read_text().strip()
-    assert groups["a.dcm"] == dicom.salted_id(salt, "patient", "P1")
+    salt = (data / phi.SALT_FILE).read_text().strip()
+    assert groups["a.dcm"] == phi.salted_id(salt, "patient", "P1")
     before = {n: os.stat(data / "images" / n).st_mtime_ns for n in os.listdir(data / "images")}
     summary = import_folder(data, src, dicom_group="study", progress=False)
     assert (summary.saved, summary.present) == (0, 3)

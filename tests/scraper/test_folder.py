@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import scraper.folder as folder
+import scraper.groups as groups
 from scraper.cli import UserError
 from scraper.folder import flat_name, import_folder
 from scraper.images import load_rgb
@@ -178,13 +179,13 @@ def test_csv_missing_rows_unlisted_images_and_subfolders(tmp_path):
     nih(3).save(src / "c.png")
     data = tmp_path / "data"
     summary = import_folder(data, src, labels, progress=False)
-    assert (summary.saved, summary.failed, summary.skipped, summary.unlabelled) == (3, 2, 2, 1)
+    assert (summary.saved, summary.failed, summary.skipped, summary.unlabelled) == (3, 1, 2, 1)
+    assert summary.absent == 1  # gone.png: listed, not in this folder, not a failure
     records = records_by_name(data)
     assert {n: (r["label"], r["report_id"]) for n, r in records.items()} == {
         "a.png": ("normal", "p1"), "study7__b.png": ("abnormal", "p1"), "c.png": (None, "c")}
     assert records["c.png"]["items"] == []
     assert [(f["name"], f["reason"]) for f in failures_of(data)] == [
-        ("gone.png", f"listed in labels.csv row 4 but not found in {src}"),
         ("notes.txt", "listed in labels.csv row 5 but not an image file")]
 
 
@@ -375,7 +376,7 @@ def test_group_pattern_flag_and_misses(tmp_path, capsys):
     ([f"scan{i}.png" for i in range(20)], None),                  # nothing shared
 ])
 def test_shared_prefix_warning(capsys, names, expected):
-    folder.warn_shared_prefixes(names)
+    groups.warn_shared_prefixes(names)
     err = capsys.readouterr().err.strip()
     assert err == (f"warning: {expected} (the first capture group names the patient)"
                    if expected else "")

@@ -65,11 +65,14 @@ def bomb_png(path, side=6000):
 
 # ---- stage 1: downloads ----------------------------------------------------------------------
 
-def test_planted_download_symlink_is_not_followed(tmp_path, capsys):
+@pytest.mark.parametrize("plant, kind", [(os.symlink, "it is a symbolic link"),
+                                         (os.link, "it has 2 hard links")])
+def test_planted_download_link_is_not_written_through(tmp_path, capsys, plant, kind):
+    """A symlink, or a hard link (issue 18: it shares the victim's bytes), at the temp name."""
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious")
     target = tmp_path / "w.h5"
-    os.symlink(victim, str(target) + PARTIAL_SUFFIX)
+    plant(victim, str(target) + PARTIAL_SUFFIX)
     with FileServer({"/w.h5": b"server bytes" * 100}) as server:
         code = run_main(download_main, "cxr-download-model",
                         [str(target), "--url", server.url("/w.h5"), "--hash", "",
@@ -77,7 +80,7 @@ def test_planted_download_symlink_is_not_followed(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and victim.read_bytes() == b"precious" and not target.exists()
     assert err[-1] == (f"cxr-download-model: error: refusing to use "
-                       f"{target}{PARTIAL_SUFFIX}: it is a symbolic link, not a download of "
+                       f"{target}{PARTIAL_SUFFIX}: {kind}, not a download of "
                        f"ours (remove it and re-run)")
 
 
