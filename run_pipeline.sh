@@ -207,7 +207,7 @@ later_stages() {  # stages 2-6, one line each (with random weights no weights fi
   fi
   stage 2 scrape --deps ${SOURCE_INPUTS[@]+"${SOURCE_INPUTS[@]}"} --outs "$DATA/images-description.json" -- \
     cxr-scrape "$DATA" ${SOURCE_ARGS[@]+"${SOURCE_ARGS[@]}"} ${PARAMS_2[@]+"${PARAMS_2[@]}"}
-  stage 3 features --deps "$DATA/images" ${weights_input[@]+"${weights_input[@]}"} --outs "$DATA/transfer_features.pickle" -- \
+  stage 3 features --deps "$DATA/images" ${weights_input[@]+"${weights_input[@]}"} --outs "$DATA/transfer_features.pickle" "$DATA/transfer_features.pickle.shards" -- \
     cxr-extract-features "$DATA/images" "$DATA/transfer_features.pickle" ${weights_arg[@]+"${weights_arg[@]}"} \
       ${random_flags[@]+"${random_flags[@]}"} ${PARAMS_3[@]+"${PARAMS_3[@]}"}
   stage 4 examples --deps "$DATA/images-description.json" "$DATA/transfer_features.pickle" \

@@ -17,7 +17,7 @@ import numpy as np
 from learning.store.index import MAX_MAGNITUDE
 from scraper.cli import UserError
 
-SCAN_BLOCK_ROWS = 256
+SCAN_BLOCK_ROWS = 32    # 6 MiB of float32 rows at the default shape: small temporaries
 
 
 class ArraySource:
@@ -72,13 +72,13 @@ class RunningMoments:
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, block):
-        block = np.asarray(block, dtype=np.float64)
-        values = block if self.per_feature else block.reshape(-1)
+        values = np.asarray(block) if self.per_feature else np.asarray(block).reshape(-1)
         n = len(values)
         if n == 0:
             return
-        mean = values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
+        mean = values.mean(axis=0, dtype=np.float64)
+        centred = values - mean.astype(values.dtype)       # one temporary of the block's size
+        m2 = np.einsum("i...,i...->...", centred, centred, dtype=np.float64)
         total = self.count + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / total)
@@ -122,8 +122,9 @@ class _ValueCheck:
 
     def add(self, block, names):
         flat = block.reshape(len(block), -1)
-        finite = np.isfinite(flat).all(axis=1)                        # (rows,)
-        largest = np.abs(np.where(np.isfinite(flat), flat, 0)).max(axis=1, initial=0.0)
+        # per row, no temporary of the block's size: NaN and infinity propagate through max/min
+        largest = np.maximum(flat.max(axis=1, initial=-np.inf), -flat.min(axis=1, initial=np.inf))
+        finite = np.isfinite(largest)                                 # (rows,)
         huge = finite & (largest > MAX_MAGNITUDE)
         if (~finite).any():
             self.bad += int((~finite).sum())
@@ -131,7 +132,7 @@ class _ValueCheck:
         if huge.any():
             self.huge += int(huge.sum())
             self.first_huge = self.first_huge or names(np.flatnonzero(huge)[0])
-            self.largest = max(self.largest, float(largest.max()))
+            self.largest = max(self.largest, float(largest[huge].max()))
 
     def raise_if_bad(self, where, total):
         if self.bad:
@@ -230,7 +231,7 @@ def training_batches(source, positions, labels, sample_weight, batch_size, seed,
     return Batches()
 
 
-def predict_logits(model, source, positions=None, batch_size=256):
+def predict_logits(model, source, positions=None, batch_size=64):
     """(len(positions), 2) float64 logits of `model` on the source's rows (all by default),
     through one compiled forward function per model (learning.gradients.forward)."""
     from learning.gradients import forward

@@ -92,18 +92,41 @@ def read_source(path, what, folder=None):
         return None
 
 
+def check_shards(stores):
+    """Mark the rows of reuse sources whose shard is missing, truncated or fails its sha256
+    (store.usable, a bool mask): they are recomputed, never reused. Each shard file is read
+    once (a checkpoint lists many of the previous output's shards); one line per bad one."""
+    verdicts = {}
+    for store in stores:
+        if not isinstance(store, FeatureStore):
+            continue
+        store.usable = np.ones(len(store), dtype=bool)
+        for number, entry in enumerate(store.shards):
+            key = (entry["file"], entry["rows"], entry["bytes"], entry["sha256"])
+            if key not in verdicts:
+                verdicts[key] = store.reader.damage(number)
+                if verdicts[key] is not None:
+                    log(f"{PROG}: recomputing the features of {entry['file']}: "
+                        f"{verdicts[key]}")
+            if verdicts[key] is not None:
+                store.usable[store.locations[:, 0] == number] = False
+
+
 def plan_reuse(names, hashes, candidates, params, dtype):
     """-> (sources, reuse {position: (source number, store index)}, to_compute [positions]).
 
     A row is reused from the first candidate (previous output, then checkpoint) made with
     exactly `params` that holds the same name with the same bytes, stored as `dtype` or as
     float32 (cast down); a float16 source never fills a float32 store (that would lose
-    precision silently), so its rows are recomputed.
+    precision silently), so its rows are recomputed. Rows of damaged shards (check_shards)
+    are recomputed too.
     """
     sources = [c for c in candidates if c is not None and c.params == params
                and (c.dtype == dtype or c.dtype == "float32")]
-    lookup = [{n: (h, i) for i, (n, h) in enumerate(zip(s.names, s.content_hashes))}
-              for s in sources]
+    check_shards(sources)
+    lookup = [{n: (h, i) for i, (n, h) in enumerate(zip(s.names, s.content_hashes))
+               if usable is None or usable[i]}
+              for s, usable in ((s, getattr(s, "usable", None)) for s in sources)]
     reuse, to_compute = {}, []
     for position, (name, digest) in enumerate(zip(names, hashes)):
         if digest is None:

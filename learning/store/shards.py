@@ -234,6 +234,21 @@ class ShardReader:
             raise UserError(f"feature shard {self.path(number)} does not match its checksum "
                             f"in the index (changed or corrupted on disk): re-run stage 3")
 
+    def damage(self, number, block_rows=64):
+        """None when shard `number` is there with its recorded header, size and sha256; else
+        the reason (one line). Reads the whole shard."""
+        try:
+            for _ in self.iter_blocks(number, block_rows):
+                pass
+        except UserError as error:
+            self._forget(number)
+            return str(error)
+        return None
+
+    def _forget(self, number):
+        if number in self._open:
+            os.close(self._open.pop(number)[0])
+
     def close(self):
         while self._open:
             os.close(self._open.popitem()[1][0])

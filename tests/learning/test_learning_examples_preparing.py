@@ -280,3 +280,18 @@ def test_duplicate_description_is_refused(tmp_path):
     records = grouped_records(5)
     with pytest.raises(UserError, match="duplicate record name 'r000_0.png'"):
         match_examples(records + [records[0]], [r["name"] for r in records])
+
+
+def test_a_second_writer_of_the_output_folder_is_refused(tmp_path, capsys):
+    """Stage 4 takes the data folder's lock (scraper.fileio.folder_lock), like stages 2-3."""
+    import fcntl
+
+    from scraper.fileio import LOCK_FILE
+
+    records = grouped_records(10)
+    descriptions, features_path, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
+    with open(tmp_path / LOCK_FILE, "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, outputs = run_stage(tmp_path, descriptions, features_path)
+    assert code == 1 and "another run is writing to" in capsys.readouterr().err
+    assert not any(path.exists() for path in outputs)

@@ -485,6 +485,30 @@ def test_deleting_most_of_a_shard_rewrites_it(first, tmp_path, net):
     assert len(set(files) & {s["file"] for s in before["shards"]}) == 3
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_shard_is_recomputed_not_reused(first, tmp_path, net, capsys, damage):
+    """A shard truncated, changed in place (same size) or deleted since the index was written:
+    stage 3 recomputes its rows (stage 5 would refuse the shard), and says so."""
+    images, output = copy_run(first, tmp_path)
+    before = load(output)
+    shard = pathlib.Path(shards_folder(output)) / before["shards"][1]["file"]
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[-1] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        shard.unlink()
+    stats = run(images, output, model=net)
+    assert (stats.computed, stats.reused) == (7, 17) and stats.written
+    assert "recomputing the features of " + shard.name in capsys.readouterr().err
+    after = load(output)
+    np.testing.assert_allclose(after["features"], before["features"], rtol=1e-4,
+                               atol=1e-5 * np.abs(before["features"]).max())
+    assert not shard.exists()
+
+
 def test_sigkill_mid_run_resumes_from_complete_shards(first, tmp_path, net):
     """A real stage-3 process killed (SIGKILL) after its first checkpoint: the re-run
     computes only what no complete shard holds, and the result equals a clean run's."""
