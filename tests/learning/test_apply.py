@@ -289,3 +289,23 @@ def test_run_pipeline_explain_runs_the_command(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(predictions(tmp_path / "results")) == 2  # relative to the caller's folder
     assert "cxr-explain: 2 images explained" in result.stderr
+
+
+def test_a_model_folder_without_classifier_keras_runs_its_head_on_the_rebuilt_base(
+        trained, demo_applied, tmp_path, capsys):
+    model = copied_model(trained, tmp_path / "m")
+    (model / "classifier.keras").unlink()  # an older model folder: head.keras only
+    images = tmp_path / "two"
+    images.mkdir()
+    names = sorted(os.listdir(os.path.join(DEMO, "images")))[:2]
+    for name in names:
+        shutil.copy(os.path.join(DEMO, "images", name), images / name)
+    stage(apply.main, "cxr-explain", [model, images, tmp_path / "r", *FAST])
+    expected = {row["name"]: float(row["p_abnormal"]) for row in predictions(demo_applied)}
+    for row in predictions(tmp_path / "r"):  # the seeded random conv base config.json records
+        assert abs(float(row["p_abnormal"]) - expected[row["name"]]) < 1e-5
+    config = json.loads((model / "config.json").read_text())
+    config["feature_params"]["weights"] = "sha256:" + "ab" * 32
+    (model / "config.json").write_text(json.dumps(config))
+    line = error_line(capsys, [model, images, tmp_path / "r2"])
+    assert "has no classifier.keras" in line and "pass it with --weights" in line
