@@ -300,8 +300,9 @@ def sanity_step(args, inputs, explainer, methods, state, run):
     return report
 
 
-def write_pages(args, inputs, methods, state, reports, run):
-    """Step 6: localization.json, index, colour bar and the gallery's pages."""
+def write_pages(args, inputs, methods, state, reports, run, extra=None):
+    """Step 6: localization.json, index, colour bar and the gallery's pages. `extra(state,
+    run, header)`: a caller's own files in the run and header lines (cxr-explain)."""
     loc, sanity_report = reports
     if loc is not None:
         atomic_write_json(run.path("localization.json"),
@@ -335,6 +336,8 @@ def write_pages(args, inputs, methods, state, reports, run):
         links=[f for f in files if f.startswith("model_") or f.endswith((".json", ".csv"))]
         + [results_folder.RUN_FILE, results_folder.MAPS_FILE])
     header.run_id = run.run_id
+    if extra is not None:
+        extra(state, run, header)
     public = [{k: v for k, v in e.items() if k not in ("path", "scored_boxes", "scores")}
               for e in state.entries]
     gallery.write_pages(run.staging, public, methods, header)
@@ -425,8 +428,9 @@ def get_args_parser():
     return parser
 
 
-def explain_run(args, inputs, explainer, methods, run):
-    """Steps 3-6 inside the run's staging folder -> (state, localization report, files)."""
+def explain_run(args, inputs, explainer, methods, run, extra=None):
+    """Steps 3-6 inside the run's staging folder -> (state, localization report); `extra`:
+    see write_pages."""
     with render.Renderer(args.workers) as renderer:
         state = explain_all(args, inputs, explainer, methods, run, renderer)  # 3 maps
         state.shared_tops = (render_shared(args, run, state, methods, renderer)  # 4 pictures
@@ -436,7 +440,7 @@ def explain_run(args, inputs, explainer, methods, run):
         "random_weights": inputs.random_weights, "postprocess": args.postprocess,
         "baseline": args.baseline}, state.mean_maps, state.argmax)   # 5 verdict, controls
     sanity_report = sanity_step(args, inputs, explainer, methods, state, run)
-    write_pages(args, inputs, methods, state, (loc, sanity_report), run)  # 6 pages
+    write_pages(args, inputs, methods, state, (loc, sanity_report), run, extra)  # 6 pages
     write_run_info(args, inputs, methods, state, run)
     return state, loc
 
