@@ -4,6 +4,8 @@
 #   ./run_pipeline.sh [DATA_DIR] [options] [-- stage-2 source options]
 #   ./run_pipeline.sh --demo                    # offline demo on demo/nih-24 into data/demo
 #   ./run_pipeline.sh data --source folder --images "my xrays" --labels "my xrays/labels.csv"
+#   ./run_pipeline.sh --explain MODEL_DIR IMAGES RESULTS [cxr-explain options]
+#                                              # a trained model on new X-rays (cxr-explain --help)
 #
 # Options (cxr-scrape's own options, e.g. --source, go to stage 2; any other is refused):
 #   --demo               use the bundled 24 NIH images (folder source); DATA_DIR defaults to data/demo
@@ -50,6 +52,9 @@ need_value() { [ "$2" -ge 2 ] || die "$1 needs a value (see ./run_pipeline.sh --
 # the repository's own default folders, written relative when run from the repository
 repo_path() { if [ "$PWD" = "$ROOT" ]; then echo "$1"; else echo "$ROOT/$1"; fi; }
 
+if [ "${1:-}" = "--explain" ]; then  # not a stage: the trained model applied to new images
+  shift; source "$ROOT/scripts/ensure_venv.sh"; exec cxr-explain "$@"
+fi
 DATA="" DEMO=0 FROM=1 FROM_GIVEN=0 FORCE=0 RANDOM_WEIGHTS=0 WEIGHTS_FROM="" SEED=0
 SOURCE_ARGS=() OVERRIDES=()
 while [ $# -gt 0 ]; do

@@ -17,6 +17,18 @@ other users of a shared machine hits them alike. Every configuration's completen
 |sum attr - (f(x) - f(b))| is printed too, and ours is checked against shap batched (max
 relative difference). Prints numbers, asserts nothing: timing goals live here, not in tests.
 Goals (issue 12): ours <= 1.3x a gradient, >= 1.8x faster than shap.
+
+MEASURED on a GPU (December 2026, issue 16's device check: one H200 + 16 cores, Keras 3.15.1 on
+JAX 0.11.2, 512 demo X-rays, batch 128, 224 px, dense head 2048, wall clock):
+  TF32 left on (--tf32, JAX's default)   forward 846 img/s, gradient 409, ours black 189, blur
+                                         172 img/s; completeness error 7.5e-4 = 0.19 of
+                                         f(x) - f(b): wrong maps (stage 6 would refuse them)
+  exact float32 (the default now)        forward 645 img/s, gradient 380, ours black 247, blur
+                                         182 img/s; completeness error 1.1e-6 (9.9e-5 relative)
+So exact float32 costs nothing measurable here (the host <-> device copies of 224 px float32
+batches dominate) and is what makes DeepLIFT correct on a GPU. Issue 16's 1,500 img/s for
+DeepLIFT is NOT met: 247 img/s, bounded by the numpy round trip of every batch (inputs and
+(N, S, S, 3) attributions), not by the GPU.
 """
 import argparse
 import os
@@ -32,7 +44,7 @@ import numpy as np  # noqa: E402
 def build(image_size, head_units, seed):
     import keras
 
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import build_conv_base
 
     conv = build_conv_base(random_weights=True, seed=seed, image_size=image_size)
@@ -46,7 +58,7 @@ def build(image_size, head_units, seed):
 
 def demo_images(count, image_size):
     """(x, black baselines, blur baselines), all preprocessed (count, S, S, 3) float32."""
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import load_image, preprocess
 
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "demo", "nih-24",
@@ -74,7 +86,8 @@ class ShapBatched:
 
 
 def configurations(target, with_shap):
-    from learning import attribution, gradients
+    from learning import gradients
+    from learning.explain import attribution
 
     deeplift = attribution.DeepLift(target)
     configs = {
@@ -107,13 +120,19 @@ def main(argv=None):
     parser.add_argument("--head-units", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-shap", action="store_true", help="skip the shap rows")
+    parser.add_argument("--tf32", action="store_true",
+                        help="leave the backend's TF32 matmuls on (GPUs): what stage 6 no longer "
+                             "does (learning.gradients.exact_float32)")
     args = parser.parse_args(argv)
 
     import keras
 
-    from learning import attribution, gradients
+    from learning import gradients
+    from learning.explain import attribution
 
     backend = keras.backend.backend()
+    if not args.tf32:
+        gradients.exact_float32()
     with_shap = backend == "tensorflow" and not args.no_shap
     print(f"Keras {keras.__version__} backend {backend}, CPU threads {os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.1f}; VGG16 {args.image_size} px random weights + dense "

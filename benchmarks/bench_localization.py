@@ -20,7 +20,11 @@ Protocol
     attribution inside the boxes / all positive attribution), IoBB@0.5; each mean with a 95 %
     percentile bootstrap CI over the 44 images (localization.bootstrap_ci).
   * Baselines with no model, scored the same way: the centred Gaussian and the lung-field prior
-    (localization.lung_prior_map, fixed a priori).
+    (localization.lung_prior_map, fixed a priori). A third control uses the model but no
+    per-image information: the mean of the configuration's own maps of the 44 images (each
+    positive part scaled to max 1), shown for every image (issue 21; the same control and the
+    same verdict code as stage 6, learning/explain/verdict.py). "localizes" only when the map
+    beats all three on pointing and inside share (paired 95% CIs above 0).
   * Maps marked "x lung prior" are ANATOMICALLY CONSTRAINED: the model's map multiplied by the
     lung-field prior. They are reported next to the unconstrained map, never instead of it.
   * Screening runs one seed; the finalists run >= 3 seeds (mean and spread). The 44 images are
@@ -206,6 +210,17 @@ pointing 0.235 +- 0.011, inside 0.263 +- 0.002, IoBB 0.295; Grad-CAM++ 0.242 / 0
 AUROC, at 4x the feature cost (stage 3 took 22 min for 1,000 images here vs 3 min at 224).
 Not run for lack of CPU: LSE pooling, block5 with more seeds and epochs.
 Default chosen: cam-aug-r3 with Grad-CAM at 224 px (the "cam" preset).
+
+THE THIRD CONTROL (issue 21; measured December 2026, declared before running: the default
+"cam" preset with Grad-CAM, seeds 0, 1, 2, nothing chosen on it). The mean of the default's own
+maps of the 44 images (each scaled to max 1), shown for every image, scores pointing 0.227 /
+0.386 / 0.227 and inside share 0.219 / 0.227 / 0.223. Paired differences, maps minus their own
+mean map: pointing +0.091 [-0.045, +0.227] / -0.023 [-0.205, +0.159] / +0.114 [-0.023, +0.250];
+inside share +0.045 [+0.013, +0.075] / +0.053 [+0.015, +0.088] / +0.046 [+0.013, +0.079]. So on
+these 44 images the per-image maps carry a little per-image information in where their mass
+lies (inside share beats the mean map, CI above 0 for every seed), none that the pointing game
+can show, and the verdict for every seed is "does not localize" (pointing does not beat the
+lung prior nor the mean map). The same holds for the maps multiplied by the lung prior.
 """
 import argparse
 import csv
@@ -218,7 +233,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from learning import localization, safe_pickle  # noqa: E402
+from learning import safe_pickle  # noqa: E402
+from learning.explain import localization, verdict  # noqa: E402
 from learning.head import PRESETS, block5_weights  # noqa: E402
 from learning.learning_examples_preparing import (  # noqa: E402
     load_features, stratified_group_split)
@@ -410,7 +426,7 @@ def _difference(head, features):
 def pixel_maps(head, feature_kind, weights, image_paths, method):
     """DeepLIFT (black / blur / mean baseline) or IG on the full image -> logit difference
     model, as stage 6 computes them: (N, 224, 224) signed maps, and completeness errors."""
-    from learning import attribution
+    from learning.explain import attribution
     from learning.vgg import build_conv_base, load_image, preprocess
 
     layer = "block5_pool" if feature_kind == "b5p" else "block4_pool"
@@ -444,18 +460,31 @@ def resize_maps(maps, size=MAP_SIZE):
 def score_maps(maps, boxes_list, n_resamples=1000, seed=0):
     """(N, 224, 224) maps vs boxes in 224-px coordinates -> (summary, ci summary).
 
-    The ci summary also holds "minus_lung_prior": per-image differences map - lung prior
-    (paired: the same images), each with a bootstrap CI; an interval above 0 means the map
-    beats the prior on these images."""
+    The ci summary also holds the paired per-image differences map - control (the same images)
+    for the three controls of stage 6's verdict (learning/explain/verdict.py): "difference_vs"
+    {"centred_gaussian", "lung_prior", "mean_map"} -> {"pointing", "inside_share"}, the mean
+    map's own scores ("mean_map": the mean of these N maps, each positive part scaled to max 1,
+    shown for every image), and "localizes" / "verdict". "minus_lung_prior" (every CI metric)
+    is kept for the older rows of the results file."""
     per_image = [localization.image_metrics(m, b) for m, b in zip(maps, boxes_list)]
-    prior = localization.lung_prior_map((MAP_SIZE, MAP_SIZE))
-    per_prior = [localization.image_metrics(prior, b) for b in boxes_list]
+    mean_map = verdict.MeanMap(MAP_SIZE)
+    for m in maps:
+        mean_map.add(np.maximum(m, 0))
+    controls = {"centred_gaussian": localization.gaussian_map((MAP_SIZE, MAP_SIZE)),
+                "lung_prior": localization.lung_prior_map((MAP_SIZE, MAP_SIZE)),
+                "mean_map": mean_map.mean()}
+    scored = {key: [localization.image_metrics(c, b) for b in boxes_list]
+              for key, c in controls.items()}
     ci = localization.summarize_with_ci(per_image, n_resamples=n_resamples, seed=seed)
     ci["minus_lung_prior"] = {
         key: localization.bootstrap_ci([float(m[key]) - float(p[key])
-                                        for m, p in zip(per_image, per_prior)],
+                                        for m, p in zip(per_image, scored["lung_prior"])],
                                        n_resamples, seed)
         for key in localization.CI_METRICS}
+    ci["mean_map"] = localization.summarize_with_ci(scored["mean_map"],
+                                                    n_resamples=n_resamples, seed=seed)
+    ci["difference_vs"] = {key: verdict.compare(per_image, scored[key], seed) for key in controls}
+    ci["localizes"], ci["verdict"] = verdict.verdict(ci["difference_vs"])
     return localization.summarize(per_image), ci
 
 
@@ -581,9 +610,12 @@ def print_table(entries):
         a = e["auroc"]
         auc = f"{a['auroc']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
         ci = e["ci"]
-        paired = ci.get("minus_lung_prior")
+        paired, own = ci.get("minus_lung_prior"), (ci.get("difference_vs") or {}).get("mean_map")
         versus = ("" if not paired else f"   vs prior: pointing {ci_text(paired['pointing'])}"
                   f", inside {ci_text(paired['inside_share'])}")
+        versus += ("" if not own else f"   vs own mean map: pointing "
+                   f"{ci_text(own['pointing'])}, inside {ci_text(own['inside_share'])} -> "
+                   f"{'localizes' if ci['localizes'] else 'does not localize'}")
         print(f"{label:<48}{auc:<22}{ci_text(ci['pointing']):<22}"
               f"{ci_text(ci['inside_share']):<22}{ci_text(ci['iobb@0.5'])}{versus}")
         groups.setdefault((e["config"], e["method"]), []).append(e)

@@ -82,7 +82,7 @@ def build_classifier(conv_base, head):
     """keras.Model: RGB pixels (N, S, S, 3) float -> logits (N, 2); S from the conv base."""
     import keras
 
-    from learning.attribution import build_full_model
+    from learning.explain.attribution import build_full_model
 
     size = tuple(conv_base.input.shape[1:])  # (S, S, 3)
     made, expected = tuple(conv_base.output.shape[1:]), tuple(head.inputs[0].shape[1:])

@@ -147,7 +147,7 @@ def stage_words(stage, table, parser):
     try:
         parse_words(parser, ["placeholder"] * len(positionals) + words)
     except UserError as error:
-        raise UserError(f"parameters [{stage}]: {error}") from None
+        raise UserError(f"parameters [{stage}]: {error}", error.exit_code) from None
     return words
 
 

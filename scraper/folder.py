@@ -224,23 +224,24 @@ def _select_entries(sources, junk, labels_csv, normal_class, images_dir, label_c
             if relative not in on_disk:
                 del entries[relative]  # a master CSV lists more than one folder holds
             elif relative not in sources:
-                fail(relative, f"listed in {csv_name} row {entry['row']} but not an image file")
+                fail(relative, f"listed in {csv_name} row {entry['row']} but not an image "
+                               f"file")
                 del entries[relative]
         if absent:
             say(f"{fmt_count(len(absent))} row(s) of {csv_name} name images that are not in "
                 f"{images_dir}: not imported, not failures (e.g. row {absent[0][0]}: "
-                f"{absent[0][1]})")
+                f"{mask(absent[0][1], path=True)})")
         left_out = [p for p in sources if p not in entries]
         if left_out:
-            say(f"{fmt_count(len(left_out))} image(s) not in {labels_csv}: skipped "
-                f"(e.g. {left_out[0]})")
+            say(f"{fmt_count(len(left_out))} image(s) not in {mask(labels_csv, path=True)}: "
+                f"skipped (e.g. {mask(left_out[0], path=True)})")
         return entries, len(left_out), len(absent)
     if normal_class:
         labels = _class_labels(sorted(sources), normal_class, images_dir)
         loose = [p for p in sorted(sources) if p not in labels]
         if loose:
             say(f"{fmt_count(len(loose))} image(s) outside the class folders: skipped "
-                f"(e.g. {loose[0]})")
+                f"(e.g. {mask(loose[0], path=True)})")
         return {p: {"label": label} for p, label in labels.items()}, len(loose), 0
     say("warning: no labels CSV and no normal class folder: every image is imported "
         "unlabelled (kept out of training)")
@@ -327,7 +328,7 @@ def _record(name, entry, source, boxes, url, pixel_record=None):
     extra = {"report_id": entry["report_id"]} if entry.get("report_id") else {}
     if header is not None:  # the source path, view and modality, PHI masked (issue 17 #7)
         extra["modality"] = dicom.modality_of(header)
-        url = mask(url)
+        url = mask(url, path=True)
     if pixel_record is not None:  # what was applied: window, inversion, rescale, syntax
         extra["dicom"] = {key: mask(value) if isinstance(value, str) else value
                           for key, value in pixel_record.items()}
@@ -343,7 +344,8 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
                                  disable=not progress, leave=False):
         source, name = sources[relative], names[relative]
         if name in owner:
-            fail(relative, f"the same DICOM image (SOPInstanceUID) as {owner[name]}: a duplicate"
+            fail(relative, f"the same DICOM image (SOPInstanceUID) as "
+                           f"{mask(owner[name], path=True)}: a duplicate"
                  if source.header is not None else
                  f"output name {name!r} collides with {owner[name]!r}; rename one")
             continue
@@ -413,20 +415,22 @@ def _import_sources(data_dir, images_dir, sources, junk, labels_csv, normal_clas
     failures = []
 
     def fail(relative, reason):
-        failures.append({"name": mask(flat_name(relative)), "reason": mask(reason),
-                         "url": mask(os.path.abspath(os.path.join(images_dir, relative)))})
+        url = os.path.abspath(os.path.join(images_dir, relative))
+        failures.append({"name": mask(flat_name(relative), path=True), "reason": mask(reason),
+                         "url": mask(url, path=True)})
 
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}  # both CSVs before any work
     boxes = _resolve_uids(boxes, _uid_index(sources), f"boxes CSV {boxes_csv}")
     entries, summary.skipped, summary.absent = _select_entries(
         sources, junk, labels_csv, normal_class, images_dir, label_column, group_column, fail)
     if junk:
-        say(f"{fmt_count(len(junk))} file(s) that are not images skipped (e.g. {junk[0]})")
+        say(f"{fmt_count(len(junk))} file(s) that are not images skipped (e.g. "
+            f"{mask(junk[0], path=True)})")
     summary.skipped += len(junk)
     unused_boxes = sorted(set(boxes) - set(entries))
     if unused_boxes:
         say(f"warning: boxes for {fmt_count(len(unused_boxes))} image(s) that are not "
-            f"imported are ignored (e.g. {unused_boxes[0]})")
+            f"imported are ignored (e.g. {mask(unused_boxes[0], path=True)})")
 
     salt = phi.data_salt(data_dir)
     names = output_names(entries, sources, salt, by_class=bool(normal_class))

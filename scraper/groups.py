@@ -12,7 +12,7 @@ import threading
 
 from scraper import dicom, phi
 from scraper.cli import UserError, fmt_count
-from scraper.phi import say
+from scraper.phi import mask, say
 
 # --group-pattern is the user's regex, searched in every path: a pattern that backtracks
 # catastrophically ('(a+)+b' on 'aaaa...!.png') is stopped after this long on one path.
@@ -42,7 +42,8 @@ def assign_groups(entries, sources, salt, pattern=None, dicom_group="patient"):
             ungrouped.append(relative)
     if ungrouped and pattern is not None:
         say(f"warning: {fmt_count(len(ungrouped))} image(s) do not match --group-pattern "
-            f"{pattern.pattern!r}: each is its own group (e.g. {ungrouped[0]})")
+            f"{pattern.pattern!r}: each is its own group (e.g. "
+            f"{mask(ungrouped[0], path=True)})")
     if pattern is None and len(ungrouped) == len(entries):
         warn_shared_prefixes(ungrouped)
 
@@ -68,7 +69,7 @@ def bounded_search(pattern, text, seconds=PATTERN_SECONDS):
         return pattern.search(text)
     except _PatternExpired:
         raise UserError(f"--group-pattern {pattern.pattern!r} ran for more than {seconds:g} s "
-                        f"on one path ({text!r}) and was stopped: it backtracks "
+                        f"on one path ({mask(text, path=True)!r}) and was stopped: it backtracks "
                         f"catastrophically (nested repeats such as '(a+)+'); simplify it, "
                         f"e.g. '^([^_]+)_'") from None
     finally:
@@ -103,6 +104,6 @@ def warn_shared_prefixes(relatives):
                   else f"^([^{separator}]+){separator}")
     say(f"warning: {fmt_count(sum(shared.values()))} of {fmt_count(len(relatives))} images "
         f"share a name prefix with another image ({fmt_count(len(shared))} prefixes, e.g. "
-        f"{example!r} x {count}) but no group is given, so each image is its own group; if a "
-        f"prefix is a patient, keep each patient on one side of the split with --group-pattern "
-        f"'{suggestion}' (the first capture group names the patient)")
+        f"{mask(example, path=True)!r} x {count}) but no group is given, so each image is its "
+        f"own group; if a prefix is a patient, keep each patient on one side of the split "
+        f"with --group-pattern '{suggestion}' (the first capture group names the patient)")

@@ -55,8 +55,8 @@ def salted_id(salt, kind, value):
 
 
 def mask_identifiers(text, ds):
-    """`text` with `ds`'s identifying values masked (IdentifierMask for one header)."""
-    return IdentifierMask([ds])(text)
+    """The path `text` with `ds`'s identifying values masked (IdentifierMask for one header)."""
+    return IdentifierMask([ds])(text, path=True)
 
 
 class IdentifierMask:
@@ -66,10 +66,13 @@ class IdentifierMask:
     called on each record's url, each failure's name, url and reason, and each log line. A
     value of 4 characters or more is replaced wherever it appears (any case); a shorter one
     (PatientID "042", the "Li" and "Wu" of "Li^Wu") only where it stands as a token of its
-    own: not next to a letter when it starts/ends with a letter, not next to a digit when it
-    starts/ends with a digit ("042/IM1.dcm" and "pt042_" are masked, "1042" is not). A name
-    is also matched with its parts joined by nothing, "_", "-", "." or a space, either order.
-    Each is replaced by "[Keyword]", e.g. "[PatientID]".
+    own (not next to a letter when it starts/ends with a letter, not next to a digit when it
+    starts/ends with a digit). In a path (`path=True`: urls, failure names, every path put
+    into a message) that is enough ("042/IM1.dcm", "pt042_", "Li Wu/" are masked, "1042" is
+    not); in free text (the whole message, a second pass) the token must also touch one of
+    PATH_PUNCTUATION or be the whole text, so that the counts of "2 saved, 1 failed" stay
+    when a PatientID is "2". A name is also matched with its parts joined by nothing, "_",
+    "-", "." or a space, either order. Each is replaced by "[Keyword]", e.g. "[PatientID]".
     """
 
     def __init__(self, headers=()):
@@ -101,7 +104,7 @@ class IdentifierMask:
     def __bool__(self):
         return bool(self.long or self.short)
 
-    def __call__(self, text):
+    def __call__(self, text, path=False):
         if not self or not text:
             return text
         text = str(text)
@@ -114,7 +117,7 @@ class IdentifierMask:
                     found.append((start, start + length, keyword))
             for length in (1, 2, 3):
                 keyword = self.short.get(lower[start:start + length])
-                if keyword and _standalone(lower, start, start + length):
+                if keyword and _standalone(lower, start, start + length, path):
                     found.append((start, start + length, keyword))
         if not found:
             return text
@@ -143,12 +146,22 @@ def _kind(char):
     return "a" if char.isalpha() else "d" if char.isdigit() else ""
 
 
-def _standalone(text, start, end):
-    """True when text[start:end] is not glued to a letter (digit) on a letter (digit) side."""
+# Characters that join the parts of paths and file names, or quote them in a message (not
+# those of prose or numbers: no space, comma, colon or bracket).
+PATH_PUNCTUATION = frozenset("/\\_-.+=@#~'\"")
+
+
+def _standalone(text, start, end, path):
+    """True when text[start:end] is not glued to a letter (digit) on a letter (digit) side;
+    outside a path, also only next to PATH_PUNCTUATION or a letter/digit of the other kind
+    (inside a name such as "pt042"), or as all of `text`."""
     before = text[start - 1] if start else ""
     after = text[end] if end < len(text) else ""
-    return not (before and _kind(before) and _kind(before) == _kind(text[start])) and \
-        not (after and _kind(after) and _kind(after) == _kind(text[end - 1]))
+    if (before and _kind(before) and _kind(before) == _kind(text[start])) or \
+            (after and _kind(after) and _kind(after) == _kind(text[end - 1])):
+        return False
+    return path or (not before and not after) or bool(
+        {before, after} & PATH_PUNCTUATION) or before.isalnum() or after.isalnum()
 
 
 @contextlib.contextmanager
@@ -161,10 +174,11 @@ def masking(masker):
         _MASK.reset(token)
 
 
-def mask(text):
-    """`text` through the installed IdentifierMask (unchanged when none is installed)."""
+def mask(text, path=False):
+    """`text` through the installed IdentifierMask (unchanged when none is installed);
+    `path=True` for a path or file name (see IdentifierMask)."""
     masker = _MASK.get()
-    return masker(text) if masker else text
+    return masker(text, path) if masker else text
 
 
 def say(text):

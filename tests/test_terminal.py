@@ -51,6 +51,9 @@ def test_errors_that_need_no_model_come_before_tensorflow(tmp_path):
     (tmp_path / "examples.json").write_text(json.dumps(["a.png"]))
     (tmp_path / "images" / "a.png").write_bytes(b"")
     (tmp_path / "d.json").write_text("[]")
+    (tmp_path / "head-only").mkdir()  # a model folder without classifier.keras needs weights
+    (tmp_path / "head-only" / "config.json").write_text(json.dumps({"feature_params": {
+        "weights": "sha256:0", "image_size": 32, "layer": "block5_pool", "pooling": "none"}}))
     cases = [
         ("learning.transfer_feature_extraction",
          [str(tmp_path / "images"), str(tmp_path / "f.pickle"), str(tmp_path / "no.h5")],
@@ -67,7 +70,7 @@ def test_errors_that_need_no_model_come_before_tensorflow(tmp_path):
           str(tmp_path / "images"), str(tmp_path / "r"), "--random-weights"],
          "model directory not found"),
         ("learning.visualization",
-         [str(tmp_path / "no.h5"), str(tmp_path / "no-model"), str(tmp_path / "examples.json"),
+         [str(tmp_path / "no.h5"), str(tmp_path / "head-only"), str(tmp_path / "examples.json"),
           str(tmp_path / "images"), str(tmp_path / "r")], "VGG16 weights file not found"),
         ("learning.visualization", ["w", "m", "e", "i", "r", "--method", "paint"],
          "invalid method 'paint'"),

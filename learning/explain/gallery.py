@@ -34,8 +34,6 @@ OUTCOMES = {"TP": "true positive: abnormal, predicted abnormal",
             "FN": "false negative: abnormal, predicted normal",
             "TN": "true negative: normal, predicted normal",
             "unlabelled": "no label known"}
-VIEWS = {"positive": "positive (evidence for abnormal)",
-         "negative": "negative (evidence against)", "absolute": "absolute (either way)"}
 SCALE_KINDS = {"per-image": "per-image scale: each map to its own 99.5th percentile",
                "shared": "shared scale: one top for every image of this method"}
 ASSETS = ("gallery.js", "gallery.css")
@@ -185,6 +183,8 @@ def controls_html(entries, methods, header):
                                           ("name", "name, A to Z"), ("name-desc", "name, Z to A")]))
     parts.append(_select("size", "per page", [(n, n) for n in ("24", "48", "96", "192")]))
     parts.append("<button type=\"button\" id=\"clear-filters\">reset filters</button>")
+    parts.append("<button type=\"button\" id=\"download\" title=\"every matching card, in "
+                 "this order, as a CSV file\">download matching (CSV)</button>")
     return f"<div class=\"controls\" id=\"controls\">{''.join(parts)}</div>"
 
 
@@ -216,23 +216,22 @@ def render_gallery(entries, methods, header):
 # ----------------------------------------------------------------------------- detail pages
 
 def _colour_bar(scale, page_dir):
-    """Stage 6's colour bar with its numbers: -top | 0 | +top for a signed picture (0 | top
-    when `signed` is False), the unit, the scale's kind and the smoothing."""
-    top, smooth, signed = scale.get("top"), scale.get("smooth"), scale.get("signed", True)
+    """Stage 6's colour bar (one signed scale: -top | 0 | +top) with its numbers: the unit,
+    the scale's kind and the smoothing."""
+    top, smooth = scale.get("top"), scale.get("smooth")
     bar = (f"<img src=\"{href(scale['colour_bar'], page_dir)}\" alt=\"colour bar\">"
            if scale.get("colour_bar") else "")
     if top is None:
         ends = ("", "nothing to show: the map is 0 everywhere")
     else:
-        ends = (f"&minus;{top:.3g}" if signed else "0", f"+{top:.3g}" if signed else f"{top:.3g}")
-    middle = "<span class=\"zero\">0</span>" if signed and top is not None else ""
+        ends = (f"&minus;{top:.3g}", f"+{top:.3g}")
+    middle = "<span class=\"zero\">0</span>" if top is not None else ""
     kind = SCALE_KINDS.get(scale.get("kind"), scale.get("kind") or "")
     smoothing = "none" if not smooth else f"Gaussian, sigma {smooth:g} px of the model input"
     unit = f" {e(scale['unit'])}" if scale.get("unit") else ""
-    where = ("full colour at &plusmn;" if signed else "full colour at ") + (
-        "n/a" if top is None else f"{top:.3g}")
+    where = "full colour at &plusmn;" + ("n/a" if top is None else f"{top:.3g}")
     return (f"<div class=\"colour-bar\"><span>{ends[0]}</span><span class=\"cbar\">{bar}{middle}"
-            f"</span><span class=\"top\">{e(ends[1]) if top is None else ends[1]}{unit}</span>"
+            f"</span><span class=\"top\">{e(ends[1]) if top is None else ends[1]}</span>"
             f"</div><div class=\"meta scale\">{where}{unit}{' (' + e(kind) + ')' if kind else ''};"
             f" smoothing: {e(smoothing)}</div>")
 
@@ -240,10 +239,8 @@ def _colour_bar(scale, page_dir):
 def _method_figure(entry, method, header, page_dir):
     info = entry["methods"][method]
     described = header.method_info.get(method) or {}
-    layers = {"positive": info["picture"], **(info.get("layers") or {})}
-    pictures = "".join(
-        f"<img class=\"layer map\" data-view=\"{e(view)}\" src=\"{href(path, page_dir)}\" "
-        f"alt=\"{e(method)} {e(view)} map\">" for view, path in layers.items())
+    picture = (f"<img class=\"layer map\" src=\"{href(info['picture'], page_dir)}\" "
+               f"alt=\"{e(method)} map\">")
     boxes = "".join(f"<div class=\"box\" style=\"left:{left}%;top:{top}%;width:{width}%;height:"
                     f"{height}%\"><span>{e(finding)}</span></div>"
                     for finding, left, top, width, height in box_percent(entry))
@@ -265,7 +262,7 @@ def _method_figure(entry, method, header, page_dir):
     return (f"<figure data-method=\"{e(method)}\"><figcaption><b>"
             f"{e(described.get('title', method))}</b>{links}</figcaption><div class=\"stack\">"
             f"<img class=\"xray\" src=\"{href(entry['files']['xray'], page_dir)}\" alt=\"X-ray\">"
-            f"{pictures}{boxes}</div>{_colour_bar(info.get('scale') or {}, page_dir)}"
+            f"{picture}{boxes}</div>{_colour_bar(info.get('scale') or {}, page_dir)}"
             f"<div class=\"meta\">{'<br>'.join(e(n) for n in numbers)}</div></figure>")
 
 
@@ -310,18 +307,14 @@ def render_detail(entry, methods, header, index):
     """One image's page: every method's picture on the X-ray, its colour bar and numbers."""
     page = entry["files"]["page"]
     page_dir, root = posixpath.dirname(page), root_of(page)
-    views = [v for v in VIEWS if v == "positive" or any(
-        v in (entry["methods"][m].get("layers") or {}) for m in methods)]
-    switch = "".join(f"<label><input type=\"radio\" name=\"view\" value=\"{v}\" autocomplete="
-                     f"\"off\"{' checked' if v == 'positive' else ''}> {e(VIEWS[v])}</label>"
-                     for v in views) if len(views) > 1 else ""
-    controls = (f"<div class=\"controls\">{switch}<label>map opacity <input type=\"range\" "
-                f"id=\"opacity\" min=\"0\" max=\"100\" value=\"100\" autocomplete=\"off\"> "
-                f"<span id=\"opacity-value\">100%</span></label><label><input type=\"checkbox\" "
-                f"id=\"show-boxes\" checked autocomplete=\"off\"> expert boxes</label></div>")
-    if any(entry["methods"][m].get("argmax") for m in methods):
-        controls = controls.replace("</div>", "<label><input type=\"checkbox\" id=\"show-peak\" "
-                                    "checked autocomplete=\"off\"> peak (+)</label></div>")
+    toggles = [("show-boxes", "expert boxes")] + (
+        [("show-peak", "peak (+): each map's maximum")]
+        if any(entry["methods"][m].get("argmax") for m in methods) else [])
+    controls = ("<div class=\"controls\"><label>map opacity <input type=\"range\" id=\"opacity\" "
+                "min=\"0\" max=\"100\" value=\"100\" autocomplete=\"off\"> <span "
+                "id=\"opacity-value\">100%</span></label>" + "".join(
+                    f"<label><input type=\"checkbox\" id=\"{key}\" checked autocomplete="
+                    f"\"off\"> {text}</label>" for key, text in toggles) + "</div>")
     model_input = entry["files"].get("input")
     input_link = (f" &middot; <a href=\"{href(model_input, page_dir)}\">model input</a>"
                   if model_input else "")
@@ -366,41 +359,3 @@ def write_pages(results, entries, methods, header):
                           render_detail(entry, methods, header, index), durable=False)
         written.append(page)
     return written
-
-
-
-# ----------------------------------------------------------------------------- until stage 6's
-# one-renderer rewrite calls write_pages itself: today's entries -> the contract's
-
-LEGACY_COLOUR_BAR = "gallery-colour-bar.png"
-
-
-def write_all(results, entries, methods, header, titles):
-    """Today's stage 6 (layers `positive|negative|absolute` per map) -> write_pages. The
-    `positive` layer is THE picture of a map: the card shows it as the detail page does."""
-    from learning import render
-    import numpy as np
-
-    header.method_info = {m: {"title": title, "note": note} for m, (title, note) in titles.items()}
-    header.roc = header.roc or ("model_roc.png" if "model_roc.png" in header.links else None)
-    ramp = np.tile(np.linspace(0, 1, 256, dtype=np.float32), (12, 1))  # (12, 256)
-    render.save_png(os.path.join(results, LEGACY_COLOUR_BAR),
-                    render.layer_rgba(ramp, 1.0, render.VIEWS["positive"][0]))
-    converted = []
-    for entry in entries:
-        per_method = {}
-        for method in methods:
-            info, files = entry["methods"][method], entry["methods"][method]["files"]
-            per_method[method] = {
-                "picture": files["positive"], "delta": info["delta"], "score": info["score"],
-                "layers": {view: files[view] for view in ("negative", "absolute")},
-                "scale": {"top": info["vmax"]["positive"], "colour_bar": LEGACY_COLOUR_BAR,
-                          "signed": False},
-                "note": "negative view full colour at " + (
-                    "none" if info["vmax"]["negative"] is None
-                    else format(info["vmax"]["negative"], ".3g")),
-                "files": {"panel": files["panel"], "map": files["heatmap"]}}
-        first = entry["methods"][methods[0]]["files"]
-        converted.append(dict(entry, methods=per_method,
-                              files=dict(entry["files"], input=first["base"])))
-    return write_pages(results, converted, methods, header) + [LEGACY_COLOUR_BAR]

@@ -229,37 +229,56 @@ def argmax_html(argmax):
 
 # ----------------------------------------------------------------------------- sanity
 
-def _stage_text(report, stage, values):
-    rho = values.get("mean_rho") if isinstance(values, dict) else None
-    name = (report.get("stages") or {}).get(stage, stage)
+SANITY_STATUS = {
+    "flagged": ("no", "FLAGGED: barely changes when the weights are randomized"),
+    "could not be checked": ("unsure", "could not be checked (a correlation is undefined, e.g. a "
+                                       "constant map)"),
+    "passes": ("yes", "changes with the weights")}
+
+
+def _stage_cell(values):
+    """'rho 0.27 (2 of 2 images)', or 'could not be checked' for a missing/NaN rho."""
+    rho = values.get("mean_rho")
     if number(rho) == "n/a":
-        return f"{e(name)}: <span class=\"unsure\">could not be checked</span>"
-    return f"{e(name)}: rho {number(rho, 2)}"
+        return "<span class=\"unsure\">could not be checked</span>"
+    checked, images = values.get("checked"), values.get("images")
+    counted = (f" ({checked:,} of {images:,} images)"
+               if isinstance(checked, int) and isinstance(images, int) else "")
+    return f"rho {number(rho, 2)}{counted}"
+
+
+def _sanity_status(method, stages, given, report):
+    """stage 6's status when it gives one; else flagged / could not be checked / passes."""
+    if given in SANITY_STATUS:
+        return given
+    rhos = [values.get("mean_rho") for values in stages.values()]
+    if method in report.get("flagged", []):
+        return "flagged"
+    return ("could not be checked" if not rhos or any(number(r) == "n/a" for r in rhos)
+            else "passes")
 
 
 def sanity_html(report):
+    """Model randomization (Adebayo et al. 2018): one row per method, a cell per stage."""
     if not report:
         return ("<div id=\"sanity\" class=\"meta\">sanity check: not run (cxr-visualize "
                 "--sanity-check)</div>")
-    parts = []
-    for method, stages in report["methods"].items():
-        status = stages.get("status") if isinstance(stages.get("status"), str) else None
-        stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
-        rhos = [v.get("mean_rho") for v in stages.values()]
-        texts = ", ".join(_stage_text(report, s, v) for s, v in stages.items())
-        unchecked = not rhos or any(number(rho) == "n/a" for rho in rhos)
-        if status == "flagged" or method in report.get("flagged", []):
-            flag = ("<span class=\"no\">FLAGGED: barely changes when the weights are "
-                    "randomized</span>")
-        elif status == "could not be checked" or (status != "passes" and unchecked):
-            flag = ("<span class=\"unsure\">could not be checked (a correlation is undefined, "
-                    "e.g. a constant map)</span>")
-        else:
-            flag = "<span class=\"yes\">changes with the weights</span>"
-        parts.append(f"{e(method)}: {texts} &rarr; {flag}")
+    names = report.get("stages") or {}
+    rows = []
+    for method, entry in report["methods"].items():
+        stages = entry.get("stages") if isinstance(entry.get("stages"), dict) else entry
+        stages = {key: values for key, values in stages.items() if isinstance(values, dict)}
+        css, verdict = SANITY_STATUS[_sanity_status(method, stages, entry.get("status"), report)]
+        cells = "<br>".join(f"{e(names.get(stage, stage))}: {_stage_cell(values)}"
+                            for stage, values in stages.items())
+        rows.append(f"<tr><td>{e(method)}</td><td>{cells}</td><td><span class=\"{css}\">"
+                    f"{verdict}</span></td></tr>")
     sample = report.get("sample_note") or f"{len(report.get('images', [])):,} images"
-    return (f"<div id=\"sanity\" class=\"meta\">sanity check (model randomization, {e(sample)}):"
-            f" " + "; ".join(parts) + "</div>")
+    limit = number(report.get("flag_rho"), 2)
+    return (f"<div id=\"sanity\"><div class=\"meta\">sanity check (model randomization, "
+            f"{e(sample)}): Spearman rho between each map and the map after re-drawing weights; "
+            f"a map that barely changes (rho above {limit}) ignores what the model learned."
+            f"</div><table>{''.join(rows)}</table></div>")
 
 
 # ----------------------------------------------------------------------------- all of it

@@ -174,7 +174,7 @@ def compile_model(model, config):
 
 def make_batches(paths, labels, subset, config, image_size, seed, workers=1):
     """Namespace(train, val or None, class_weights): the streamed training and validation sets."""
-    from learning.fully_connected_layers_training import class_weights
+    from learning.train.loop import class_weights
     from learning.store.image_batches import ImageBatches
 
     subset = np.asarray(subset, dtype=object)
@@ -212,16 +212,20 @@ def run_fingerprint(config, train_blocks, image_size, weights_id, seed, data):
 def new_state(fingerprint, scaling):
     return {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "scaling": scaling,
             "epochs_done": 0, "stopped": False, "best_epoch": None, "best_loss": None,
-            "history": {"loss": [], "val_loss": [], "val_auroc": [], "seconds_per_image": []}}
+            "history": {"loss": [], "val_loss": [], "val_auroc": [], "seconds_per_image": [],
+                        "cpu_seconds_per_image": []}}
 
 
-def record_epoch(state, loss, val_loss, auroc, seconds_per_image, patience):
+def record_epoch(state, loss, val_loss, auroc, seconds_per_image, patience, cpu_seconds=None):
     """Add one finished epoch to `state`; returns True when it is the best so far (lowest
     validation loss; without validation every epoch is). Sets state["stopped"] once
-    `patience` epochs passed without improvement."""
+    `patience` epochs passed without improvement. seconds_per_image: wall clock of the
+    epoch's training per training image; cpu_seconds: the same in this process's CPU time
+    (all threads), which a machine shared with other work inflates less."""
     history = state["history"]
     history["loss"].append(loss)
     history["seconds_per_image"].append(seconds_per_image)
+    history["cpu_seconds_per_image"].append(cpu_seconds)
     state["epochs_done"] += 1
     epoch = state["epochs_done"]
     if val_loss is None:
@@ -291,17 +295,10 @@ def predict_logits(model, batches):
     return np.asarray(model.predict(batches, verbose=0), np.float64)
 
 
-def cross_entropy(labels, logits):
-    """Mean softmax cross-entropy of 2-class logits (N, 2): the unweighted validation loss."""
-    logits = np.asarray(logits, np.float64)
-    top = logits.max(axis=1)
-    log_total = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    return float(np.mean(log_total - logits[np.arange(len(labels)), labels]))
-
-
 def validate(model, data):
     """(validation loss, AUROC) of the current weights; (None, None) without validation."""
     from learning.metrics import roc_auc
+    from learning.train.loop import cross_entropy
 
     if data.val is None:
         return None, None
@@ -322,14 +319,16 @@ def epoch_callback(run):
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             run.data.train.set_epoch(epoch)
-            self.started = time.monotonic()
+            self.started, self.cpu_started = time.monotonic(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
-            seconds = time.monotonic() - self.started
+            count = len(run.data.train.paths)
+            per_image = (time.monotonic() - self.started) / count
+            cpu_per_image = (time.process_time() - self.cpu_started) / count
             loss = float((logs or {}).get("loss", np.nan))
             val_loss, auroc = validate(self.model, run.data)
-            per_image = seconds / len(run.data.train.paths)
-            best = record_epoch(run.state, loss, val_loss, auroc, per_image, run.patience)
+            best = record_epoch(run.state, loss, val_loss, auroc, per_image, run.patience,
+                                cpu_per_image)
             if best and run.track:
                 run.best = [to_numpy(v).copy() for v in run.variables]
             if run.checkpoint:
@@ -391,7 +390,7 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
     if run.best is not None:  # the lowest validation loss's epoch
         for variable, value in zip(variables, run.best):
             variable.assign(value)
-    seconds = state["history"]["seconds_per_image"]
+    seconds, cpu = (state["history"][k] for k in ("seconds_per_image", "cpu_seconds_per_image"))
     return model, {
         "epochs_run": state["epochs_done"],
         "best_epoch": state["best_epoch"] if track else state["epochs_done"],
@@ -400,4 +399,5 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
             data.val.paths), "class_weights": data.class_weights, "train_blocks": list(train_blocks),
         "early_stopping": "lowest validation loss" if track else None,
         "seconds_per_image_epoch": float(np.median(seconds)) if seconds else None,
+        "cpu_seconds_per_image_epoch": float(np.median(cpu)) if cpu else None,
         "scaling": scaling, "config": config}

@@ -22,7 +22,8 @@ def main(work):
     import keras
     import numpy as np
 
-    from learning import attribution, safe_pickle, transfer_feature_extraction, visualization
+    from learning import safe_pickle, transfer_feature_extraction, visualization
+    from learning.explain import attribution
     from learning import fully_connected_layers_training as training
     from learning.vgg import build_conv_base
     from tests.learning.test_fully_connected_layers_training import make_split

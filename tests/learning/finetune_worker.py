@@ -4,7 +4,8 @@ Keras backend):
     python tests/learning/finetune_worker.py WORK_DIR [--epochs N] [--stall-epoch E --stall-batch B]
 
 WORK_DIR holds images/ and examples.json ([path, label, subset] rows) made by
-tests/learning/test_finetune.py. Trains with the settings of `settings()` and the checkpoint
+tests/learning/test_finetune.py. Trains with the settings of `settings()`, 2 loader threads (the
+parent's reference run uses 1: the result must not depend on it) and the checkpoint
 WORK_DIR/checkpoint.npz, then writes WORK_DIR/<backend>/weights.npz (all model weights),
 logits.npz (the validation logits) and classifier.keras. With --stall-epoch, the training
 set's batch B of epoch E (0-based) writes WORK_DIR/stalled and sleeps instead of returning, so
@@ -67,7 +68,7 @@ def main(argv=None):
         stall_at(args.stall_epoch, args.stall_batch, os.path.join(args.work, "stalled"))
     paths, labels, subset = examples(args.work)
     model, info = fine_tune(paths, labels, subset, settings(args.epochs), (5,), image_size=32,
-                            random_weights=True, seed=3,
+                            random_weights=True, seed=3, workers=2,
                             checkpoint=os.path.join(args.work, "checkpoint.npz"))
     out = os.path.join(args.work, keras.backend.backend())
     os.makedirs(out, exist_ok=True)

@@ -13,7 +13,7 @@ from PIL import Image
 
 METHODS = ("grad-cam", "deeplift")
 NASTY = ["<img src=x onerror=\"window.PWNED=1\">.png", "a#b?c%20[0.10,0.90].png",
-         "\u00fcn\u00efc\u00f8de 'q' \"dq\" & co.png"]
+         "\u00fcn\u00efc\u00f8de 'q' \"dq\" & co.png", "=cmd|' /C calc'!A0,x.png"]
 VIEWS = ("PA", "AP", "LATERAL")
 MODALITIES = ("CR", "DX", None)
 SIDE = 64
@@ -52,7 +52,7 @@ def _outcome(label, p, threshold=0.5):
 
 def make_entries(results, n, distinct=None, seed=0):
     """n entries (and their picture files under `results`); `distinct` pictures cycled (default
-    one per card). Entry 0..2 carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
+    one per card). The first entries carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
     rng = np.random.default_rng(seed)
     distinct = distinct or n
     for k in range(distinct):
@@ -115,11 +115,16 @@ def make_header(gallery, n_test=208, limit=None, examples=None):
               "controls": {"lung_prior": _block(0.41), "centred_gaussian": _block(0.21)},
               "description": {"controls": "maps that use no image <no model>",
                               "difference_vs": "method minus control, paired bootstrap"}}
-    sanity = {"methods": {"grad-cam": {"head": {"mean_rho": float("nan")},
-                                       "head+block4": {"mean_rho": 0.21}},
-                          "deeplift": {"head": {"mean_rho": 0.1},
-                                       "head+block4": {"mean_rho": 0.05}, "status": "passes"}},
-              "flagged": [], "images": ["a", "b"],
+    def stage(rho, status):
+        return {"mean_rho": rho, "checked": 0 if rho is None else 2, "images": 2,
+                "status": status}
+    sanity = {"methods": {"grad-cam": {"stages": {"head": stage(None, "could not be checked"),
+                                                  "head+block4": stage(0.21, "passes")},
+                                       "status": "could not be checked"},
+                          "deeplift": {"stages": {"head": stage(0.1, "passes"),
+                                                  "head+block4": stage(0.05, "passes")},
+                                       "status": "passes"}},
+              "flagged": [], "images": ["a", "b"], "flag_rho": 0.9,
               "stages": {"head": "head kernels re-drawn",
                          "head+block4": "head and block4 conv kernels re-drawn"}}
     grid = [[(r * 3 + c) % 5 if 1 < r < 6 else 0 for c in range(8)] for r in range(8)]

@@ -40,7 +40,11 @@ def build_data(root, seed_in_config=0, head_input=None, names=None, boxes=None):
         else:
             (images / name).write_bytes(open(os.path.join(DEMO, "images", demo), "rb").read())
         label = "abnormal" if labels[demo]["abnormal"] == "1" else "normal"
-        records.append(make_record(name, "folder", boxes=boxes.get(name, []), label=label))
+        record = make_record(name, "folder", boxes=boxes.get(name, []), label=label,
+                             url=f"/import/PATIENT-XXXX/{name}", view="PA")
+        if name == OTHERS[0]:
+            record["dicom"] = {"modality": "DX"}  # what stage 2 records for a DICOM import
+        records.append(record)
     save_descriptions(str(root / "images-description.json"), records)
     (root / "examples.json").write_text(json.dumps(list(names) + ["not_there.png"]))
     model = root / "model"
@@ -54,11 +58,12 @@ def build_data(root, seed_in_config=0, head_input=None, names=None, boxes=None):
         keras.layers.Dense(2, bias_initializer="random_normal")])
     head.save(str(model / "head.keras"))
     (model / "config.json").write_text(json.dumps({
+        "run_id": "train-run-1",
         "feature_params": {"weights": f"random:seed={seed_in_config}", "image_size": SIZE,
                            "layer": "block5_pool", "pooling": "none",
                            "preprocessing": "caffe", "precision": "float32"},
         "class_names": ["normal", "abnormal"], "head": {}, "args": {}}))
-    (model / "metrics.json").write_text(json.dumps({"test": {
+    (model / "metrics.json").write_text(json.dumps({"run_id": "train-run-1", "test": {
         "n": 100, "accuracy": 0.8, "roc_auc": 0.9, "roc_auc_ci": {"low": 0.85, "high": 0.95,
                                                                 "n_groups": 76},
         "baseline_majority": {"predicts": "normal", "accuracy": 0.5, "roc_auc": 0.5}}}))
@@ -68,3 +73,29 @@ def build_data(root, seed_in_config=0, head_input=None, names=None, boxes=None):
 def argv(root, *extra):
     return ["unused.h5", str(root / "model"), str(root / "examples.json"), str(root / "images"),
             str(root / "results"), "--random-weights", "--display-size", "128", *extra]
+
+
+def add_classifier(root, fine_tuned=False):
+    """model/classifier.keras as stage 5 exports it (learning/export.py), from the folder's
+    head.keras on the 64-px random conv base. fine_tuned: block5_conv3's kernel is changed, as
+    fine-tuning would, and config.json says "train_blocks": [5]: only the file knows the network.
+    Returns the classifier."""
+    import numpy as np
+
+    from learning.export import build_classifier
+    from learning.vgg import build_conv_base
+
+    model = root / "model"
+    head = keras.models.load_model(str(model / "head.keras"))
+    classifier = build_classifier(build_conv_base(random_weights=True, seed=0, image_size=SIZE),
+                                  head)
+    if fine_tuned:
+        conv = [layer for layer in classifier.get_layer("vgg16_head").layers
+                if layer.name == "block5_conv3"][0]
+        kernel, bias = conv.get_weights()
+        conv.set_weights([kernel * 1.5 + np.random.default_rng(0).normal(
+            0, 0.01, kernel.shape).astype(np.float32), bias])
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps(dict(config, train_blocks=[5])))
+    classifier.save(str(model / "classifier.keras"))
+    return classifier

@@ -19,7 +19,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
-from learning import attribution, transfer_feature_extraction  # noqa: E402
+from learning import transfer_feature_extraction  # noqa: E402
+from learning.explain import attribution  # noqa: E402
 from learning.learning_examples_preparing import load_features  # noqa: E402
 from learning.vgg import build_conv_base  # noqa: E402
 

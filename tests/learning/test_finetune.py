@@ -147,6 +147,8 @@ def _worker(work, *extra, backend=None):
 
 
 def test_training_resumes_after_a_sigkill_and_ends_where_an_uninterrupted_run_ends(trained):
+    """The reference run (this process) loads images in 1 thread, the killed and the resumed
+    runs in 2: the weights must not depend on the loader either."""
     work, model, _, rows = trained
     run = os.path.join(work, "killed")
     os.makedirs(run)

@@ -236,7 +236,9 @@ def test_end_to_end_classifier_reproduces_stage_6_logits(tmp_path):
     gives the logits stage 6 computes with its own conv base + head, on real tiny images."""
     import keras
 
-    from learning.visualization import Explainer, load_model_dir
+    from learning.explain.attribution import Explainer
+    from learning.explain.model import load_keras
+    from learning.export import build_classifier
     from learning.vgg import build_conv_base, load_image, preprocess
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "nih-24", "images")
@@ -262,9 +264,10 @@ def test_end_to_end_classifier_reproduces_stage_6_logits(tmp_path):
     params = sum(int(np.prod(w.shape)) for w in classifier.weights)
     assert metrics["files"]["classifier_bytes"] < 4 * params * 1.05 + 200_000  # no optimizer
 
-    head, config = load_model_dir(str(tmp_path / "m"))  # what stage 6 does
+    head = load_keras(str(tmp_path / "m" / "head.keras"), "head")  # stage 6's fallback path
     stage6_base = build_conv_base(None, True, 0, 32, "block5_pool", "none")
-    stage6 = Explainer(stage6_base, head, "difference", ["saliency"], "black", 32)
+    stage6 = Explainer(build_classifier(stage6_base, head), "difference", ["saliency"], "black",
+                       32)
     x, _ = stage6.inputs(images)
     np.testing.assert_allclose(exported, stage6.logits(x), rtol=1e-5, atol=1e-5)
     assert exported.shape == (6, 2) and np.ptp(exported[:, 1] - exported[:, 0]) > 0

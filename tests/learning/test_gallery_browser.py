@@ -12,6 +12,7 @@ Needs Chromium and its driver (Debian: `apt-get install chromium chromium-driver
 installs them). Without them the test is skipped locally with that reason; under CI
 (CXR_REQUIRE_BROWSER=1, set by .ci/run) a missing browser is a failure, never a skip.
 """
+import csv
 import io
 import os
 import shutil
@@ -190,23 +191,35 @@ def test_stage6_gallery_filters_sort_and_links(browser, stage6_run):
     assert [c["p"] for c in _cards(browser)] == sorted(c["p"] for c in cards)
     assert _errors(browser) == []
 
+    # every card shows the very picture file its detail page shows, for each method
+    for method in ("deeplift", "grad-cam"):
+        _set(browser, "map", method)
+        shown = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#grid .card'), c => ["
+            "c.querySelector('a.stack').href, c.querySelector('img.map').src])")
+        for page, picture in shown:
+            browser.get(page)
+            _wait(browser)
+            assert browser.execute_script(
+                "return document.querySelector(arguments[0]).src",
+                f"figure[data-method='{method}'] img.layer.map") == picture
+            browser.back()
+            _wait(browser)
 
-def test_stage6_detail_page_views_opacity_and_boxes(browser, stage6_run):
-    page = next(stage6_run.glob("00000150_002*.html"))
+
+def test_stage6_detail_page_opacity_boxes_and_peak(browser, stage6_run):
+    page = next(stage6_run.glob("pictures/*/00000150_002*.html"))
     _open(browser, page)
     assert _errors(browser) == []
     _check_resources(browser, stage6_run)
     figures = browser.find_elements("css selector", "figure")
     assert [f.get_attribute("data-method") for f in figures] == ["deeplift", "grad-cam"]
-
-    def shown_views():
-        return browser.execute_script(
-            "return Array.from(document.querySelectorAll('.layer'))"
-            ".filter(i => !i.classList.contains('hidden')).map(i => i.dataset.view)")
-
-    assert shown_views() == ["positive", "positive"]
-    browser.find_element("css selector", "input[name=view][value=negative]").click()
-    assert shown_views() == ["negative", "negative"]
+    # stage 6 draws ONE signed picture per map: no view switch, one map layer per figure
+    assert browser.find_elements("css selector", "input[name=view]") == []
+    layers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('figure'), f => f.querySelectorAll("
+        "'.layer.map').length)")
+    assert layers == [1, 1]
     _set(browser, "opacity", "30")
     opacities = browser.execute_script(
         "return Array.from(document.querySelectorAll('.layer'), i => i.style.opacity)")
@@ -215,7 +228,12 @@ def test_stage6_detail_page_views_opacity_and_boxes(browser, stage6_run):
     assert len(boxes) == 2 and all(box.is_displayed() for box in boxes)  # one per method
     browser.find_element("id", "show-boxes").click()
     assert not any(box.is_displayed() for box in boxes)
+    peaks = browser.find_elements("css selector", ".peak")  # each map's maximum
+    assert len(peaks) == 2 and all(peak.is_displayed() for peak in peaks)
+    browser.find_element("id", "show-peak").click()
+    assert not any(peak.is_displayed() for peak in peaks)
     assert "p(abnormal)" in _text(browser, "numbers")
+    assert "modality" in _text(browser, "provenance")
     assert _errors(browser) == []
 
 
@@ -347,7 +365,7 @@ def test_a_card_and_its_detail_page_show_the_same_picture(browser, small_run):
         figure = f"figure[data-method='{method}']"
         detail = browser.execute_script(
             "const f = document.querySelector(arguments[0]); return {map: f.querySelector("
-            "'img.layer[data-view=positive]').src, xray: f.querySelector('img.xray').src}",
+            "'img.layer.map').src, xray: f.querySelector('img.xray').src}",
             figure)
         assert (detail["map"], detail["xray"]) == (card["map"], card["xray"])  # same files
         on_page = _stack_pixels(browser, f"{figure} .stack")
@@ -367,9 +385,35 @@ def test_hostile_names_stay_text(browser, small_run):
         "return Array.from(document.querySelectorAll('.card .name'), n => n.textContent)")
     assert set(gallery_data.NASTY) <= set(names)
     _check_resources(browser, results)
-    for entry in entries[:3]:
+    for entry in entries[:len(gallery_data.NASTY)]:
         browser.get((results / entry["files"]["page"]).as_uri())
         _wait(browser)
         assert browser.execute_script("return window.PWNED") is None
         assert browser.find_element("tag name", "h1").text == entry["name"]
         assert _errors(browser) == []
+
+
+def test_the_matching_cards_download_as_csv(browser, small_run):
+    """Every matching card (not only the page), in the gallery's order; a name a spreadsheet
+    would run as a formula is neutralised as index.csv's cells are."""
+    from scraper.fileio import csv_cell
+
+    results, entries = small_run
+    _open(browser, results / "index.html", "#outcome=FN,FP&sort=name&size=24")
+    text = browser.execute_script(
+        "return CXR.selectionCsv(CXR.parseState(location.hash.slice(1)))")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["name", "label", "p_abnormal", "outcome", "view", "modality", "source",
+                       "expert_boxes", "pointing_grad-cam", "pointing_deeplift"]
+    wanted = sorted((e for e in entries if e["outcome"] in ("FN", "FP")),
+                    key=lambda e: e["name"])
+    assert len(rows) - 1 == len(wanted) > 24  # more than the page shows
+    for row, entry in zip(rows[1:], wanted):
+        assert row[0] == csv_cell(entry["name"]) and float(row[2]) == entry["p_abnormal"]
+        assert row[3] == entry["outcome"] and row[6] == entry["source"]
+        assert row[7] == str(len(entry["boxes"]))
+        score = entry["methods"]["grad-cam"]["score"]
+        assert row[8] == ("" if not score else "hit" if score["pointing"] else "miss")
+    assert "'=cmd|' /C calc'!A0,x.png" in [row[0] for row in rows]
+    browser.find_element("id", "download").click()
+    assert _errors(browser) == []

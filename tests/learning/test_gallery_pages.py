@@ -74,7 +74,7 @@ def test_every_user_string_is_escaped(run):
     index = (results / "index.html").read_text()
     assert "<test>" not in index and "&lt;test&gt;" in index  # the title
     assert "<or better>" not in index and "&lt;or better&gt;" in index  # a verdict sentence
-    for entry in entries[:3]:  # the hostile names
+    for entry in entries[:len(gallery_data.NASTY)]:  # the hostile names
         page = (results / entry["files"]["page"]).read_text()
         escaped = html.escape(entry["name"], quote=True)
         assert escaped == entry["name"] or entry["name"] not in page
@@ -124,11 +124,11 @@ def test_detail_page_shows_provenance_colour_bar_and_the_card_picture(run):
         assert fact in page
     for method in gallery_data.METHODS:
         picture = "../../" + entry["methods"][method]["picture"]
-        assert f'data-view="positive" src="{picture}"' in page  # the card's picture file
+        assert f'<img class="layer map" src="{picture}"' in page  # the card's picture file
     assert page.count('src="../../colour-bar.png"') == 2
     assert "full colour at &plusmn;0.0123 logit units (per-image scale" in page
     assert "full colour at &plusmn;0.0246 logit units (per-image scale" in page
-    assert "<span>&minus;0.0123</span>" in page and "+0.0123 logit units</span>" in page
+    assert "<span>&minus;0.0123</span>" in page and "+0.0123</span>" in page
     assert page.count('class="peak" style="left:29.00%;top:50.00%"') == 2
     assert "run 20260101-120000-abcd" in page
     assert ("<th>findings</th><td>Heart size normal. &lt;script&gt;window.PWNED=2&lt;/script&gt; 4"
@@ -151,8 +151,13 @@ def test_header_words(run):
     assert index.count("its own average map") == 2  # each method's own mean-map control
     assert "&lt;or better&gt;" in index and "maps that use no image &lt;no model&gt;" in index
     assert "(+2 with no positive value)" in index and "run 20260101-120000-abcd" in index
-    assert "could not be checked" in index  # the NaN correlation is never a pass
-    assert "changes with the weights" in index  # deeplift's finite ones
+    sanity = index[index.index('<div id="sanity">'):]
+    grad_cam = sanity[sanity.index("<td>grad-cam</td>"):sanity.index("<td>deeplift</td>")]
+    assert "head kernels re-drawn: <span class=\"unsure\">could not be checked" in grad_cam
+    assert "rho 0.21 (2 of 2 images)" in grad_cam and "changes with the weights" not in grad_cam
+    assert "could not be checked (a correlation is undefined" in grad_cam  # never a pass
+    assert "changes with the weights" in sanity[sanity.index("<td>deeplift</td>"):]
+    assert "rho above 0.90" in sanity
     assert index.count("<div class=\"argmax\"") == 2 and "inside the lung fields 88%" in index
     assert index.count("<td style=\"background:rgb(") == 2 * 64  # two 8 x 8 grids
     assert 'id="roc"' in index and "mean nothing clinically" in index

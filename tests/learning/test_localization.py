@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from learning import localization, sanity
+from learning.explain import localization, sanity
 
 
 def test_scale_boxes_and_mask():
@@ -70,9 +70,48 @@ def test_spearman_and_flags():
     report = sanity.summarize({"saliency": {"head": [0.95, 0.97], "head+block5": [0.5]},
                                "deeplift": {"head": [0.2, float("nan")], "head+block5": [0.1]}})
     assert report["flagged"] == ["saliency"]
-    assert report["methods"]["deeplift"]["head"]["mean_rho"] == pytest.approx(0.2)
+    head = report["methods"]["deeplift"]["stages"]["head"]
+    assert head["mean_rho"] == pytest.approx(0.2) and (head["checked"], head["images"]) == (1, 2)
+    assert report["methods"]["deeplift"]["status"] == "passes"
     lines = sanity.format_report(report)
     assert "FLAGGED" in lines[0] and "FLAGGED" not in lines[1]
+    assert "1 of 2 images checked" in lines[1]
+
+
+def test_sanity_nan_is_could_not_be_checked_never_a_pass():
+    """Issue 17: 'head rho nan' was shown as a green pass ('changes with the weights')."""
+    report = sanity.summarize({"grad-cam": {"head": [float("nan")] * 3, "head+block4": [0.21]}})
+    block = report["methods"]["grad-cam"]
+    assert block["stages"]["head"] == {"mean_rho": None, "checked": 0, "images": 3,
+                                       "per_image": [None] * 3, "flag": None,
+                                       "status": "could not be checked"}
+    assert block["status"] == "could not be checked" and report["unchecked"] == ["grad-cam"]
+    assert report["flagged"] == []
+    (line,) = sanity.format_report(report)
+    assert "could not be checked" in line and "changes with the weights" not in line
+    assert "head rho n/a" in line and "nan" not in line.lower()
+
+
+def test_sanity_cascade_names_what_it_redraws():
+    """A block4_pool model re-draws block4 in its second stage, and says 'head+block4'."""
+    keras = pytest.importorskip("keras")
+    from learning.explain.deeplift import leaf_layers
+    from learning.export import build_classifier
+    from learning.head import PRESETS, build_from_config
+    from learning.vgg import build_conv_base
+
+    base = build_conv_base(random_weights=True, seed=0, image_size=32, layer="block4_pool")
+    keras.utils.set_random_seed(1)
+    head = build_from_config(tuple(base.output.shape[1:]), dict(PRESETS["cam"], hidden=4),
+                             {"scale": 1.0})
+    stages = sanity.cascade(list(leaf_layers(build_classifier(base, head))))
+    assert [name for name, _ in stages] == ["head", "head+block4"]
+    assert [layer.name for layer in stages[0][1]] == ["cam_conv", "logits"]
+    assert [layer.name for layer in stages[1][1]][2:] == ["block4_conv1", "block4_conv2",
+                                                          "block4_conv3"]
+    described = sanity.describe(stages)
+    assert "block4" in described["head+block4"] and "block5" not in described["head+block4"]
+    assert "vgg16_preprocess" not in str(described)
 
 
 def test_randomize_and_restore_layers():
@@ -86,3 +125,60 @@ def test_randomize_and_restore_layers():
     assert np.abs(after[0]).max() <= np.sqrt(6 / 7)
     sanity.restore(saved)
     assert np.array_equal(layer.get_weights()[0], before[0])
+
+
+def _verdict_of(maps, boxes, size=32):
+    """verdict.report on synthetic maps (name -> (size, size)) and boxes (name -> [box])."""
+    from learning.explain import verdict
+
+    mean_map, grid = verdict.MeanMap(size), verdict.ArgmaxGrid(size)
+    entries = []
+    for name, heatmap in maps.items():
+        mean_map.add(heatmap)
+        grid.add(heatmap)
+        entries.append({"name": name, "scored_boxes": boxes[name], "excluded": None,
+                        "scores": {"m": localization.image_metrics(heatmap, boxes[name])}})
+    return verdict.report(entries, ["m"], size, 0, {}, {"m": mean_map}, {"m": grid})
+
+
+def test_maps_that_are_noise_around_a_fixed_pattern_do_not_localize():
+    """Issue 21: per-image maps = one fixed pattern (where boxes often are) + noise. They beat
+    the two no-model maps, but not their own mean: the verdict says so plainly."""
+    rng = np.random.default_rng(0)
+    size = 32
+    y, x = np.mgrid[0:size, 0:size]
+    pattern = np.exp(-((y - 12) ** 2 + (x - 10) ** 2) / 30.0)  # upper left lung, fixed
+    maps, boxes = {}, {}
+    for k in range(60):
+        cy, cx = (12, 10) if k % 2 else rng.integers(4, 24, size=2)  # half the findings there
+        boxes[f"i{k}"] = [{"finding": "f", "x": float(cx - 4), "y": float(cy - 4), "w": 8.0,
+                           "h": 8.0}]
+        maps[f"i{k}"] = np.maximum(pattern + rng.normal(0, 0.15, (size, size)), 0)
+    report = _verdict_of(maps, boxes, size)
+    block = report["methods"]["m"]
+    assert block["difference_vs"]["lung_prior"]["pointing"]["beats"]  # it beats the prior...
+    own = block["difference_vs"]["mean_map"]  # ...not its own mean
+    assert own["inside_share"]["mean"] < 0 and not own["pointing"]["beats"]
+    assert block["localizes"] is False
+    assert block["verdict"][0] == ("The maps vary from image to image but not with the "
+                                   "findings: their own average, the same map shown for every "
+                                   "image, scores as well or better.")
+    assert "does not beat the mean of its own maps" in block["verdict"][1]
+    grid = np.array(block["argmax_grid"]["grid"])
+    assert grid.sum() == 60 and grid[3, 2] + grid[3, 3] + grid[2, 2] + grid[2, 3] > 50
+
+
+def test_maps_that_follow_the_findings_localize():
+    """The positive control of the same test: each map peaks on its own image's box."""
+    rng = np.random.default_rng(1)
+    size = 32
+    y, x = np.mgrid[0:size, 0:size]
+    maps, boxes = {}, {}
+    for k in range(60):
+        cy, cx = rng.integers(4, 28, size=2)
+        boxes[f"i{k}"] = [{"finding": "f", "x": float(cx - 3), "y": float(cy - 3), "w": 6.0,
+                           "h": 6.0}]
+        maps[f"i{k}"] = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 4.0) \
+            + rng.uniform(0, 0.05, (size, size))
+    block = _verdict_of(maps, boxes, size)["methods"]["m"]
+    assert block["localizes"] is True and block["verdict"][0].startswith("It localizes")

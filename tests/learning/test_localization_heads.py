@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from learning import localization  # noqa: E402
+from learning.explain import localization  # noqa: E402
 from learning.head import augment_grid  # noqa: E402
 from scraper.cli import UserError, run_main  # noqa: E402
 
@@ -174,7 +174,7 @@ def test_grad_cam_inside_the_head_matches_the_head_level_computation():
     import keras
     import tensorflow as tf
 
-    from learning import attribution
+    from learning.explain import attribution
     from learning.head import PRESETS, build_from_config
     from learning.vgg import build_conv_base
 

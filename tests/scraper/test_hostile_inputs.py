@@ -60,9 +60,16 @@ def test_mask_covers_short_identifiers_as_tokens():
     mask = phi.IdentifierMask([ds])
     assert mask("/x/042/IM1.dcm") == "/x/[PatientID]/IM1.dcm"
     assert mask("/x/pt042_Li_Wu.dcm") == "/x/pt[PatientID]_[PatientName].dcm"
-    assert mask("/x/LiWu/wu-li/1.2.3.4.5.dcm") == "/x/[PatientName]/[PatientName]/[SOPInstanceUID].dcm"
+    assert mask("/x/LiWu/wu-li/1.2.3.4.5.dcm") == \
+        "/x/[PatientName]/[PatientName]/[SOPInstanceUID].dcm"
     assert mask("/x/1042/Lisa/Wulf.dcm") == "/x/1042/Lisa/Wulf.dcm"  # inside longer tokens: kept
     assert mask("/x/LI/wu.dcm") == "/x/[PatientName]/[PatientName].dcm"  # any case
+    # free text (a whole message): short IDs only as pieces of paths, counts stay counts
+    ds.PatientID = "2"
+    mask = phi.IdentifierMask([ds])
+    assert mask("2 saved, 1 failed (e.g. 'x/2/IM2.dcm', 2_a.dcm)") == (  # IM2: as "pt042"
+        "2 saved, 1 failed (e.g. 'x/[PatientID]/IM[PatientID].dcm', [PatientID]_a.dcm)")
+    assert mask("2", path=True) == mask("2") == "[PatientID]"
 
 
 def test_no_identifier_leaves_stage_2_in_records_failures_or_stderr(tmp_path):
@@ -316,7 +323,8 @@ def two_frames_under_one(path):
 def slope_abc(path):
     write_dicom(path, PIXELS, RescaleSlope="1", RescaleIntercept="0")
     raw = path.read_bytes()
-    path.write_bytes(raw.replace(b"\x28\x00\x53\x10DS\x02\x001 ", b"\x28\x00\x53\x10DS\x04\x00abc "))
+    slope = b"\x28\x00\x53\x10DS"  # (0028,1053) RescaleSlope, explicit VR DS
+    path.write_bytes(raw.replace(slope + b"\x02\x001 ", slope + b"\x04\x00abc "))
 
 
 @pytest.mark.parametrize("make, reason", [

@@ -266,6 +266,9 @@
     document.getElementById('clear-filters').addEventListener('click', function () {
       apply(parseState(''));
     });
+    document.getElementById('download').addEventListener('click', function () {
+      download(readControls(1));
+    });
     // Back / forward / a typed hash / a page restored from the back-forward cache
     window.addEventListener('hashchange', function () {
       apply(parseState(hashOf(location.href)));
@@ -309,12 +312,9 @@
       }
     }
     function update() {
-      var checked = document.querySelector('input[name=view]:checked');
-      var view = checked ? checked.value : 'positive';
       var opacity = document.getElementById('opacity').value / 100;
       var boxes = document.getElementById('show-boxes').checked;
       document.querySelectorAll('.layer').forEach(function (img) {
-        img.classList.toggle('hidden', img.dataset.view !== view);
         img.style.opacity = opacity;
       });
       document.querySelectorAll('.box').forEach(function (b) {
@@ -333,6 +333,44 @@
     body.dataset.ready = '1';
   }
 
-  window.CXR = {parseState: parseState, stateText: stateText, select: select};
+  // ------------------------------------------------------------------ the matching cards as CSV
+  // Cells a spreadsheet would run as a formula get a leading apostrophe (as the Python side's
+  // scraper.fileio.csv_cell does for index.csv); numbers we write stay numbers.
+  var FORMULA = /^[=+\-@\t\r]/, NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+  function csvCell(value) {
+    var text = value === null || value === undefined ? '' : String(value);
+    if (FORMULA.test(text) && !NUMBER.test(text)) text = "'" + text;
+    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function selectionCsv(state) {
+    var header = ['name', 'label', 'p_abnormal', 'outcome', 'view', 'modality', 'source',
+                  'expert_boxes'].concat(DATA.methods.map(function (m) {
+                    return 'pointing_' + m;
+                  }));
+    var lines = [header.map(csvCell).join(',')];
+    select(state).forEach(function (i) {
+      var row = ROWS[i];
+      lines.push([row[COL.name], row[COL.label], row[COL.p], row[COL.outcome], row[COL.view],
+                  row[COL.modality], row[COL.source], row[COL.boxes].length]
+        .concat(row[COL.pointing].map(function (hit) {
+          return hit === null ? '' : hit ? 'hit' : 'miss';
+        })).map(csvCell).join(','));
+    });
+    return lines.join('\n') + '\n';
+  }
+
+  function download(state) {
+    var link = el('a');
+    link.href = URL.createObjectURL(new Blob([selectionCsv(state)], {type: 'text/csv'}));
+    link.download = 'gallery-selection.csv';
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+
+  window.CXR = {parseState: parseState, stateText: stateText, select: select,
+                selectionCsv: selectionCsv};
   if (document.body.dataset.page === 'gallery') startGallery(); else startDetail();
 })();

@@ -1,15 +1,15 @@
-"""Attribution maps for the full image -> logits model: DeepLIFT and four other methods.
+"""Attribution maps for the image -> logits model: DeepLIFT and four other methods.
 
 Used by stage 6 (learning/visualization.py); pure functions, no files written here.
 
-The explained model is VGG16's conv base + the trained head, taking the *preprocessed* image
-(vgg.preprocess: RGB->BGR and minus the ImageNet mean, a per-channel shift with slope 1) and
-returning pre-softmax logits [normal, abnormal]. Baselines are built in pixel space and passed
-through the same preprocessing, so "black" is the preprocessed all-zero image, exactly the
-original's reference. Because that preprocessing is a shift with slope 1 (plus a channel
-permutation), DeepLIFT / integrated-gradients attributions w.r.t. the preprocessed input equal
-the attributions w.r.t. the raw pixels; summing over colour channels removes the permutation.
-No Lambda layer is needed and the saved head stays built-in layers only.
+The explained model takes RGB pixels, float (N, S, S, 3) in 0..255, and returns the
+pre-softmax logits [normal, abnormal]: stage 5's classifier.keras, or the same stack rebuilt
+from head.keras (learning/explain/model.py). Its first layer is VGG16's preprocessing (a fixed
+1x1 convolution: RGB -> BGR minus the ImageNet mean, slope 1), so attributions w.r.t. the
+pixels equal those w.r.t. the preprocessed input. Baselines are pixel images (black = all
+zeros, exactly the original's reference after preprocessing). Grad-CAM's conv layer is the
+last Conv2D found anywhere inside the model (nested models included): the cam head's 1x1 conv,
+a fine-tuned block5_conv3, or VGG16's last conv layer.
 
 Target (the `postprocess` choice decides which logits are explained):
   difference (default)  one output, logit_abnormal - logit_normal. softmax p_abnormal =
@@ -22,7 +22,7 @@ Target (the `postprocess` choice decides which logits are explained):
 
 Methods (all return per-pixel maps (N, H, W, n_outputs) float32):
   deeplift              DeepLIFT Rescale (Shrikumar et al. 2017), our own implementation in
-                        keras.ops (learning/deeplift.py): a surrogate forward pass whose input
+                        keras.ops (learning/explain/deeplift.py): a surrogate forward pass whose input
                         gradient is the chain of DeepLIFT multipliers, for any Keras backend. It
                         equals shap.DeepExplainer (the tests' oracle, TensorFlow only) to float
                         rounding, and costs about one input gradient: the batch goes forward and
@@ -30,7 +30,7 @@ Methods (all return per-pixel maps (N, H, W, n_outputs) float32):
                         (shap: forward and backward on image + baseline, 2.4x a gradient).
                         Per-image baselines (blur) are supported. Channel-summed.
   integrated-gradients  Sundararajan et al. 2017, midpoint Riemann sum (--ig-steps). Channel-summed.
-  grad-cam              Selvaraju et al. 2017 on the last Conv2D layer of the conv base,
+  grad-cam              Selvaraju et al. 2017 on the model's last Conv2D layer (see above),
                         bilinearly upsampled to the input size.
   saliency              Simonyan et al. 2014: max over channels of |d output / d pixel|.
   occlusion             Zeiler & Fergus 2014: a square patch replaced by the baseline slides over
@@ -52,7 +52,8 @@ import weakref
 
 import numpy as np
 
-from learning import deeplift, gradients
+from learning import gradients
+from learning.explain import deeplift
 from scraper.cli import UserError
 
 METHODS = ("deeplift", "integrated-gradients", "grad-cam", "occlusion", "saliency")
@@ -65,11 +66,22 @@ COMPLETENESS_ATOL = 1e-4
 COMPLETE_METHODS = ("deeplift", "integrated-gradients")
 
 
+def method_list(text):
+    """argparse type of --method: 'deeplift,grad-cam' -> ('deeplift', 'grad-cam'); a bad name
+    fails at parse time naming the allowed ones (run_pipeline.sh checks flags before stage 1)."""
+    import argparse
+
+    try:
+        return parse_methods([text])
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_methods(values):
     """['deeplift,saliency', 'grad-cam'] -> ('deeplift', 'saliency', 'grad-cam'), order kept."""
     methods = []
     for value in values or ["deeplift"]:
-        for name in str(value).split(","):
+        for name in (value if isinstance(value, tuple) else str(value).split(",")):
             name = name.strip().lower()
             if not name:
                 continue
@@ -233,17 +245,29 @@ def _cam_gradients(model, layer):
 
 def grad_cam(model, x):
     """Grad-CAM on the last conv layer, upsampled: (N, S, S, n_outputs), >= 0."""
+    return grad_cam_and_outputs(model, x)[0]
+
+
+def grad_cam_and_outputs(model, x, matrix=None):
+    """Grad-CAM of the targets `outputs @ matrix` (matrix (O, T); None: the outputs
+    themselves) and the model's outputs, from ONE forward pass: ((N, S, S, T) >= 0, (N, O)).
+
+    The gradient is linear in the target, so the target's channel weights are the matrix
+    combination of each output's weights (exactly Grad-CAM on the target model): stage 6 gets
+    the logits (for p) and the maps of logit(abnormal) - logit(normal) from the same pass."""
     import keras
 
     layer = last_conv_layer(model)
     x = np.asarray(x, np.float32)
     probe = np.zeros((len(x),) + tuple(layer.output.shape[1:]), np.float32)
-    _, features, grads = _cam_gradients(model, layer)(probe, x)  # (N,h,w,C), (O,N,h,w,C)
-    weights = grads.mean(axis=(2, 3), keepdims=True)              # (O, N, 1, 1, C)
-    cams = np.maximum((weights * features[None]).sum(-1), 0)      # (O, N, h, w)
+    outputs, features, grads = _cam_gradients(model, layer)(probe, x)  # (N,O), (N,h,w,C),
+    weights = grads.mean(axis=(2, 3), keepdims=True)                      # (O,N,h,w,C) -> (O,N,1,1,C)
+    if matrix is not None:
+        weights = np.tensordot(np.asarray(matrix, np.float32).T, weights, axes=1)  # (T,N,1,1,C)
+    cams = np.maximum((weights * features[None]).sum(-1), 0)      # (T, N, h, w)
     size = tuple(np.shape(x)[1:3])
     resized = keras.ops.image.resize(np.moveaxis(cams, 0, -1), size, interpolation="bilinear")
-    return gradients.to_numpy(resized).astype(np.float32)          # (N, S, S, O)
+    return gradients.to_numpy(resized).astype(np.float32), np.asarray(outputs)  # (N,S,S,T)
 
 
 def saliency(model, x):
@@ -358,3 +382,72 @@ class Attributor:
 
 
 DeepLift = deeplift.DeepLift   # the name stage 6 and the tests have always used
+
+
+class Explainer:
+    """A pixel model (N, S, S, 3) 0..255 -> logits (N, 2), its explained target and methods."""
+
+    def __init__(self, model, postprocess, methods, baseline, image_size, ig_steps=32,
+                 occlusion_patch=None):
+        self.model = model
+        self.methods = tuple(methods)
+        self.postprocess = postprocess
+        self.baseline = baseline
+        self.image_size = image_size
+        self.matrix = output_matrix(postprocess)
+        self.target = build_target_model(model, postprocess)
+        self.attributor = Attributor(self.target, methods, ig_steps, occlusion_patch)
+        self._shared_baseline_logits = None
+
+    def inputs(self, images_uint8):
+        """uint8 (N, S, S, 3) -> pixels x and pixel baselines b, both (N, S, S, 3) float32."""
+        x = np.asarray(images_uint8, np.float32)
+        return x, make_baselines(images_uint8, self.baseline, self.image_size)
+
+    def logits(self, x):
+        with quiet_keras():
+            return forward(self.model, x)
+
+    def baseline_logits(self, b):
+        """Logits of the baselines; a baseline shared by every image (black, mean) goes
+        through the network once per run, not once per image."""
+        if self.baseline == "blur":
+            return self.logits(b)
+        if self._shared_baseline_logits is None:
+            self._shared_baseline_logits = self.logits(b[:1])
+        return np.repeat(self._shared_baseline_logits, len(b), axis=0)
+
+    def explain(self, method, x, b, logits_x, logits_b):
+        """-> signed maps (N, S, S), shown maps (N, S, S) >= 0, deltas (N,) or None, expected."""
+        f_x = np.asarray(logits_x) @ self.matrix
+        f_b = None if logits_b is None else np.asarray(logits_b) @ self.matrix
+        maps, deltas, expected = self.attributor.attribute(method, x, b, f_x, f_b)
+        signed, shown = postprocess_maps(maps, self.postprocess)
+        return signed, shown, deltas, expected
+
+    def explain_batch(self, images_uint8, names):
+        """uint8 (N, S, S, 3) -> (logits (N, 2), {method: (signed, shown, deltas | None)}).
+
+        Each pass through the network is made once: Grad-CAM's pass gives the logits; the
+        baselines' logits are computed only for methods that check completeness; DeepLIFT
+        that breaks completeness stops the run (UserError naming the image)."""
+        x, b = self.inputs(images_uint8)
+        cams = None
+        with quiet_keras():
+            if "grad-cam" in self.methods:
+                cams, logits_x = grad_cam_and_outputs(self.model, x, self.matrix)
+            else:
+                logits_x = forward(self.model, x)
+        needs_b = any(m in COMPLETE_METHODS for m in self.methods)
+        logits_b = self.baseline_logits(b) if needs_b else None
+        result = {}
+        for method in self.methods:
+            if method == "grad-cam":
+                signed, shown = postprocess_maps(cams, self.postprocess)
+                result[method] = (signed, shown, None)
+                continue
+            signed, shown, deltas, expected = self.explain(method, x, b, logits_x, logits_b)
+            if method == "deeplift":
+                check_completeness(deltas, expected, names)
+            result[method] = (signed, shown, deltas)
+        return np.asarray(logits_x), result
