@@ -45,15 +45,16 @@ def finding_matrix(records, names):
 
 
 def count_line(matrix, prog):
-    """Stage 4's line on the finding labels it carried; None when no image has any known."""
+    """Stage 4's line on the finding labels it carried; None when no image names a finding
+    (a normal/abnormal data set: its normal images alone are "known")."""
     known = (matrix >= 0).all(axis=1)
-    if not known.any():
-        return None
     counts = (matrix == 1).sum(axis=0)
+    if not counts.any():
+        return None
     shown = ", ".join(f"{FINDINGS[k]} {fmt_count(int(counts[k]))}"
                       for k in np.argsort(-counts, kind="stable") if counts[k])
     return (f"{prog}: finding labels known for {fmt_count(int(known.sum()))} of "
-            f"{fmt_count(len(matrix))} images: {shown or 'none names a finding'}")
+            f"{fmt_count(len(matrix))} images: {shown}")
 
 
 def check_split_findings(data, path, n):
@@ -78,8 +79,7 @@ def resolve_findings(asked, training):
     or names), checked on the training split; UserError (one line) when the data cannot give
     them: no finding labels at all, a named finding no training image carries, none left."""
     names, matrix = training.get("finding_names"), training.get("finding_labels")
-    known = None if matrix is None else (matrix >= 0).all(axis=1)
-    if matrix is None or not known.any():
+    if matrix is None or not (matrix == 1).any():
         raise UserError("--findings: the training images carry no finding labels (stage 2 "
                         "reads them from a labels CSV's finding_labels column or Open-i's MeSH "
                         "terms; re-run stages 2 and 4), or drop --findings to train normal vs "

@@ -54,3 +54,13 @@ def test_old_split_files_read_as_without_finding_labels(tmp_path):
         safe_pickle.dump(data, path)
     train, _ = load_pair(training, testing)
     assert train["finding_names"] is None and train["finding_labels"] is None
+
+
+def test_no_finding_line_for_a_normal_abnormal_data_set(tmp_path, capsys):
+    records = [make_record(f"i{i:03d}.png", "folder", report_id=f"p{i}",
+                           label="normal" if i % 2 else "abnormal") for i in range(20)]
+    descriptions, features, _ = write_inputs(tmp_path, records, [r["name"] for r in records])
+    code, (training, testing, _) = run_stage(tmp_path, descriptions, features)
+    assert code == 0 and "finding labels" not in capsys.readouterr().err
+    train, _ = load_pair(training, testing)
+    assert (train["finding_labels"] != 1).all()     # normals 0 (implied), the rest unknown
