@@ -26,6 +26,7 @@ Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
+import bisect
 import contextlib
 import hashlib
 import json
@@ -36,7 +37,7 @@ import numpy as np
 
 from learning import safe_pickle
 from learning.store.descriptions import iter_records
-from learning.store.index import open_store
+from learning.store.index import open_store, strictly_sorted
 from learning.train.findings import count_line, finding_matrix
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
@@ -69,6 +70,26 @@ def load_features(path):
     return store.names, features, dict(store.params)
 
 
+class SortedNames:
+    """name -> row (or None) by binary search over sorted names: no extra memory, where a dict
+    of 100,000 names costs ~8 MB."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def get(self, name):
+        row = bisect.bisect_left(self.names, name)
+        return row if row < len(self.names) and self.names[row] == name else None
+
+
+def name_lookup(names):
+    """name -> row (`.get(name)`, None when absent) for a list of distinct names: SortedNames
+    when sorted (as stage 3 writes them), else a dict."""
+    if strictly_sorted(names):
+        return SortedNames(names)
+    return {name: row for row, name in enumerate(names)}
+
+
 def match_examples(records, feature_names):
     """Join descriptions (an iterable of records, e.g. streamed by iter_records) and features
     by image name, keeping per image only its label and group.
@@ -78,7 +99,7 @@ def match_examples(records, feature_names):
     labelled or not, but no feature vector: stage 3 skipped or failed it) and
     "no_description" (features for an image the descriptions do not list).
     """
-    row_of = {name: row for row, name in enumerate(feature_names)}
+    row_of = name_lookup(feature_names)
     label_of = np.full(len(feature_names), -2, dtype=np.int8)  # -2 undescribed, -1 unlabelled
     group_of = [None] * len(feature_names)
     described_only = set()          # described, no features (usually few)
@@ -234,8 +255,8 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
                            ("testing output", testing_path, ".pickle"),
                            ("examples output", examples_path, ".json")])
     with output_locks([training_path, testing_path, examples_path], PROG):
-        store = open_store(features_path, "features index")
-        store.check_files()     # every shard there, with the size its index records
+        # every shard there, with the size its index records; no row is read here
+        store = open_store(features_path, "features index", rows=False)
         indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
                                                          store.names)
         names = [store.names[i] for i in indices]
@@ -252,7 +273,7 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
                 split, split_id, [names[i] for i in rows], indices[rows], labels[rows],
                 [groups[i] for i in rows], subset[rows].tolist(),
                 features_reference(store, path), store.params, split_params,
-                finding_rows[rows]), path)
+                finding_rows[rows]), path, memo=False)
         atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
         store.close()
     line = count_line(finding_rows, PROG)

@@ -313,3 +313,13 @@ def test_a_model_folder_without_classifier_keras_runs_its_head_on_the_rebuilt_ba
     (model / "config.json").write_text(json.dumps(config))
     line = error_line(capsys, [model, images, tmp_path / "r2"])
     assert "has no classifier.keras" in line and "pass it with --weights" in line
+
+
+def test_calibration_plot_with_pure_bins(tmp_path):
+    # bins that are all normal or all abnormal (0 of 7, 10 of 10): Wilson bounds at the ends
+    labels = np.array([0] * 7 + [1] * 10 + [0, 1, 1, 0])
+    p_abnormal = np.array([0.05] * 7 + [0.95] * 10 + [0.45, 0.55, 0.6, 0.4])
+    report = external.evaluate_set(labels, 1 - p_abnormal, p_abnormal, list("abcdefghijklmnopqrstu"),
+                                   n_resamples=50)
+    external.plot_calibration({"external": report, "model_test": None}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
