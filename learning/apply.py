@@ -73,7 +73,8 @@ cxr-explain adds (a trained model applied to new X-rays):
 predictions.csv     one row per image: name, source (PHI-masked source path), view, modality,
                     group (patient), label (when --labels gave one), p_abnormal, predicted
                     (p_abnormal > 0.5, the model's threshold: the argmax of its logits),
-                    outcome (TP/FP/FN/TN or unlabelled), page.
+                    outcome (TP/FP/FN/TN or unlabelled), page; p_<finding> per finding of a
+                    model trained with --findings.
 external_metrics.json   (--labels) the new images' AUROC (95% CI over patients),
                     sensitivity/specificity, accuracy, calibration (reliability bins, Brier
                     score, ECE), next to the model's own test set; "description" says what

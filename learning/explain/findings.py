@@ -33,7 +33,7 @@ HEADLINE_LEVEL = 0.5
 # Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers RM. "ChestX-ray8: Hospital-scale Chest X-ray
 # Database and Benchmarks on Weakly-Supervised Classification and Localization of Common
 # Thorax Diseases", CVPR 2017, Table 3 (localization accuracy), row T(IoBB) = 0.1: ResNet-50
-# trained end to end on ChestX-ray8, scored on its 983 boxed images. Values as widely quoted
+# trained end to end on ChestX-ray8, scored on its expert-boxed images. Values as widely quoted
 # from the paper; they could not be re-checked against the PDF on this offline machine. Only
 # these 8 findings have NIH boxes.
 WANG_2017 = {"Atelectasis": 0.7277, "Cardiomegaly": 0.9931, "Effusion": 0.7124,

@@ -73,6 +73,9 @@ DESCRIPTION = {
     "boxes": "per scored image, its expert boxes in map pixels (image_size x image_size)",
     "excluded": "images with boxes that were not scored, and why",
     "image_size": "side of the maps in pixels (the model's input size)",
+    "findings": "(a model trained with --findings) each expert box scored against its own "
+                "finding's map, T(IoBB) per finding next to Wang et al. 2017's: its own "
+                "'description' says what each field is (learning/explain/findings.py)",
 }
 
 

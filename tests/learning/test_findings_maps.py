@@ -2,9 +2,10 @@
 
 Finding A (Effusion) is a bright disc in the upper-left quarter, finding B (Nodule) a dark
 disc in the lower-right quarter, on a noisy grey field (both inside the cam head's ring mask);
-images have none, A, B or both. Stages 2-6 run as a user runs them (labels CSV with a finding_labels column, --findings
-Effusion,Nodule); each finding's Grad-CAM map must peak in its own quarter on held-out images
-that show both, and each expert box is scored against its own finding's map.
+images have none, A, B or both. Stages 2-6 run as a user runs them (labels CSV with a
+finding_labels column, --findings Effusion,Nodule); each finding's Grad-CAM map must peak in
+its own quarter on held-out images that show both, and each expert box is scored against its
+own finding's map. cxr-explain gives the same per finding.
 """
 import csv
 import json
@@ -185,3 +186,23 @@ def test_findings_loss_matches_numpy_and_ignores_unknown_findings():
     changed[:, 2:][y[:, 1:] < 0] += 50.0          # an unknown finding's logit changes nothing
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(y, changed)), per_image,
                                rtol=1e-5)
+
+
+def test_cxr_explain_predicts_and_maps_each_finding(findings_model, tmp_path):
+    from learning import apply
+
+    root, _ = findings_model
+    src, names = write_set(tmp_path, per_kind=1, seed=3)
+    results = tmp_path / "results"
+    assert apply.main([str(root / "model"), str(src), str(results), "--labels",
+                       str(tmp_path / "labels.csv"), "--boxes", str(tmp_path / "boxes.csv"),
+                       "--workers", "0", "--display-size", "64", "--bootstrap", "20"]) == 0
+    with open(results / "predictions.csv") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(names)
+    assert {"p_Effusion", "p_Nodule"} <= set(next(iter(rows.values())))
+    both = next(n for n in names if "_3_" in n)
+    assert float(rows[both]["p_Effusion"]) > 0.5 and float(rows[both]["p_Nodule"]) > 0.5
+    block = json.loads((results / "localization.json").read_text())["findings"]
+    assert {f: b["n"] for f, b in block["methods"]["grad-cam"].items()} == {"Effusion": 2,
+                                                                           "Nodule": 2}
