@@ -98,7 +98,30 @@ def stage5(folder, n, args):
             "--patience", "0", "--bootstrap", "200"]
 
 
-STAGES = {"4": stage4, "5": stage5}   # stage 6 (index/gallery): add a function here
+def stage6(folder, n, args):
+    """Stage 6's index/gallery part (no model, no map computed or drawn): N entries as stage 6
+    keeps them (tests/learning/gallery_data.py, 16 distinct tiny pictures cycled), written as
+    stage 6 writes them into a results run: index.json + index.csv, the gallery
+    (gallery-data.js, index.html) and one detail page per image, then published (swap)."""
+    return ["-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
+                  f"from benchmarks.bench_scale import write_results; "
+                  f"write_results({os.path.join(folder, 'results')!r}, {n})"]
+
+
+def write_results(results, n):
+    """The child of stage6(): what learning/visualization.py's write_pages step does."""
+    from learning.explain import gallery, outputs, results_folder
+    from tests.learning import gallery_data
+
+    run = results_folder.Run(results).start()
+    entries = gallery_data.make_entries(run.staging, n, distinct=16)
+    methods = list(gallery_data.METHODS)
+    outputs.write_index(run, entries, methods)
+    gallery.write_pages(run.staging, entries, methods, gallery_data.make_header(gallery))
+    run.swap()
+
+
+STAGES = {"4": stage4, "5": stage5, "6": stage6}
 
 
 def run_child(argv, log_path):
