@@ -5,9 +5,10 @@ Reads:  images-description.json (stage 2; `label` and `report_id` per image) and
         "cxr-features/1"): only its names are needed, no feature row is read or copied.
 Writes: training.pickle and testing.pickle ({"format": "cxr-examples/2", ...}, see
         `make_examples`): REFERENCES into the features index (its path, store_id and the row
-        of each image), with names, labels, groups, subsets and one `split_id` shared by both
-        files; and examples.json (JSON list of the test images' names, which stage 6
-        explains). All three are written atomically, under the output folder's lock.
+        of each image), with names, labels, groups, subsets, each image's finding labels
+        (learning/train/findings.py) and one `split_id` shared by both files; and
+        examples.json (JSON list of the test images' names, which stage 6 explains). All
+        three are written atomically, under the output folder's lock.
 
 No report_id (one report / study / patient, possibly several images) is ever in two splits:
 frontal and lateral views of one study, or two films of one patient, stay together. The split
@@ -25,7 +26,6 @@ Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
-import bisect
 import contextlib
 import hashlib
 import json
@@ -36,10 +36,12 @@ import numpy as np
 
 from learning import safe_pickle
 from learning.store.descriptions import iter_records
-from learning.store.index import open_store, strictly_sorted
+from learning.store.index import name_lookup, open_store
+from learning.train.findings import count_line, finding_matrix
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
 from scraper.fileio import atomic_write_json, check_outputs, folder_lock
+from scraper.findings import FINDINGS
 from scraper.schema import LABELS
 
 
@@ -52,7 +54,9 @@ DESCRIPTION = (
     "or 'testing'; split_id: the same in both files of one split; features: the features "
     "index these rows refer to (path relative to this file, absolute path, store_id, row "
     "shape, dtype); names/rows/labels/groups/subset: one entry per image, rows = its row in "
-    "the index, labels 0 = normal 1 = abnormal, groups = report/patient id; feature_params: "
+    "the index, labels 0 = normal 1 = abnormal, groups = report/patient id; finding_names / "
+    "finding_labels: the finding vocabulary and per image 1 = has it, 0 = has not, -1 = not "
+    "known (learning/train/findings.py); feature_params: "
     "what made the features; split_params: seed and fractions; class_names: label order.")
 
 
@@ -64,26 +68,6 @@ def load_features(path):
     features = store.read(np.arange(len(store)))
     store.close()
     return store.names, features, dict(store.params)
-
-
-class SortedNames:
-    """name -> row (or None) by binary search over sorted names: no extra memory, where a dict
-    of 100,000 names costs ~8 MB."""
-
-    def __init__(self, names):
-        self.names = names
-
-    def get(self, name):
-        row = bisect.bisect_left(self.names, name)
-        return row if row < len(self.names) and self.names[row] == name else None
-
-
-def name_lookup(names):
-    """name -> row (`.get(name)`, None when absent) for a list of distinct names: SortedNames
-    when sorted (as stage 3 writes them), else a dict."""
-    if strictly_sorted(names):
-        return SortedNames(names)
-    return {name: row for row, name in enumerate(names)}
 
 
 def match_examples(records, feature_names):
@@ -238,12 +222,15 @@ def features_reference(store, example_path):
 
 
 def make_examples(split, split_id, names, rows, labels, groups, subset, reference,
-                  feature_params, split_params):
+                  feature_params, split_params, finding_labels=None):
     """The stage-4 pickle dict (one per split) that stage 5 reads (lists are taken as they
-    are, not copied)."""
+    are, not copied); finding_labels: the images' (n, K) int8 matrix
+    (learning/train/findings.py), carried when given."""
     names, groups, subset = (x if isinstance(x, list) else list(x)
                              for x in (names, groups, subset))
-    return {
+    findings = {} if finding_labels is None else {
+        "finding_names": list(FINDINGS), "finding_labels": np.asarray(finding_labels, np.int8)}
+    return {**findings,
         "format": EXAMPLES_FORMAT, "description": DESCRIPTION, "split": split,
         "split_id": split_id, "features": reference, "names": names,
         "rows": np.asarray(rows, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
@@ -286,6 +273,8 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
         indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
                                                          store.names)
         names = store.names                 # labelled image k is names[indices[k]]
+        # (n, K) int8, looked up in the sorted index names (no dict of them)
+        finding_rows = finding_matrix(iter_records(descriptions_path), names)[indices]
         subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction,
                                            seed), dtype=object)
         split_params = {"seed": seed, "test_fraction": test_fraction,
@@ -298,10 +287,13 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
             safe_pickle.dump(make_examples(
                 split, split_id, [names[i] for i in indices[rows]], indices[rows], labels[rows],
                 [groups[i] for i in rows], subset[rows].tolist(),
-                features_reference(store, path), store.params, split_params), path,
-                memo=False)
+                features_reference(store, path), store.params, split_params,
+                finding_rows[rows]), path, memo=False)
         atomic_write_json(examples_path, [names[i] for i in indices[subset == "test"]])
         store.close()
+    line = count_line(finding_rows, PROG)
+    if line:
+        log(line)
     if store.legacy:
         log(f"{PROG}: note: {features_path} is a single-pickle features file (cxr-features/1): "
             f"stage 5 will load all of it into memory; re-run stage 3 (cxr-extract-features, "

@@ -10,9 +10,8 @@ import pytest
 
 from learning import safe_pickle
 from learning.learning_examples_preparing import (
-    SortedNames, check_group_integrity, main, match_examples, name_lookup, split_examples,
-    stratified_group_split)
-from learning.store.index import open_store, shards_folder, write_store
+    check_group_integrity, main, match_examples, split_examples, stratified_group_split)
+from learning.store.index import SortedNames, name_lookup, open_store, shards_folder, write_store
 from learning.store.splits import load_pair
 from scraper.cli import UserError, run_main
 from scraper.schema import make_record, save_descriptions
