@@ -45,6 +45,9 @@ one run, all N; stage 5: cam head, 2 epochs, 200 bootstrap resamples):
     ratios: stage 4 1.06 / 0.17, stage 5 1.00 / 0.57, stage 6* 1.73 (NOT met) / 1.57 (NOT met).
     Full run (three N): 1,297 s.
     * stage 6's index/gallery part only (the maps are not part of this benchmark).
+    Stage 4 again after main's finding labels joined the split (ac9da6e; --stages 4): 35.7 /
+    37.1 / 46.4 MB, ratio 1.300 (met by a hair), 0.3 / 0.5 / 1.7 s; split files 66 bytes per
+    image.
   Why stage 4 grows at all: ~220 bytes per image that the split needs in memory, the image
   names from the index (a Python str each) and one str per patient id, plus a few arrays
   (measured with tracemalloc: 10.3 MB of Python objects at 50,000). Before the fixes of
