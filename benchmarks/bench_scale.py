@@ -38,7 +38,7 @@ one run, all N; stage 5: cam head, 2 epochs, 200 bootstrap resamples):
     6*     50,000     286.6         55.3    0.0011
     store: 200,767 bytes per image (196.1 KiB: float16 rows + the index), goal <= 200 KiB: met.
     Ratios 50,000 vs 2,000 (goal <= 1.3 for both):
-      stage 4   peak RSS 1.295 (met, at the limit)   s/image 0.06 (met)
+      stage 4   peak RSS 1.295 (at the limit, below) s/image 0.06 (met)
       stage 5   peak RSS 1.017 (met)                 s/image 0.46 (met)
       stage 6*  peak RSS 5.59  (NOT met)             s/image 0.80 (met)
     --quick (10,000 vs 2,000, commit 2b1d863 + stage 6): 266 s in all (goal < 10 min: met);
@@ -47,7 +47,9 @@ one run, all N; stage 5: cam head, 2 epochs, 200 bootstrap resamples):
     * stage 6's index/gallery part only (the maps are not part of this benchmark).
     Stage 4 again after main's finding labels joined the split (ac9da6e; --stages 4): 35.7 /
     37.1 / 46.4 MB, ratio 1.300 (met by a hair), 0.3 / 0.5 / 1.7 s; split files 66 bytes per
-    image.
+    image. Once more with one index copy less per split (-0.5 MB at 50,000 by /usr/bin/time,
+    3 runs each): 35.6 / 37.1 / 46.6 MB, ratio 1.309. Run to run the 50,000 peak moves by
+    +-0.5 MB: stage 4 sits AT the goal (1.295-1.309 in three runs), not reliably under it.
   Why stage 4 grows at all: ~220 bytes per image that the split needs in memory, the image
   names from the index (a Python str each) and one str per patient id, plus a few arrays
   (measured with tracemalloc: 10.3 MB of Python objects at 50,000). Before the fixes of

@@ -284,11 +284,13 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
         for split, parts, path in (("training", ("train", "validation"), training_path),
                                    ("testing", ("test",), testing_path)):
             rows = np.flatnonzero(np.isin(subset, parts))
+            in_index = indices[rows]
             safe_pickle.dump(make_examples(
-                split, split_id, [names[i] for i in indices[rows]], indices[rows], labels[rows],
+                split, split_id, [names[i] for i in in_index], in_index, labels[rows],
                 [groups[i] for i in rows], subset[rows].tolist(),
                 features_reference(store, path), store.params, split_params,
                 finding_rows[rows]), path, memo=False)
+            del rows, in_index
         atomic_write_json(examples_path, [names[i] for i in indices[subset == "test"]])
         store.close()
     line = count_line(finding_rows, PROG)
