@@ -26,7 +26,6 @@ Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
-import bisect
 import contextlib
 import hashlib
 import json
@@ -37,7 +36,7 @@ import numpy as np
 
 from learning import safe_pickle
 from learning.store.descriptions import iter_records
-from learning.store.index import open_store, strictly_sorted
+from learning.store.index import name_lookup, open_store
 from learning.train.findings import count_line, finding_matrix
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
@@ -48,6 +47,7 @@ from scraper.schema import LABELS
 
 PROG = "cxr-prepare-examples"
 EXAMPLES_FORMAT = "cxr-examples/2"
+SUBSETS = ("train", "validation", "test")
 CLASS_NAMES = list(LABELS)  # ["normal", "abnormal"]: label index 0 = normal, 1 = abnormal
 DESCRIPTION = (
     "Stage 4's split (cxr-prepare-examples). split: 'training' (subsets train + validation) "
@@ -70,26 +70,6 @@ def load_features(path):
     return store.names, features, dict(store.params)
 
 
-class SortedNames:
-    """name -> row (or None) by binary search over sorted names: no extra memory, where a dict
-    of 100,000 names costs ~8 MB."""
-
-    def __init__(self, names):
-        self.names = names
-
-    def get(self, name):
-        row = bisect.bisect_left(self.names, name)
-        return row if row < len(self.names) and self.names[row] == name else None
-
-
-def name_lookup(names):
-    """name -> row (`.get(name)`, None when absent) for a list of distinct names: SortedNames
-    when sorted (as stage 3 writes them), else a dict."""
-    if strictly_sorted(names):
-        return SortedNames(names)
-    return {name: row for row, name in enumerate(names)}
-
-
 def match_examples(records, feature_names):
     """Join descriptions (an iterable of records, e.g. streamed by iter_records) and features
     by image name, keeping per image only its label and group.
@@ -103,6 +83,7 @@ def match_examples(records, feature_names):
     label_of = np.full(len(feature_names), -2, dtype=np.int8)  # -2 undescribed, -1 unlabelled
     group_of = [None] * len(feature_names)
     described_only = set()          # described, no features (usually few)
+    shared = {}                     # one str per group, not one per image
     for record in records:
         name = record["name"]
         row = row_of.get(name)
@@ -112,13 +93,25 @@ def match_examples(records, feature_names):
             described_only.add(name)
             continue
         label_of[row] = -1 if record["label"] is None else CLASS_NAMES.index(record["label"])
-        group_of[row] = record["report_id"]
+        group_of[row] = shared.setdefault(record["report_id"], record["report_id"])
     indices = np.flatnonzero(label_of >= 0).astype(np.int64)
     counts = {"labelled": int(len(indices)), "unlabelled": int((label_of == -1).sum()),
               "no_features": len(described_only),
               "no_description": int((label_of == -2).sum())}
     return (indices, label_of[indices].astype(np.int64), [group_of[i] for i in indices],
             counts)
+
+
+def _group_numbers(groups):
+    """(sorted distinct groups, each image's number among them). `groups` may already be
+    numbers in the groups' sorted order (int array, gaps allowed: a subset of split_examples'
+    codes): then they are renumbered 0..G-1 in O(N), without sorting again."""
+    if isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":
+        present = np.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=bool)
+        present[groups] = True
+        return np.flatnonzero(present), (np.cumsum(present) - 1)[groups]
+    unique_groups, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    return unique_groups, inverse.reshape(-1)
 
 
 def stratified_group_split(labels, groups, fraction, seed=0):
@@ -136,7 +129,7 @@ def stratified_group_split(labels, groups, fraction, seed=0):
     if fraction <= 0 or len(labels) == 0:
         return np.zeros(len(labels), dtype=bool)
     # sorted unique groups (the visit order's reference) and each image's group number
-    unique_groups, inverse = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
+    unique_groups, inverse = _group_numbers(groups)
     n_classes = len(CLASS_NAMES)
     group_counts = np.zeros((len(unique_groups), n_classes), dtype=np.int64)
     np.add.at(group_counts, (inverse.reshape(-1), labels), 1)
@@ -175,23 +168,40 @@ def split_examples(labels, groups, test_fraction=0.1, validation_fraction=0.1, s
         raise UserError(f"no {' or '.join(repr(m) for m in missing)} examples among the "
                         f"{fmt_count(len(labels))} labelled images: a classifier needs both "
                         f"classes (check the labels in the descriptions)")
-    test = stratified_group_split(labels, groups, test_fraction, seed)
+    # each group's rank among the sorted group names: the same visit order as the names,
+    # sorted once (not once per split), and a few int64 arrays instead of object arrays
+    codes = _group_numbers(groups)[1]
+    test = stratified_group_split(labels, codes, test_fraction, seed)
     rest = np.flatnonzero(~test)
-    validation_rest = stratified_group_split(labels[rest], [groups[i] for i in rest],
-                                             validation_fraction, seed + 1)
-    subset = np.array(["train"] * len(labels), dtype=object)
+    validation_rest = stratified_group_split(labels[rest], codes[rest], validation_fraction,
+                                             seed + 1)
+    subset = np.empty(len(labels), dtype=object)
+    subset.fill("train")                # one str object (np.full would make one per image)
     subset[test] = "test"
     subset[rest[validation_rest]] = "validation"
-    check_group_integrity(groups, subset)
+    check_group_integrity(groups, subset, codes)
     return subset.tolist()
 
 
-def check_group_integrity(groups, subset):
-    """Raise AssertionError if any group appears in more than one subset."""
-    seen = {}
-    for group, part in zip(groups, subset):
-        assert seen.setdefault(group, part) == part, \
-            f"report {group!r} is in both {seen[group]!r} and {part!r}"
+def check_group_integrity(groups, subset, codes=None):
+    """Raise AssertionError if any group appears in more than one subset ("train",
+    "validation", "test"). `codes`: each image's group number (np.unique's inverse), when the
+    caller has them. Memory: a few arrays, no dict of the groups."""
+    codes = _group_numbers(groups)[1] if codes is None else np.asarray(codes, np.int64)
+    if not len(codes):
+        return
+    subset = np.asarray(subset, dtype=object)
+    part = np.full(len(subset), -1, np.int8)
+    for number, name in enumerate(SUBSETS):
+        part[subset == name] = number
+    low, high = np.full(codes.max() + 1, len(SUBSETS)), np.full(codes.max() + 1, -1)
+    np.minimum.at(low, codes, part)
+    np.maximum.at(high, codes, part)
+    bad = np.flatnonzero(low[codes] != high[codes])
+    if len(bad):
+        code = codes[bad[0]]
+        raise AssertionError(f"report {groups[bad[0]]!r} is in both "
+                             f"{SUBSETS[low[code]]!r} and {SUBSETS[high[code]]!r}")
 
 
 def make_split_id(store_id, split_params, names, subset):
@@ -213,15 +223,18 @@ def features_reference(store, example_path):
 
 def make_examples(split, split_id, names, rows, labels, groups, subset, reference,
                   feature_params, split_params, finding_labels=None):
-    """The stage-4 pickle dict (one per split) that stage 5 reads; finding_labels: the images'
-    (n, K) int8 matrix (learning/train/findings.py), carried when given."""
+    """The stage-4 pickle dict (one per split) that stage 5 reads (lists are taken as they
+    are, not copied); finding_labels: the images' (n, K) int8 matrix
+    (learning/train/findings.py), carried when given."""
+    names, groups, subset = (x if isinstance(x, list) else list(x)
+                             for x in (names, groups, subset))
     findings = {} if finding_labels is None else {
         "finding_names": list(FINDINGS), "finding_labels": np.asarray(finding_labels, np.int8)}
     return {**findings,
         "format": EXAMPLES_FORMAT, "description": DESCRIPTION, "split": split,
-        "split_id": split_id, "features": reference, "names": list(names),
+        "split_id": split_id, "features": reference, "names": names,
         "rows": np.asarray(rows, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
-        "groups": list(groups), "subset": list(subset), "feature_params": feature_params,
+        "groups": groups, "subset": subset, "feature_params": feature_params,
         "split_params": split_params, "class_names": list(CLASS_NAMES),
     }
 
@@ -259,22 +272,26 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
         store = open_store(features_path, "features index", rows=False)
         indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
                                                          store.names)
-        names = [store.names[i] for i in indices]
-        finding_rows = finding_matrix(iter_records(descriptions_path), names)   # (n, K) int8
+        names = store.names                 # labelled image k is names[indices[k]]
+        # (n, K) int8, looked up in the sorted index names (no dict of them)
+        finding_rows = finding_matrix(iter_records(descriptions_path), names)[indices]
         subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction,
                                            seed), dtype=object)
         split_params = {"seed": seed, "test_fraction": test_fraction,
                         "validation_fraction": validation_fraction}
-        split_id = make_split_id(store.store_id, split_params, names, subset)
+        split_id = make_split_id(store.store_id, split_params, (names[i] for i in indices),
+                                 subset)
         for split, parts, path in (("training", ("train", "validation"), training_path),
                                    ("testing", ("test",), testing_path)):
             rows = np.flatnonzero(np.isin(subset, parts))
+            in_index = indices[rows]
             safe_pickle.dump(make_examples(
-                split, split_id, [names[i] for i in rows], indices[rows], labels[rows],
+                split, split_id, [names[i] for i in in_index], in_index, labels[rows],
                 [groups[i] for i in rows], subset[rows].tolist(),
                 features_reference(store, path), store.params, split_params,
                 finding_rows[rows]), path, memo=False)
-        atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
+            del rows, in_index
+        atomic_write_json(examples_path, [names[i] for i in indices[subset == "test"]])
         store.close()
     line = count_line(finding_rows, PROG)
     if line:

@@ -100,6 +100,18 @@ def atomic_write_json(path, obj, indent=1):
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def atomic_write_json_rows(path, rows):
+    """atomic_write_json(path, list(rows)), byte for byte, written row by row: memory of one
+    row, not of the whole list and its text (stage 6's index.json: ~7 KB an image)."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        opening = "["
+        for row in rows:
+            handle.write(opening + "\n " + json.dumps(row, indent=1, ensure_ascii=False)
+                         .replace("\n", "\n "))   # a JSON string holds no raw newline
+            opening = ","
+        handle.write("[]\n" if opening == "[" else "\n]\n")
+
+
 # A spreadsheet evaluates a cell starting with one of these as a formula (CSV injection, OWASP):
 # such text cells get a leading apostrophe. Numbers we format ourselves ("-0.5") stay as they are.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -114,19 +126,27 @@ def csv_cell(value):
     return text
 
 
-def csv_text(header, rows):
-    """CSV text (\\n line ends) of a header and rows, every cell through `csv_cell`."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+def write_csv(handle, header, rows):
+    """CSV (\\n line ends) of a header and rows into a text handle, every cell through
+    `csv_cell`, row by row."""
+    writer = csv.writer(handle, lineterminator="\n")
     writer.writerow([csv_cell(cell) for cell in header])
     for row in rows:
         writer.writerow([csv_cell(cell) for cell in row])
+
+
+def csv_text(header, rows):
+    """CSV text of a header and rows (write_csv)."""
+    buffer = io.StringIO()
+    write_csv(buffer, header, rows)
     return buffer.getvalue()
 
 
 def atomic_write_csv(path, header, rows):
-    """Write a CSV file atomically; every cell is neutralised against formula injection."""
-    atomic_write_text(path, csv_text(header, rows))
+    """Write a CSV file atomically, row by row (`rows` may be a generator); every cell is
+    neutralised against formula injection."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        write_csv(handle, header, rows)
 
 
 def read_json(path, what="JSON file"):

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from scraper.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from scraper.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json_rows
 
 MODEL_REPORTS = ("metrics.json", "roc.png", "training_curve.png")
 INDEX_COLUMNS = ("name", "label", "p_normal", "p_abnormal", "outcome", "method",
@@ -126,18 +126,21 @@ def copy_model_reports(model_dir, run):
 
 
 def write_index(run, entries, methods):
-    """index.json (one row per image and method) and index.csv -> the file names."""
-    rows = [{"name": e["name"], "label": e["label"], "p_normal": e["p_normal"],
-             "p_abnormal": e["p_abnormal"], "outcome": e["outcome"], "method": m,
-             "completeness_delta": e["methods"][m]["delta"],
-             "scale_top": e["methods"][m]["scale"]["top"],
-             "files": {"picture": e["methods"][m]["picture"], **e["files"]}}
-            for e in entries for m in methods]
-    atomic_write_json(run.path("index.json"), jsonable(rows))
+    """index.json (one row per image and method) and index.csv -> the file names. Written row
+    by row: a list of the rows and its text cost ~7 KB an image (700 MB at 100,000)."""
+    def rows():
+        return ({"name": e["name"], "label": e["label"], "p_normal": e["p_normal"],
+                 "p_abnormal": e["p_abnormal"], "outcome": e["outcome"], "method": m,
+                 "completeness_delta": e["methods"][m]["delta"],
+                 "scale_top": e["methods"][m]["scale"]["top"],
+                 "files": {"picture": e["methods"][m]["picture"], **e["files"]}}
+                for e in entries for m in methods)
+    atomic_write_json_rows(run.path("index.json"), (jsonable(row) for row in rows()))
     atomic_write_csv(run.path("index.csv"), INDEX_COLUMNS, (
         [row["name"], row["label"] or "", f"{row['p_normal']:.6f}", f"{row['p_abnormal']:.6f}",
          row["outcome"], row["method"],
          "" if row["completeness_delta"] is None else f"{row['completeness_delta']:.3g}",
          "" if row["scale_top"] is None else f"{row['scale_top']:.4g}",
-         row["files"]["picture"], row["files"]["xray"], row["files"]["page"]] for row in rows))
+         row["files"]["picture"], row["files"]["xray"], row["files"]["page"]]
+        for row in rows()))
     return ["index.json", "index.csv"]

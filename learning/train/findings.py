@@ -21,6 +21,7 @@ finding's positives and negatives are weighted n / (2 n_c) as the two classes ar
 """
 import numpy as np
 
+from learning.store.index import name_lookup
 from scraper.cli import UserError, fmt_count, log
 from scraper.findings import ALL, FINDINGS
 
@@ -30,7 +31,7 @@ UNKNOWN = -1
 def finding_matrix(records, names):
     """(len(names), K) int8 matrix of the images `names` (1 / 0 / -1 unknown) from the records
     of images-description.json (an iterable, e.g. streamed by learning.store.descriptions)."""
-    position = {name: i for i, name in enumerate(names)}
+    position = name_lookup(names)      # binary search over sorted names, else a dict
     matrix = np.full((len(names), len(FINDINGS)), UNKNOWN, dtype=np.int8)
     column = {name: k for k, name in enumerate(FINDINGS)}
     for record in records:
