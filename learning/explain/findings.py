@@ -2,8 +2,9 @@
 
 Used by learning/visualization.py. A findings model (learning/train/findings.py) gives 2 + K
 logits [normal, abnormal, f_1..f_K]; its Explainer (learning/explain/attribution.py) explains
-each finding's own logit besides the usual target, in the same passes. Per image, for every
-method:
+each finding's own logit besides the usual target, in the same passes (Grad-CAM and occlusion:
+no extra cost; DeepLIFT, integrated gradients, saliency: one backward pass more per finding).
+Per image, for every method:
 * the map of each finding the model PREDICTS (sigmoid p > 0.5; the most probable one when
   none is) and of each finding the image has an expert box of is drawn as its own picture
   (`<prefix>_<method>_<finding>.png`, by the one renderer, learning/explain/render.py) and kept

@@ -206,3 +206,25 @@ def test_cxr_explain_predicts_and_maps_each_finding(findings_model, tmp_path):
     block = json.loads((results / "localization.json").read_text())["findings"]
     assert {f: b["n"] for f, b in block["methods"]["grad-cam"].items()} == {"Effusion": 2,
                                                                            "Nodule": 2}
+
+
+def test_shared_scale_and_a_second_method_draw_every_finding_map(findings_model, tmp_path):
+    root, _ = findings_model
+    src, names = write_set(tmp_path, per_kind=1, seed=4)
+    folder.import_folder(tmp_path / "data", src, tmp_path / "labels.csv",
+                         boxes_csv=tmp_path / "boxes.csv", progress=False)
+    (tmp_path / "examples.json").write_text(json.dumps(names))
+    results = tmp_path / "results"
+    assert stage6.main(["x", str(root / "model"), str(tmp_path / "examples.json"),
+                        str(tmp_path / "data" / "images"), str(results), "--random-weights",
+                        "--workers", "0", "--display-size", "64", "--scale", "shared",
+                        "--method", "grad-cam,occlusion", "--occlusion-patch", "32"]) == 0
+    tops = json.loads((results / "run.json").read_text())["colour_scales"]
+    assert {"grad-cam:Effusion", "grad-cam:Nodule", "occlusion:Effusion"} <= set(tops)
+    with np.load(results / "maps.npz") as maps:
+        drawn = [key for key in maps.files if key.count("/") == 3]
+    pictures = {p.name for p in (results / "pictures").rglob("*.png")}
+    assert drawn and len([p for p in pictures if p.endswith(("_Effusion.png", "_Nodule.png"))]) \
+        == len(drawn)          # one picture per kept finding map, whatever the method
+    assert all(any(p.startswith(key.split("/")[1][:-len(".png")] + "[") for p in pictures)
+               for key in drawn)
