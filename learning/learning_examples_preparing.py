@@ -5,9 +5,10 @@ Reads:  images-description.json (stage 2; `label` and `report_id` per image) and
         "cxr-features/1"): only its names are needed, no feature row is read or copied.
 Writes: training.pickle and testing.pickle ({"format": "cxr-examples/2", ...}, see
         `make_examples`): REFERENCES into the features index (its path, store_id and the row
-        of each image), with names, labels, groups, subsets and one `split_id` shared by both
-        files; and examples.json (JSON list of the test images' names, which stage 6
-        explains). All three are written atomically, under the output folder's lock.
+        of each image), with names, labels, groups, subsets, each image's finding labels
+        (learning/train/findings.py) and one `split_id` shared by both files; and
+        examples.json (JSON list of the test images' names, which stage 6 explains). All
+        three are written atomically, under the output folder's lock.
 
 No report_id (one report / study / patient, possibly several images) is ever in two splits:
 frontal and lateral views of one study, or two films of one patient, stay together. The split
@@ -25,6 +26,7 @@ Example:
     cxr-prepare-examples data/images-description.json data/transfer_features.pickle \\
         data/training.pickle data/testing.pickle data/examples.json
 """
+import bisect
 import contextlib
 import hashlib
 import json
@@ -35,10 +37,12 @@ import numpy as np
 
 from learning import safe_pickle
 from learning.store.descriptions import iter_records
-from learning.store.index import open_store
+from learning.store.index import open_store, strictly_sorted
+from learning.train.findings import count_line, finding_matrix
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.cli import fraction as fraction_type, seed as seed_type
 from scraper.fileio import atomic_write_json, check_outputs, folder_lock
+from scraper.findings import FINDINGS
 from scraper.schema import LABELS
 
 
@@ -50,7 +54,9 @@ DESCRIPTION = (
     "or 'testing'; split_id: the same in both files of one split; features: the features "
     "index these rows refer to (path relative to this file, absolute path, store_id, row "
     "shape, dtype); names/rows/labels/groups/subset: one entry per image, rows = its row in "
-    "the index, labels 0 = normal 1 = abnormal, groups = report/patient id; feature_params: "
+    "the index, labels 0 = normal 1 = abnormal, groups = report/patient id; finding_names / "
+    "finding_labels: the finding vocabulary and per image 1 = has it, 0 = has not, -1 = not "
+    "known (learning/train/findings.py); feature_params: "
     "what made the features; split_params: seed and fractions; class_names: label order.")
 
 
@@ -64,6 +70,26 @@ def load_features(path):
     return store.names, features, dict(store.params)
 
 
+class SortedNames:
+    """name -> row (or None) by binary search over sorted names: no extra memory, where a dict
+    of 100,000 names costs ~8 MB."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def get(self, name):
+        row = bisect.bisect_left(self.names, name)
+        return row if row < len(self.names) and self.names[row] == name else None
+
+
+def name_lookup(names):
+    """name -> row (`.get(name)`, None when absent) for a list of distinct names: SortedNames
+    when sorted (as stage 3 writes them), else a dict."""
+    if strictly_sorted(names):
+        return SortedNames(names)
+    return {name: row for row, name in enumerate(names)}
+
+
 def match_examples(records, feature_names):
     """Join descriptions (an iterable of records, e.g. streamed by iter_records) and features
     by image name, keeping per image only its label and group.
@@ -73,7 +99,7 @@ def match_examples(records, feature_names):
     labelled or not, but no feature vector: stage 3 skipped or failed it) and
     "no_description" (features for an image the descriptions do not list).
     """
-    row_of = {name: row for row, name in enumerate(feature_names)}
+    row_of = name_lookup(feature_names)
     label_of = np.full(len(feature_names), -2, dtype=np.int8)  # -2 undescribed, -1 unlabelled
     group_of = [None] * len(feature_names)
     described_only = set()          # described, no features (usually few)
@@ -186,9 +212,12 @@ def features_reference(store, example_path):
 
 
 def make_examples(split, split_id, names, rows, labels, groups, subset, reference,
-                  feature_params, split_params):
-    """The stage-4 pickle dict (one per split) that stage 5 reads."""
-    return {
+                  feature_params, split_params, finding_labels=None):
+    """The stage-4 pickle dict (one per split) that stage 5 reads; finding_labels: the images'
+    (n, K) int8 matrix (learning/train/findings.py), carried when given."""
+    findings = {} if finding_labels is None else {
+        "finding_names": list(FINDINGS), "finding_labels": np.asarray(finding_labels, np.int8)}
+    return {**findings,
         "format": EXAMPLES_FORMAT, "description": DESCRIPTION, "split": split,
         "split_id": split_id, "features": reference, "names": list(names),
         "rows": np.asarray(rows, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
@@ -226,11 +255,12 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
                            ("testing output", testing_path, ".pickle"),
                            ("examples output", examples_path, ".json")])
     with output_locks([training_path, testing_path, examples_path], PROG):
-        store = open_store(features_path, "features index")
-        store.check_files()     # every shard there, with the size its index records
+        # every shard there, with the size its index records; no row is read here
+        store = open_store(features_path, "features index", rows=False)
         indices, labels, groups, counts = match_examples(iter_records(descriptions_path),
                                                          store.names)
         names = [store.names[i] for i in indices]
+        finding_rows = finding_matrix(iter_records(descriptions_path), names)   # (n, K) int8
         subset = np.asarray(split_examples(labels, groups, test_fraction, validation_fraction,
                                            seed), dtype=object)
         split_params = {"seed": seed, "test_fraction": test_fraction,
@@ -242,9 +272,13 @@ def prepare(descriptions_path, features_path, training_path, testing_path, examp
             safe_pickle.dump(make_examples(
                 split, split_id, [names[i] for i in rows], indices[rows], labels[rows],
                 [groups[i] for i in rows], subset[rows].tolist(),
-                features_reference(store, path), store.params, split_params), path)
+                features_reference(store, path), store.params, split_params,
+                finding_rows[rows]), path, memo=False)
         atomic_write_json(examples_path, [n for n, s in zip(names, subset) if s == "test"])
         store.close()
+    line = count_line(finding_rows, PROG)
+    if line:
+        log(line)
     if store.legacy:
         log(f"{PROG}: note: {features_path} is a single-pickle features file (cxr-features/1): "
             f"stage 5 will load all of it into memory; re-run stage 3 (cxr-extract-features, "

@@ -80,7 +80,11 @@ def wilson_interval(successes, n, level=0.95):
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"low": float(max(0.0, centre - half)), "high": float(min(1.0, centre + half)),
+    # exact at the ends (0/n -> low 0, n/n -> high 1) and never excluding p itself: rounding
+    # in centre - half gave low 5.6e-17 > p = 0 and negative error bars downstream
+    low = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if successes == n else max(p, min(1.0, centre + half))
+    return {"low": float(low), "high": float(high),
             "level": level, "method": "Wilson score, over images"}
 
 

@@ -150,10 +150,14 @@ class _AllowListUnpickler(pickle.Unpickler):
         raise ForbiddenGlobal(f"forbidden global {module}.{name}")
 
 
-def dump(obj, path):
-    """Atomically pickle `obj` (protocol 5) to `path`."""
+def dump(obj, path, memo=True):
+    """Atomically pickle `obj` (protocol 5) to `path`. memo=False writes a repeated object
+    each time instead of remembering every object written (pickle's memo costs ~100 bytes per
+    object: 10 MB for a split of 50,000 names); only for structures without cycles."""
     with atomic_write(path, "wb") as handle:
-        pickle.dump(obj, handle, protocol=5)
+        pickler = pickle.Pickler(handle, protocol=5)
+        pickler.fast = not memo
+        pickler.dump(obj)
 
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)

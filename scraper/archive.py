@@ -33,7 +33,7 @@ from scraper.fileio import (NotRegularFile, TooLarge, atomic_write_bytes, open_r
                             read_regular, remove_stale_temp_files)
 from scraper.images import BadImage, check_image_bytes, check_image_file
 from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem,
-                            label_from_mesh, load_descriptions, make_record)
+                            mesh_labels, load_descriptions, make_record)
 from scraper.summary import ScrapeSummary, finish, merge_records, require_saved
 
 ARCHIVE_PNG_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz"
@@ -117,7 +117,7 @@ def parse_report(xml_bytes, origin):
         if problem:
             raise ValueError(f"report {report_id[:80]!r}: {problem}")
         records.append(dict(
-            name=image_id + ".png", type="MeSH", items=major, label=label_from_mesh(major),
+            name=image_id + ".png", type="MeSH", items=major, **mesh_labels(major),
             report_id=report_id, findings=sections.get("FINDINGS", ""),
             impression=sections.get("IMPRESSION", ""), caption=_text(parent.find("caption")),
             license=license_text))

@@ -5,7 +5,9 @@ Reads:  an images folder (PNG, JPEG, ... and DICOM, found by content: the 'DICM'
         = path relative to the folder or a DICOM SOPInstanceUID, a label column normal/abnormal
         or 0/1, optional group column = patient/study id and optional `view`), or by class
         sub-folders (--normal-class names the normal one; every other sub-folder is abnormal),
-        or not at all (every image unlabelled: allowed, warned); optionally a boxes CSV:
+        or not at all (every image unlabelled: allowed, warned); the CSV's finding labels
+        (`finding_labels` / `Finding Labels` or --finding-column: NIH-style names joined by
+        "|", scraper/findings.py) become each record's "finding_labels"; optionally a boxes CSV:
         image, finding, x, y, w, h in original-image pixels
 Writes: <data_dir>/images/<name>: a hard link (or an atomic copy across file systems) of each
         PNG/JPEG, named by its relative path with '/' -> '__' for a CSV import and by its own
@@ -209,11 +211,12 @@ def _resolve_uids(listed, uids, what):
 
 
 def _select_entries(sources, junk, labels_csv, normal_class, images_dir, label_column,
-                    group_column, fail):
-    """({relative: {"label", "report_id"?, "view"?}} to import, how many were skipped, and how
-    many CSV rows name an image that is not in the folder)."""
+                    group_column, fail, finding_column=None):
+    """({relative: {"label", "report_id"?, "view"?, "finding_labels"?}} to import, how many
+    were skipped, and how many CSV rows name an image that is not in the folder)."""
     if labels_csv:
-        listed, invalid = read_labels_csv(labels_csv, label_column, group_column)
+        listed, invalid = read_labels_csv(labels_csv, label_column, group_column,
+                                          finding_column)
         entries = _resolve_uids(listed, _uid_index(sources), f"labels CSV {labels_csv}")
         csv_name = os.path.basename(labels_csv)
         for line, image, reason in invalid:
@@ -325,7 +328,7 @@ def _record(name, entry, source, boxes, url, pixel_record=None):
     label = entry["label"]
     header = source.header
     view = entry.get("view") or (dicom.view_of(header) if header is not None else None)
-    extra = {"report_id": entry["report_id"]} if entry.get("report_id") else {}
+    extra = {key: entry[key] for key in ("report_id", "finding_labels") if key in entry}
     if header is not None:  # the source path, view and modality, PHI masked (issue 17 #7)
         extra["modality"] = dicom.modality_of(header)
         url = mask(url, path=True)
@@ -381,11 +384,13 @@ def _import_all(entries, sources, names, boxes, out_dir, images_dir, existing, s
 
 def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxes_csv=None,
                   label_column="label", group_column="group", group_pattern=None,
-                  dicom_group="patient", progress=True):
+                  dicom_group="patient", progress=True, finding_column=None):
     """Import (and label) a folder of the user's own images into `data_dir` (see module doc).
 
     group_pattern: a compiled regex (or its text) whose first capture group, searched in each
-    image's relative path, is the patient; dicom_group: "patient" or "study".
+    image's relative path, is the patient; dicom_group: "patient" or "study"; finding_column:
+    the labels CSV's finding-labels column (scraper/folder_csv.py; default: `finding_labels`
+    or `Finding Labels` when the CSV has one).
     """
     summary = ScrapeSummary(started=time.monotonic())
     data_dir, images_dir = os.fspath(data_dir), os.fspath(images_dir)
@@ -404,13 +409,14 @@ def import_folder(data_dir, images_dir, labels_csv=None, normal_class=None, boxe
         try:
             return _import_sources(data_dir, images_dir, sources, junk, labels_csv,
                                    normal_class, boxes_csv, label_column, group_column, pattern,
-                                   dicom_group, progress, summary)
+                                   dicom_group, progress, summary, finding_column)
         except UserError as error:
             raise UserError(mask(str(error)), error.exit_code) from None
 
 
 def _import_sources(data_dir, images_dir, sources, junk, labels_csv, normal_class, boxes_csv,
-                    label_column, group_column, pattern, dicom_group, progress, summary):
+                    label_column, group_column, pattern, dicom_group, progress, summary,
+                    finding_column=None):
     out_dir = os.path.join(data_dir, IMAGES_DIR)
     failures = []
 
@@ -422,7 +428,8 @@ def _import_sources(data_dir, images_dir, sources, junk, labels_csv, normal_clas
     boxes = read_boxes_csv(boxes_csv) if boxes_csv else {}  # both CSVs before any work
     boxes = _resolve_uids(boxes, _uid_index(sources), f"boxes CSV {boxes_csv}")
     entries, summary.skipped, summary.absent = _select_entries(
-        sources, junk, labels_csv, normal_class, images_dir, label_column, group_column, fail)
+        sources, junk, labels_csv, normal_class, images_dir, label_column, group_column, fail,
+        finding_column)
     if junk:
         say(f"{fmt_count(len(junk))} file(s) that are not images skipped (e.g. "
             f"{mask(junk[0], path=True)})")

@@ -1,5 +1,12 @@
-"""The folder source's CSVs: labels (image, label, optional group and view) and expert boxes
-(image, finding, x, y, w, h in original-image pixels), read as bounded regular files.
+"""The folder source's CSVs: labels (image, label, optional group, view and finding labels)
+and expert boxes (image, finding, x, y, w, h in original-image pixels), read as bounded
+regular files.
+
+Finding labels (scraper/findings.py): the column `finding_labels` or `Finding Labels` (NIH's
+Data_Entry_2017.csv) when the CSV has one, or the column --finding-column names; names joined
+by "|", "No Finding" = none, an empty cell = not known. Names outside the vocabulary are left
+out with one warning that counts them; a column in which no cell names a vocabulary finding is
+refused (it is the wrong column), as is a row labelled normal that names a finding.
 
 A labels CSV may list more images than the folder holds (a master list such as NIH's
 Data_Entry_2017.csv): that is the importer's business (scraper/folder.py counts those rows
@@ -11,12 +18,15 @@ import csv
 import io
 import re
 
-from scraper.cli import UserError
+from scraper import findings
+from scraper.cli import UserError, fmt_count
 from scraper.fileio import read_regular
+from scraper.phi import say
 from scraper.schema import make_box, normalize_label
 
 IMAGE_COLUMN = "image"
 VIEW_COLUMN = "view"
+FINDING_COLUMNS = ("finding_labels", "Finding Labels")   # looked for when none is named
 BOX_COLUMNS = ("image", "finding", "x", "y", "w", "h")
 # NIH's full Data_Entry_2017.csv (112,120 rows) is 7.9 MB: a CSV past 256 MB is not labels,
 # and a link to /dev/zero or a FIFO is refused before a byte is read.
@@ -70,16 +80,63 @@ def _cell(row, column):
     return (row.get(column) or "").strip()
 
 
-def read_labels_csv(path, label_column="label", group_column="group"):
-    """({relative path: {"label", "report_id"?, "view"?, "row"}}, [(row, image, reason)]) from a
-    labels CSV; the list holds rows whose image path is unusable (absolute, '..'): each is a
-    listed failure, the import goes on."""
+def finding_column_of(path, columns, finding_column=None):
+    """The finding-labels column to read: the one named (which must exist), else the first of
+    FINDING_COLUMNS the CSV has, else None."""
+    if finding_column:
+        _require_columns(path, "labels CSV", columns, (finding_column,),
+                         " (--finding-column)")
+        return finding_column
+    return next((c for c in FINDING_COLUMNS if c in columns), None)
+
+
+class FindingCells:
+    """Parses one finding column cell by cell; remembers the names outside the vocabulary and
+    whether any cell named a vocabulary finding (`check` refuses a column that never did)."""
+
+    def __init__(self, path, column):
+        self.path, self.column = path, column
+        self.unknown, self.known, self.filled = {}, False, 0
+
+    def parse(self, text, label, line, image):
+        """A cell -> a list of vocabulary findings, or None (empty cell: not known)."""
+        parsed = findings.parse_labels(text)
+        if parsed is None:
+            return [] if label == "normal" else None
+        names, unknown = parsed
+        self.filled += 1
+        self.known = self.known or bool(names) or not unknown
+        for name in unknown:
+            self.unknown[name] = self.unknown.get(name, 0) + 1
+        if names and label == "normal":
+            raise UserError(f"labels CSV {self.path}: row {line} (image {image}) is labelled "
+                            f"normal but its {self.column} names {', '.join(names)}")
+        return names
+
+    def check(self):
+        if self.filled and not self.known:
+            raise UserError(f"labels CSV {self.path}: column {self.column!r} names no finding "
+                            f"of the vocabulary (e.g. {next(iter(self.unknown))[:60]!r}); known: "
+                            f"{', '.join(findings.FINDINGS)} and 'No Finding'")
+        if self.unknown:
+            common = sorted(self.unknown.items(), key=lambda item: -item[1])[:5]
+            say(f"warning: {fmt_count(sum(self.unknown.values()))} finding name(s) in "
+                f"{self.column!r} are not in the vocabulary and were left out: "
+                f"{', '.join(f'{name[:40]} ({n:,})' for name, n in common)}")
+
+
+def read_labels_csv(path, label_column="label", group_column="group", finding_column=None):
+    """({relative path: {"label", "report_id"?, "view"?, "finding_labels"?, "row"}},
+    [(row, image, reason)]) from a labels CSV; the list holds rows whose image path is unusable
+    (absolute, '..'): each is a listed failure, the import goes on."""
     rows, columns = _open_csv(path, "labels CSV")
     _require_columns(path, "labels CSV", columns, (IMAGE_COLUMN, label_column),
                      "; name the label column with --label-column")
     if group_column not in columns and group_column != "group":
         raise UserError(f"labels CSV {path} has no group column {group_column!r} "
                         f"(columns: {', '.join(columns)})")
+    finding_column = finding_column_of(path, columns, finding_column)
+    cells = FindingCells(path, finding_column)
     entries, invalid = {}, []
     for line, row in rows:
         image = _cell(row, IMAGE_COLUMN)
@@ -104,7 +161,12 @@ def read_labels_csv(path, label_column="label", group_column="group"):
             entry["report_id"] = _cell(row, group_column)
         if _cell(row, VIEW_COLUMN):
             entry["view"] = _cell(row, VIEW_COLUMN)
+        if finding_column:
+            names = cells.parse(_cell(row, finding_column), label, line, image)
+            if names is not None:
+                entry["finding_labels"] = names
         entries[relative] = entry
+    cells.check()
     return entries, invalid
 
 

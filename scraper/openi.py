@@ -44,7 +44,7 @@ from scraper.http_client import (MAX_IMAGE_BYTES, RETRY_STATUSES, BodyTooLarge, 
                                  describe_request_error, make_session, read_body)
 from scraper.images import (BadImage, ImageTooLarge, check_image_bytes, check_image_file,
                             is_image_name)
-from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem, label_from_mesh,
+from scraper.schema import (DESCRIPTION_FILE, IMAGES_DIR, file_name_problem, mesh_labels,
                             load_descriptions, make_record, save_descriptions)
 from scraper.summary import ScrapeSummary, finish, require_saved
 
@@ -301,7 +301,7 @@ def record_from_api(item, base_url):
     uid = str(item.get("uid") or "").strip() or os.path.splitext(name)[0]
     return make_record(
         name, "openi", url=url, type="MeSH", items=items,
-        label=label_from_mesh(items), report_id=uid, findings=sections.get("findings", ""),
+        **mesh_labels(items), report_id=uid, findings=sections.get("findings", ""),
         impression=sections.get("impression") or str(item.get("impression") or "").strip(),
         caption=caption, view=guess_view(caption),
         license=str(item.get("licenseURL") or item.get("ccLicense") or ""))

@@ -20,6 +20,11 @@ images-description.json is a JSON list with one record per image:
 
 Optional fields (OPTIONAL_FIELDS; present on records that have them, e.g. DICOM imports):
 
+    finding_labels  the findings the image is labelled with, in the finding vocabulary
+                (scraper/findings.py: NIH ChestX-ray14's 14 names, in its order), e.g.
+                ["Effusion", "Pneumonia"]; [] = none of them (always so for a normal image);
+                absent = not known. From a labels CSV's finding column or Open-i's MeSH terms.
+                (Not to be confused with `findings`, the report's FINDINGS text.)
     modality    one of MODALITIES ("CR", "DX", "DR", "RG", "OT", "SC", "other") or None: the
                 DICOM Modality, normalised by `normalize_modality`
     dicom       what stage 2 applied to a DICOM file's pixels: {"modality", "photometric",
@@ -34,11 +39,12 @@ import math
 import os
 
 from scraper.cli import UserError
+from scraper.findings import finding_problem, from_mesh
 from scraper.fileio import atomic_write_json, read_json
 
 FIELDS = ("name", "url", "type", "items", "image", "label", "report_id", "findings",
           "impression", "caption", "view", "boxes", "source", "license")
-OPTIONAL_FIELDS = ("modality", "dicom")
+OPTIONAL_FIELDS = ("modality", "dicom", "finding_labels")
 VIEWS = ("PA", "AP", "lateral", "oblique", "decubitus", "other")
 MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC", "other")
 # What view names say, in DICOM (ViewPosition defined terms) and in people's CSVs: lower case.
@@ -87,6 +93,16 @@ def label_from_mesh(major_terms):
     if not terms or lowered == ["no indexing"]:
         return None
     return "normal" if lowered == ["normal"] else "abnormal"
+
+
+def mesh_labels(major_terms):
+    """A record's label fields from Open-i MeSH major terms: {"label"} by `label_from_mesh`,
+    plus "finding_labels" (scraper/findings.py's MeSH mapping) when the label is known."""
+    label = label_from_mesh(major_terms)
+    if label is None:
+        return {"label": None}
+    return {"label": label, "finding_labels": [] if label == "normal" else
+            from_mesh(major_terms)}
 
 
 def normalize_label(value):
@@ -171,6 +187,13 @@ def validate_record(record):
             raise ValueError(f"record {name!r}: invalid box {box!r}")
     if not isinstance(record["report_id"], str) or not record["report_id"]:
         raise ValueError(f"record {name!r}: report_id must be a non-empty string")
+    if "finding_labels" in record:
+        problem = finding_problem(record["finding_labels"])
+        if problem is None and record["finding_labels"] and record["label"] == "normal":
+            problem = (f"labelled normal but finding_labels names "
+                       f"{', '.join(record['finding_labels'])}")
+        if problem:
+            raise ValueError(f"record {name!r}: {problem}")
 
 
 def load_descriptions(path):

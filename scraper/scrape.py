@@ -33,7 +33,7 @@ OPTIONS = {
               "query", "collection"),
     "archive": ("png_archive", "reports_archive", "limit"),
     "folder": ("images", "labels", "normal_class", "boxes", "label_column", "group_column",
-               "group_pattern", "dicom_group"),
+               "group_pattern", "dicom_group", "finding_column"),
 }
 
 
@@ -119,6 +119,11 @@ def get_args_parser():
     group.add_argument("--group-column", default="group",
                        help="grouping column in --labels (patient/study; keeps a group on one "
                             "side of the split)")
+    group.add_argument("--finding-column", default=None, metavar="COLUMN",
+                       help="finding-labels column in --labels: NIH-style names joined by '|' "
+                            "(e.g. 'Effusion|Pneumonia', 'No Finding'), matched to the NIH-14 "
+                            "vocabulary (scraper/findings.py); default: the column "
+                            "finding_labels or 'Finding Labels' when the CSV has one")
     group.add_argument("--group-pattern", type=_group_pattern, default=None, metavar="REGEX",
                        help="the patient is the first capture group of REGEX searched in each "
                             "image's path, e.g. 'person(\\d+)_' (used where --labels gives no "
@@ -156,6 +161,8 @@ def check_options(args, given):
         if not args.labels and ({"label_column", "group_column"} & given):
             raise UserError("--label-column and --group-column need --labels CSV",
                             exit_code=2)
+        if not args.labels and "finding_column" in given:
+            raise UserError("--finding-column needs --labels CSV", exit_code=2)
 
 
 def run(args):
@@ -177,7 +184,8 @@ def run(args):
     return folder.import_folder(
         args.data_dir, args.images, labels_csv=args.labels, normal_class=args.normal_class,
         boxes_csv=args.boxes, label_column=args.label_column, group_column=args.group_column,
-        group_pattern=args.group_pattern, dicom_group=args.dicom_group, progress=progress)
+        group_pattern=args.group_pattern, dicom_group=args.dicom_group, progress=progress,
+        finding_column=args.finding_column)
 
 
 def check_argv(argv):

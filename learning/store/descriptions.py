@@ -13,7 +13,7 @@ from scraper.cli import UserError
 from scraper.fileio import open_regular
 from scraper.schema import validate_record
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16   # small: the buffer is sliced and joined as records are consumed
 WHAT = "image descriptions"
 
 
@@ -84,9 +84,13 @@ def iter_records(path):
                     continue        # a number may go on in the next chunk
                 break
             except json.JSONDecodeError as error:
+                pending = len(buffer) - position
                 if not more():
                     raise UserError(f"{WHAT} is not valid JSON: {path} ({error.msg} in record "
                                     f"#{index})") from None
+                while len(buffer) < 2 * pending and more():
+                    pass    # a record longer than CHUNK: double what is read, so it is
+                    #         decoded O(log size) times, not once per CHUNK
         position = end
         try:
             validate_record(record)

@@ -22,6 +22,7 @@ memory (LegacyStore), and re-running stage 3 with the same arguments converts it
 without recomputing a single feature.
 """
 import hashlib
+import itertools
 import json
 import os
 
@@ -236,13 +237,25 @@ class LegacyStore:
         pass
 
 
-def open_store(path, what="features index"):
+def strictly_sorted(names):
+    """True when every name is greater than the one before it (sorted, no duplicate): what
+    stage 3 writes, checked without a set of the names."""
+    return all(a < b for a, b in zip(names, itertools.islice(names, 1, None)))
+
+
+def open_store(path, what="features index", rows=True):
     """A FeatureStore (cxr-features/2) or LegacyStore (cxr-features/1), checked; UserError
-    naming the file otherwise."""
+    naming the file otherwise. rows=False: for a caller that reads no row (stage 4), the
+    per-row locations and hashes are dropped once checked (48 bytes an image)."""
     data = safe_pickle.load(path, what, kind=FORMATS)
     store = FeatureStore(path, data) if data["format"] == FORMAT else LegacyStore(path, data)
-    if len(set(store.names)) != len(store.names):
+    del data
+    names = store.names   # sorted, as stage 3 writes them: no duplicate, and no set needed
+    if not strictly_sorted(names) and len(set(names)) != len(names):
         raise UserError(f"{path}: duplicate image names in the features index")
+    if not rows and not store.legacy:
+        store.check_files()
+        store.locations = store.digests = None
     return store
 
 

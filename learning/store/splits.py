@@ -16,6 +16,7 @@ import numpy as np
 from learning import safe_pickle
 from learning.store.dataset import ArraySource, StoreSource
 from learning.store.index import check_row_shape, open_store
+from learning.train.findings import check_split_findings
 from scraper.cli import UserError
 
 FORMAT = "cxr-examples/2"
@@ -51,6 +52,7 @@ def load_split(path, split, stores=None):
         raise UserError(f"{path} holds the {data.get('split')!r} split, expected {split!r}; "
                         f"are the training and testing arguments swapped?")
     data["labels"] = labels.astype(np.int64, copy=False)
+    data["finding_names"], data["finding_labels"] = check_split_findings(data, path, n)
     data.setdefault("split_id", None)
     return data
 

@@ -10,8 +10,9 @@ import pytest
 
 from learning import safe_pickle
 from learning.learning_examples_preparing import (
-    check_group_integrity, main, match_examples, split_examples, stratified_group_split)
-from learning.store.index import shards_folder, write_store
+    SortedNames, check_group_integrity, main, match_examples, name_lookup, split_examples,
+    stratified_group_split)
+from learning.store.index import open_store, shards_folder, write_store
 from learning.store.splits import load_pair
 from scraper.cli import UserError, run_main
 from scraper.schema import make_record, save_descriptions
@@ -295,3 +296,90 @@ def test_a_second_writer_of_the_output_folder_is_refused(tmp_path, capsys):
         code, outputs = run_stage(tmp_path, descriptions, features_path)
     assert code == 1 and "another run is writing to" in capsys.readouterr().err
     assert not any(path.exists() for path in outputs)
+
+
+def test_name_lookup_finds_rows_in_sorted_and_unsorted_names():
+    names = [f"{i:05d}.png" for i in range(50)]
+    asked = ["00000.png", "00049.png", "00020.png", "00020", "zzz.png", ""]
+    sorted_lookup, unsorted_lookup = name_lookup(names), name_lookup(names[::-1])
+    assert isinstance(sorted_lookup, SortedNames) and isinstance(unsorted_lookup, dict)
+    assert [sorted_lookup.get(n) for n in asked] == [0, 49, 20, None, None, None]
+    assert [unsorted_lookup.get(n) for n in asked] == [49, 0, 29, None, None, None]
+    records = grouped_records(20)
+    names = sorted(r["name"] for r in records)[3:]           # 3 described without features
+    by_name = {}
+    for given in (names, names[::-1]):
+        indices, labels, groups, counts = match_examples(records, given)
+        by_name[given[0]] = sorted(zip([given[i] for i in indices], labels.tolist(), groups))
+        assert counts == {"labelled": len(names), "unlabelled": 0, "no_features": 3,
+                          "no_description": 0}
+    assert len(set(map(tuple, by_name.values()))) == 1
+
+
+def test_matching_sorted_names_builds_no_table_of_them():
+    """Stage 3 writes the names sorted: matching 20,000 of them allocates the per-image arrays
+    (~0.7 MB), not also a dict of the names and their row numbers (~1.2 MB more)."""
+    import tracemalloc
+
+    names = [f"{i:08d}.png" for i in range(20_000)]
+    record = {"label": "normal", "report_id": "patient"}
+    peaks = []
+    for given in (names, names[::-1]):
+        tracemalloc.start()
+        indices, *_ = match_examples((dict(record, name=n) for n in given), given)
+        peaks.append(tracemalloc.get_traced_memory()[1] / 1e6)
+        tracemalloc.stop()
+        assert len(indices) == 20_000
+    assert peaks[0] < 0.9 < 1.5 < peaks[1], peaks
+
+
+def test_stage4_keeps_no_per_row_table_and_reads_no_row(tmp_path, capsys):
+    """open_store(rows=False) checks every shard (size, header) and drops the per-row
+    locations and hashes; stage 4 reads no feature row, so a shard whose values (not its size)
+    changed still splits (stage 5's checking pass refuses it by its sha256)."""
+    records = grouped_records(30)
+    names = sorted(r["name"] for r in records)
+    descriptions, features_path, _ = write_inputs(tmp_path, records, names)
+    store = open_store(features_path, rows=False)
+    assert store.locations is None and store.digests is None and store.names == names
+    store.close()
+    shard = sorted(pathlib.Path(shards_folder(features_path)).iterdir())[0]
+    data = bytearray(shard.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"                       # the last value becomes +inf
+    shard.write_bytes(bytes(data))
+    code, (training_path, testing_path, _) = run_stage(tmp_path, descriptions, features_path)
+    assert code == 0
+    training, testing = load_pair(training_path, testing_path)
+    assert sorted(training["names"] + testing["names"]) == names
+
+
+def test_duplicate_names_in_an_unsorted_index_are_one_line(tmp_path, capsys):
+    records = grouped_records(10)
+    names = [r["name"] for r in records][::-1]
+    names[1] = names[0]
+    descriptions, features_path, _ = write_inputs(tmp_path, records, names, legacy=True)
+    code, outputs = run_stage(tmp_path, descriptions, features_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "duplicate image names in the features index" in err[0]
+    assert not any(path.exists() for path in outputs)
+
+
+def test_a_record_longer_than_the_read_size_is_decoded_a_few_times(tmp_path, monkeypatch):
+    """A 200 kB record read 64 bytes at a time: the unread part doubles on each failed decode,
+    so it is decoded about log2(200 kB / 64) times, not 3,000 times (quadratic)."""
+    from learning.store import descriptions
+
+    records = grouped_records(3)
+    records[1]["findings"] = "pleural effusion " * 12_000
+    save_descriptions(tmp_path / "d.json", records)
+    calls = []
+
+    class Counting(json.JSONDecoder):
+        def raw_decode(self, text, index=0):
+            calls.append(index)
+            return super().raw_decode(text, index)
+
+    monkeypatch.setattr(descriptions, "CHUNK", 64)
+    monkeypatch.setattr(descriptions.json, "JSONDecoder", Counting)
+    assert list(descriptions.iter_records(tmp_path / "d.json")) == records
+    assert len(calls) < 40, len(calls)

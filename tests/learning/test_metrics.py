@@ -92,3 +92,17 @@ def test_small_set_warnings_name_the_counts():
     (line,) = small_set_warnings("validation", np.array([0] * 30 + [1] * 3))
     assert "tiny validation set: 33 images (30 normal, 3 abnormal)" in line
     assert "fewer than 10 of a class" in line
+
+
+def test_wilson_interval_holds_its_own_proportion_exactly_at_the_ends():
+    from learning.metrics import wilson_interval
+
+    # before: 0 of 7 gave low 5.6e-17 > 0 and 10 of 10 high 0.9999999999999999 < 1, so a
+    # reliability diagram's error bar came out negative and cxr-explain stopped in matplotlib
+    for n in range(1, 300):
+        for hits in (0, 1, n // 2, n - 1, n):
+            ci = wilson_interval(hits, n)
+            assert 0.0 <= ci["low"] <= hits / n <= ci["high"] <= 1.0, (hits, n)
+        assert wilson_interval(0, n)["low"] == 0.0 and wilson_interval(n, n)["high"] == 1.0
+    assert wilson_interval(1, 3)["low"] == pytest.approx(0.0615, abs=1e-4)
+    assert wilson_interval(1, 3)["high"] == pytest.approx(0.7923, abs=1e-4)

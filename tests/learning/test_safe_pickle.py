@@ -90,3 +90,30 @@ def test_shared_strings_and_small_sharing_still_load(tmp_path):
     safe_pickle.dump(obj, tmp_path / "ok.pickle")
     back = safe_pickle.load(tmp_path / "ok.pickle")
     assert back["subset"] == obj["subset"] and back["small"] == obj["small"]
+
+
+def test_dump_without_memo_writes_no_memo_and_loads_equal(tmp_path):
+    """memo=False (stage 4's split files): no memo table while writing (pickle keeps one entry
+    per object written: ~10 MB for 50,000 names); the file loads equal, each repeat its own
+    copy."""
+    import pickletools
+
+    train = "train"
+    obj = {"format": "x", "names": [f"{i:05d}.png" for i in range(1000)],
+           "subset": [train] * 1000, "rows": np.arange(1000)}
+    for memo in (True, False):
+        path = tmp_path / f"memo-{memo}.pickle"
+        safe_pickle.dump(obj, path, memo=memo)
+        ops = [op.name for op, _, _ in pickletools.genops(path.read_bytes())]
+        back = safe_pickle.load(path)
+        assert back["names"] == obj["names"] and back["subset"] == obj["subset"]
+        assert np.array_equal(back["rows"], obj["rows"])
+        if memo:
+            assert ops.count("MEMOIZE") > 1000 and back["subset"][0] is back["subset"][-1]
+        else:
+            assert "MEMOIZE" not in ops and ops.count("SHORT_BINUNICODE") > 2000
+    with pytest.raises(ValueError, match="cyclic"):
+        cycle = []
+        cycle.append(cycle)
+        safe_pickle.dump({"a": cycle}, tmp_path / "cycle.pickle", memo=False)
+    assert not (tmp_path / "cycle.pickle").exists()

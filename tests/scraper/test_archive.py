@@ -101,11 +101,13 @@ def test_import_records_labels_and_counts(archives):
                     " a pleural effusion. There is no evidence of pneumothorax.",
         "impression": "Normal chest x-XXXX.", "caption": "Xray Chest PA and Lateral",
         "view": None, "boxes": [], "source": "archive",
-        "license": "http://creativecommons.org/licenses/by-nc-nd/4.0/"}
+        "license": "http://creativecommons.org/licenses/by-nc-nd/4.0/", "finding_labels": []}
     assert records["CXR1_1_IM-0001-4001.png"]["url"] == f"{pngs}#sub/CXR1_1_IM-0001-4001.png"
     assert records["CXR2_IM-0652-2001.png"]["items"] == ["Cardiomegaly/borderline",
                                                           "Pulmonary Artery/enlarged"]
     assert records["CXR2_IM-0652-2001.png"]["label"] == "abnormal"
+    assert records["CXR2_IM-0652-2001.png"]["finding_labels"] == ["Cardiomegaly"]
+    assert "finding_labels" not in records["CXR39_IM-1978-1002.png"]     # no label: unknown
     assert records["CXR39_IM-1978-1002.png"]["items"] == ["No Indexing"]
     assert records["CXR39_IM-1978-1002.png"]["label"] is None
     assert {records[f"CXR62_IM-2202-{s}.png"]["report_id"]

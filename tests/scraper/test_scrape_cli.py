@@ -97,11 +97,11 @@ def test_folder_and_archive_dispatch(tmp_path, monkeypatch, capsys):
         ("folder", (data, "imgs"), dict(labels_csv="l.csv", normal_class=None, boxes_csv="b.csv",
                                         label_column="label", group_column="patient_id",
                                         group_pattern=None, dicom_group="patient",
-                                        progress=False)),
+                                        progress=False, finding_column=None)),
         ("folder", (data, "imgs"), dict(labels_csv=None, normal_class="ok", boxes_csv=None,
                                         label_column="label", group_column="group",
                                         group_pattern=None, dicom_group="patient",
-                                        progress=True)),
+                                        progress=True, finding_column=None)),
         ("archive", (data, "png-url", "reports-url"), dict(limit=5, progress=True)),
         ("archive", (data, "p.tgz", "r.tgz"), dict(limit=None, progress=True)),
     ]
