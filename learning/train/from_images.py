@@ -45,6 +45,10 @@ DESCRIPTION = (
     "(classifier.keras is the trained network; there is no head.keras); feature_params: the "
     "network's input size and last VGG16 layer (block5_conv3, where the head sits) and its "
     "STARTING weights; fine_tuning: the image folder, conv learning rate and augmentation.")
+METRICS_DESCRIPTION = (
+    " fine_tuning: the VGG16 blocks trained, wall and CPU seconds per training image per epoch "
+    "(medians over epochs), the epoch a killed run resumed after (0: not resumed), and the "
+    "images left out because they could not be read.")
 
 
 def checkpoint_path(model_dir):
@@ -190,6 +194,7 @@ def run(args, config):
                                         dict(config, train_blocks=info["train_blocks"]),
                                         args.seed, args.bootstrap)
         metrics["fine_tuning"] = timing(info, left_out)
+        metrics["description"] += METRICS_DESCRIPTION
 
         def networks(staging):
             return {"classifier_bytes": save_keras(model, os.path.join(staging,
