@@ -21,7 +21,10 @@ Writes: <results>/  a dedicated folder (refused when it is, or lies in, <images>
                     plus
           predictions.csv        one row per image: name, source (the PHI-masked source path),
                                  view, modality, group, label, p_abnormal, predicted (at the
-                                 model's threshold p(abnormal) > 0.5), outcome, page
+                                 model's threshold p(abnormal) > 0.5), outcome, page; and
+                                 p_<finding> per finding of a model trained with --findings
+                                 (whose maps are drawn per finding: learning/explain/
+                                 findings.py)
           external_metrics.json  (--labels) AUROC with a patient-grouped CI, sensitivity /
                                  specificity, calibration, next to the model's own test set
                                  (learning/explain/external.py; its "description" says what
@@ -43,7 +46,7 @@ import time
 from types import SimpleNamespace
 
 from learning import visualization
-from learning.explain import attribution, external, model as model_folder, outputs
+from learning.explain import attribution, external, findings, model as model_folder, outputs
 from learning.explain import results_folder, verdict
 from learning.explain.results_folder import _inside as inside
 from scraper import phi
@@ -185,14 +188,15 @@ def load_model(a6, inputs, methods):
 
 # ----------------------------------------------------------------------------- 2: outputs
 
-def prediction_rows(entries, records):
-    """predictions.csv's rows, by name; predicted at the model's threshold."""
+def prediction_rows(entries, records, finding_names=()):
+    """predictions.csv's rows, by name; predicted at the model's threshold; p_<finding> per
+    finding of a findings model."""
     for e in sorted(entries, key=lambda entry: entry["name"]):
         group = (records.get(e["name"]) or {}).get("report_id") or ""
         predicted = "abnormal" if e["p_abnormal"] > visualization.THRESHOLD else "normal"
         yield [e["name"], e["source"], e["view"] or "", e["modality"] or "", group,
                e["label"] or "", f"{e['p_abnormal']:.6f}", predicted, e["outcome"],
-               e["files"]["page"]]
+               e["files"]["page"]] + [f"{e['findings'][name]:.6f}" for name in finding_names]
 
 
 def external_validation(args, inputs, entries, run):
@@ -225,8 +229,9 @@ def extra_outputs(args, inputs, done):
     """The hook cxr-visualize's pages call (visualization.write_pages `extra`): this
     command's files in the run, its header lines; the report goes into `done`."""
     def extra(state, run, header):
-        atomic_write_csv(run.path(PREDICTIONS_FILE), PREDICTION_COLUMNS,
-                         prediction_rows(state.entries, inputs.records))
+        atomic_write_csv(run.path(PREDICTIONS_FILE), PREDICTION_COLUMNS +
+                         tuple(f"p_{name}" for name in inputs.findings),
+                         prediction_rows(state.entries, inputs.records, inputs.findings))
         links = [PREDICTIONS_FILE]
         done["report"] = (external_validation(args, inputs, state.entries, run)
                           if args.labels else None)
@@ -337,7 +342,8 @@ def report_lines(args, methods, done, start):
         for line in external.format_table(done["report"]):
             log(line)
     excluded = sum(1 for entry in state.entries if entry["excluded"])
-    for line in verdict.summary_lines(done["loc"], inputs.random_weights, excluded):
+    for line in (verdict.summary_lines(done["loc"], inputs.random_weights, excluded)
+                 + findings.summary_lines((done["loc"] or {}).get("findings"))):
         log(line)
     log(f"{PROG}: {fmt_count(state.counts['explained'])} images explained "
         f"({', '.join(methods)}), {fmt_count(abnormal)} predicted abnormal at p(abnormal) > "

@@ -20,6 +20,7 @@ Writes: the <model> folder, replaced AS A WHOLE (learning/train/model_folder.py:
                            majority baseline; sizes, epochs, history, warnings, files}
                            (every field is explained in its "description")
         test_predictions.csv  one row per test image: name, group, label, p_abnormal, predicted
+                           (+ p_<finding> per finding with --findings)
         roc.png (the operating point marked), training_curve.png
 
 Every pass over the features streams: one checking pass (shard checksums, finite values in
@@ -28,6 +29,12 @@ keras.utils.PyDataset, validation and test predictions batch by batch, so memory
 with the number of images. Early stopping watches the "validation" subset of training.pickle,
 never the test set; the test set is touched once, after training, for the reported metrics.
 The pair of files must come from one run of stage 4 (one split_id) and share no patient group.
+
+With --findings all|A,B,... the head has one sigmoid output per finding besides the two softmax
+logits (learning/train/findings.py): head.keras and classifier.keras give 2 + K logits
+[normal, abnormal, f_1..f_K], config.json lists "findings", metrics.json's test block has
+"findings" (AUROC with CI per finding). A finding no training image carries, or --findings on a
+split without finding labels, is one line before any work.
 
 With --train-blocks 5 (or 4,5 ...) the stage trains from the IMAGES instead of the features
 (learning/train/from_images.py): VGG16's last conv blocks together with the cam head, end to end,
@@ -41,6 +48,7 @@ command resume a killed run; it is removed once the new folder is in place.
 
 Example:
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
+    cxr-train data/training.pickle data/testing.pickle data/model-findings --findings all
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5 \
         --train-blocks 5
@@ -54,16 +62,19 @@ import numpy as np
 from learning.export import (CLASSIFIER_FILE, NeedsWeights, check_weights, export_classifier,
                              save_keras)
 from learning.head import INPUT_SCALINGS, PRESETS, block5_weights, needs_conv_weights
-from learning.metrics import CLASS_NAMES, evaluate, format_report, small_set_warnings
+from learning.metrics import (CLASS_NAMES, evaluate, evaluate_findings, format_findings,
+                              format_report, small_set_warnings)
 from learning.store.dataset import predict_logits, scan_sources
 from learning.store.splits import load_pair, load_split
 from learning.train import model_folder
 from learning.train.finetune import BLOCKS_HELP, train_blocks_type
+from learning.train.findings import resolve_findings, sigmoid, targets
 from learning.train.loop import class_weights, train_head  # noqa: F401  (benchmarks import)
 from learning.train.plots import plot_roc, plot_training_curve
 from scraper import cli as flags
 from scraper.cli import ArgumentParser, UserError, elapsed_since, exit_with, fmt_count, log
 from scraper.fileio import atomic_write_csv, atomic_write_json, check_outputs, folder_lock
+from scraper.findings import findings_type
 
 PROG = "cxr-train"
 HEAD_FILE = "head.keras"
@@ -115,6 +126,8 @@ def resolve_config(args):
             config[key] = value
     if config["patience"] is not None and config["patience"] <= 0:
         config["patience"] = None
+    if getattr(args, "findings", None):   # "all" or names; checked on the data (prepare_inputs)
+        config["findings"] = args.findings
     assert config["input_scaling"] in INPUT_SCALINGS
     return config
 
@@ -163,14 +176,19 @@ def export_end_to_end(model, model_dir, feature_params, weights_path):
     return None
 
 
-def write_predictions(path, testing, logits):
-    """One CSV row per test image: name, group, label, p_abnormal (softmax), predicted."""
+def write_predictions(path, testing, logits, findings=()):
+    """One CSV row per test image: name, group, label, p_abnormal (softmax of the first two
+    logits), predicted, and p_<finding> (sigmoid) per finding of a --findings model."""
     logits = np.asarray(logits, dtype=np.float64)
     p_abnormal = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax of 2 logits
-    atomic_write_csv(path, ["name", "group", "label", "p_abnormal", "predicted"], (
-        [name, group, CLASS_NAMES[int(label)], f"{p:.6f}", CLASS_NAMES[int(np.argmax(row))]]
-        for name, group, label, p, row in zip(testing["names"], testing["groups"],
-                                              testing["labels"], p_abnormal, logits)))
+    p_findings = sigmoid(logits[:, 2:])
+    atomic_write_csv(path, ["name", "group", "label", "p_abnormal", "predicted"] +
+                     [f"p_{name}" for name in findings], (
+        [name, group, CLASS_NAMES[int(label)], f"{p:.6f}", CLASS_NAMES[int(np.argmax(row[:2]))]]
+        + [f"{value:.6f}" for value in extra]
+        for name, group, label, p, row, extra in zip(testing["names"], testing["groups"],
+                                                     testing["labels"], p_abnormal, logits,
+                                                     p_findings)))
 
 
 def weights_note(feature_params):
@@ -186,6 +204,8 @@ def prepare_inputs(training_path, testing_path, config, weights_path):
     """Load and check both split files, the weights, and every feature row (one streamed
     pass); returns (training, testing, conv_weights, warnings)."""
     training, testing = load_pair(training_path, testing_path)
+    if config.get("findings"):   # one line before any work when the data cannot give them
+        config["findings"] = resolve_findings(config["findings"], training)
     if weights_path:
         check_weights(training.get("feature_params"), weights_path)  # fail before training
     conv_weights = resolve_conv_weights(config, training.get("feature_params"), weights_path)
@@ -221,31 +241,37 @@ def write_model_folder(model_dir, model, info, metrics, config, training, testin
                 "classifier_bytes": export_end_to_end(model, staging, feature_params,
                                                       weights_path)}
 
+    findings = list(config.get("findings") or ())
+
     def record(sizes):
         return config_record(feature_params, head_config, args, training,
-                             CLASSIFIER_FILE if sizes["classifier_bytes"] else None)
+                             CLASSIFIER_FILE if sizes["classifier_bytes"] else None, findings)
 
-    write_outputs(model_dir, networks, record, metrics, testing, logits, info)
+    write_outputs(model_dir, networks, record, metrics, testing, logits, info, findings)
 
 
-def config_record(feature_params, head_config, args, training, end_to_end):
+def config_record(feature_params, head_config, args, training, end_to_end, findings=()):
     """config.json's fields after run_id and description."""
     return {"feature_params": feature_params, "class_names": list(CLASS_NAMES),
             "head": head_config, "args": args or {},
             "split_params": training.get("split_params"), "split_id": training.get("split_id"),
-            "output": "2 pre-softmax logits [normal, abnormal]", "end_to_end": end_to_end}
+            "output": ("2 pre-softmax logits [normal, abnormal]" if not findings else
+                       f"{2 + len(findings)} logits [normal, abnormal, {', '.join(findings)}]: "
+                       f"the first two pre-softmax, then one pre-sigmoid logit per finding"),
+            **({"findings": list(findings)} if findings else {}),
+            "end_to_end": end_to_end}
 
 
-def write_outputs(model_dir, networks, record, metrics, testing, logits, info):
+def write_outputs(model_dir, networks, record, metrics, testing, logits, info, findings=()):
     """The model folder, written into a new folder that then replaces `model_dir` as a whole:
     networks(folder) saves the network files and returns their sizes; record(sizes) gives
     config.json's fields (a "description" key replaces the default one); then metrics.json,
-    test_predictions.csv, roc.png and training_curve.png."""
+    test_predictions.csv (p_<finding> columns for `findings`), roc.png, training_curve.png."""
     run_id = uuid.uuid4().hex
     with model_folder.replacing(model_dir, MODEL_FILES) as staging:
         sizes = networks(staging)
         metrics.update(run_id=run_id, files=sizes)
-        write_predictions(os.path.join(staging, PREDICTIONS_FILE), testing, logits)
+        write_predictions(os.path.join(staging, PREDICTIONS_FILE), testing, logits, findings)
         atomic_write_json(os.path.join(staging, "config.json"), {
             "run_id": run_id, "description": CONFIG_DESCRIPTION, **record(sizes)})
         atomic_write_json(os.path.join(staging, "metrics.json"), metrics)
@@ -263,8 +289,12 @@ def metrics_record(training, testing, logits, info, warnings, config, seed, n_re
                         f"(training diverged: last loss {info['history']['loss'][-1]}); "
                         f"try a lower --learning-rate")
     subset = np.asarray(training["subset"], dtype=object)
-    test = evaluate(testing["labels"], logits, testing["groups"],
+    test = evaluate(testing["labels"], logits[:, :2], testing["groups"],
                     training["labels"][subset == "train"], n_resamples, seed)
+    if config.get("findings"):   # per finding: AUROC with CI, operating point
+        test["findings"] = evaluate_findings(
+            targets(testing["labels"], testing, config["findings"]), logits,
+            testing["groups"], config["findings"], n_resamples, seed)
     return {
         "run_id": None, "description": METRICS_DESCRIPTION,
         "vgg16_weights": weights_note(training.get("feature_params")),
@@ -343,6 +373,12 @@ def get_args_parser():
     parser.add_argument("--patience", type=PATIENCE, default=None,
                         help="early-stopping patience in epochs on the validation loss; "
                              "0 disables, at most 10,000 (preset)")
+    parser.add_argument("--findings", type=findings_type, default=None, metavar="all|A,B,...",
+                        help="also train one sigmoid output per finding (NIH-14 vocabulary, "
+                             "scraper/findings.py) besides normal/abnormal: 'all' = every "
+                             "finding the training images carry, or a comma list, e.g. "
+                             "Effusion,Pneumonia; needs finding labels from stage 2 (default: "
+                             "off, normal vs abnormal only)")
     parser.add_argument("--bootstrap", type=BOOTSTRAP, default=1000,
                         help="bootstrap resamples (of reports) for the AUROC's 95%% CI")
     parser.add_argument("--seed", type=flags.seed, default=0,
@@ -382,6 +418,10 @@ def check_argv(argv):
     if args.train_blocks is None and tuning_only:
         raise UserError(f"{tuning_only[0]} applies only with --train-blocks (fine-tuning from "
                         f"the images)", exit_code=2)
+    if args.train_blocks is not None and getattr(args, "findings", None):
+        raise UserError("--findings cannot be combined with --train-blocks yet: fine-tuning "
+                        "from the images trains the normal/abnormal output only; drop one of "
+                        "them", exit_code=2)
     if args.train_blocks is not None:
         from learning.train.finetune import finetune_config
 
@@ -408,6 +448,8 @@ def main(argv=None):
         metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
                          args.bootstrap, vars(args), args.weights)
     print(format_report(metrics["test"]))
+    for line in format_findings(metrics["test"].get("findings") or {}):
+        print(line)
     for line in metrics["warnings"]:  # again, next to the numbers they qualify
         log(f"cxr-train: {line}")
     log(f"cxr-train: {what} trained on {fmt_count(metrics['n_train'])} images "

@@ -3,7 +3,9 @@
 Input: stage-3 features, float32 (N, 7, 7, 512) for block5_pool, (N, 14, 14, 512) for
 block4_pool (or (N, C) when pooled). Output: 2 logits
 [normal, abnormal], NO softmax: attribution (stage 6) explains pre-softmax logits, and training
-uses losses with from_logits=True. Only built-in layers, so stage 6 loads head.keras with
+uses losses with from_logits=True. With stage 5's --findings (config "findings", K names) the
+same layer gives 2 + K logits [normal, abnormal, f_1..f_K]: the first two as before, each
+further one a finding's sigmoid logit (learning/train/findings.py). Only built-in layers, so stage 6 loads head.keras with
 keras.models.load_model and no custom objects, and calls it on the conv base's output.
 
 Presets (`--head`):
@@ -159,6 +161,12 @@ def input_scaling_stats(features, input_scaling):
     return source_scaling_stats(ArraySource(features), np.arange(len(features)), input_scaling)
 
 
+def n_outputs(config):
+    """Logits of the head: [normal, abnormal] plus one per finding of config["findings"]
+    (stage 5's --findings; learning/train/findings.py)."""
+    return 2 + len(config.get("findings") or ())
+
+
 def build_from_config(feature_shape, config, scaling_stats=None, conv_weights=None):
     """The head a preset / config dict describes (see PRESETS); conv_weights for "block5"."""
     kind = head_kind(config)
@@ -168,14 +176,15 @@ def build_from_config(feature_shape, config, scaling_stats=None, conv_weights=No
         return build_head(feature_shape, activation=config["activation"],
                           dropout=config["dropout"], hidden=config["hidden"],
                           input_scaling=config["input_scaling"], scaling_stats=scaling_stats,
-                          input_dropout=config.get("input_dropout", 0.0))
+                          input_dropout=config.get("input_dropout", 0.0),
+                          outputs=n_outputs(config))
     if len(feature_shape) != 3:
         raise ValueError(f"the {kind!r} head needs a feature grid (h, w, C), got features of "
                          f"shape {tuple(feature_shape)}; use stage 3 with --pooling none")
     return build_grid_head(feature_shape, kind, dropout=config["dropout"],
                            hidden=config["hidden"], input_scaling=config["input_scaling"],
                            scaling_stats=scaling_stats, conv_weights=conv_weights,
-                           ring_mask=config.get("ring_mask", False))
+                           ring_mask=config.get("ring_mask", False), outputs=n_outputs(config))
 
 
 def ring_cells(ring_mask, grid_shape):
@@ -192,10 +201,10 @@ def grid_cells(cells_at_14, side):
 
 
 def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling="none",
-                    scaling_stats=None, conv_weights=None, ring_mask=False):
-    """Grid features (N, h, w, C) -> logits (N, 2) through conv layers and global average
-    pooling, so the last conv layer's channels weighted by the dense layer form a class
-    activation map on the (h, w) grid.
+                    scaling_stats=None, conv_weights=None, ring_mask=False, outputs=2):
+    """Grid features (N, h, w, C) -> logits (N, outputs) through conv layers and global
+    average pooling, so the last conv layer's channels weighted by the dense layer form a class
+    activation map on the (h, w) grid (one per output: per finding with --findings).
 
     kind "cam": [scale] -> [ring mask] -> 1x1 conv (hidden, relu) -> GAP -> [dropout] -> dense 2.
     kind "block5": [ring mask] -> block5_conv1-3 (3x3, 512, relu; conv_weights = their
@@ -228,13 +237,15 @@ def build_grid_head(feature_shape, kind, dropout=0.2, hidden=128, input_scaling=
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)  # (N, K)
     if dropout:
         x = keras.layers.Dropout(dropout, name="gap_dropout")(x)
-    logits = keras.layers.Dense(2, name="logits")(x)  # (N, 2) [normal, abnormal], pre-softmax
+    # (N, 2 + K) [normal, abnormal, finding_1..K], pre-softmax / pre-sigmoid
+    logits = keras.layers.Dense(outputs, name="logits")(x)
     return keras.Model(inputs, logits, name=f"cxr_head_{kind}")
 
 
 def build_head(feature_shape, activation="relu", dropout=0.5, hidden=2048, input_scaling="none",
-               scaling_stats=None, input_dropout=0.0):
-    """A keras.Model mapping features (N, *feature_shape) -> logits (N, 2).
+               scaling_stats=None, input_dropout=0.0, outputs=2):
+    """A keras.Model mapping features (N, *feature_shape) -> logits (N, outputs): 2 =
+    [normal, abnormal], plus one sigmoid logit per finding with --findings.
 
     Layers: [scale] -> flatten -> [input dropout] -> dense(hidden, activation) -> [dropout]
     -> dense(2).
@@ -256,5 +267,5 @@ def build_head(feature_shape, activation="relu", dropout=0.5, hidden=2048, input
     x = keras.layers.Dense(hidden, activation=activation, name="hidden")(x)  # (N, 2048)
     if dropout:
         x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
-    logits = keras.layers.Dense(2, name="logits")(x)  # (N, 2) [normal, abnormal], pre-softmax
+    logits = keras.layers.Dense(outputs, name="logits")(x)  # (N, 2 [+ K]), pre-softmax
     return keras.Model(inputs, logits, name="cxr_head")

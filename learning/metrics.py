@@ -1,4 +1,5 @@
-"""Test-set metrics for the normal/abnormal head: the original's report plus honest context.
+"""Test-set metrics for the normal/abnormal head: the original's report plus honest context
+(and, for a --findings model, the same per finding: `evaluate_findings`).
 
 Scores are the logit difference abnormal - normal (same ranking as the softmax probability of
 "abnormal"); predictions are the argmax of the two logits, as in the original. The AUROC's 95%
@@ -146,6 +147,46 @@ def evaluate(labels, logits, groups, train_labels=None, n_resamples=1000, seed=0
         result["note"] = (f"test set holds only one class ({present}): AUROC and its CI are "
                           f"undefined")
     return result
+
+
+def evaluate_findings(target_rows, logits, groups, names, n_resamples=1000, seed=0):
+    """Per finding of a --findings model (learning/train/findings.py): {name: {"n" (images
+    whose finding is known), "n_positive", "roc_auc" of its sigmoid logit with the grouped
+    bootstrap CI, "pr_auc" next to its prevalence, "operating_point" at p > 0.5}}.
+    target_rows (N, 1 + K) [label, y_1..y_K] with -1 = not known; logits (N, 2 + K)."""
+    target_rows, logits = np.asarray(target_rows), np.asarray(logits, np.float64)
+    groups = np.asarray(groups, dtype=object)
+    result = {}
+    for k, name in enumerate(names):
+        known = target_rows[:, 1 + k] >= 0
+        y, z = target_rows[known, 1 + k].astype(np.int64), logits[known, 2 + k]
+        auc = roc_auc(y, z)
+        precision_recall = pr_auc(y, z)
+        point = operating_point(y, (z > 0).astype(np.int64))
+        point["threshold"] = f"p({name}) > 0.5 (sigmoid logit > 0)"
+        result[name] = {
+            "n": int(known.sum()), "n_positive": int(y.sum()), "roc_auc": auc,
+            "roc_auc_ci": (grouped_bootstrap_auc(y, z, groups[known], n_resamples, seed)
+                           if auc is not None else None),
+            "pr_auc": precision_recall["pr_auc"],
+            "pr_auc_baseline": precision_recall["baseline_prevalence"],
+            "operating_point": point}
+        if auc is None:
+            result[name]["note"] = "one class only among the test images: AUROC undefined"
+    return result
+
+
+def format_findings(findings):
+    """One printed line per finding: AUROC with its CI, positives among the known images."""
+    lines = []
+    for name, block in findings.items():
+        ci = block["roc_auc_ci"]
+        auc = ("AUROC n/a (one class)" if block["roc_auc"] is None else
+               f"AUROC {block['roc_auc']:.3f}" + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})"
+                                                   if ci and ci["low"] is not None else ""))
+        lines.append(f"finding {name}: {auc}; {block['n_positive']:,} positive of "
+                     f"{block['n']:,} test images with known findings")
+    return lines
 
 
 def small_set_warnings(name, labels, minimum=MIN_PER_CLASS):

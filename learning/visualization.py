@@ -49,7 +49,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from learning.explain import attribution, gallery, model as model_folder, render
-from learning.explain import examples, outputs, results_folder, sanity, verdict
+from learning.explain import examples, findings, outputs, results_folder, sanity, verdict
 from learning.explain.localization import image_metrics, scale_boxes
 from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
                          fmt_count, log, number, positive_int, progress_bar, seed)
@@ -116,8 +116,10 @@ def load_model(args, inputs, methods):
     inputs.image_size = int(loaded.params["image_size"])
     # the weights the explained network holds (classifier.keras carries its own)
     inputs.random_weights = str(loaded.weights_id).startswith("random:")
+    inputs.findings = loaded.findings    # [] unless the model was trained with --findings
     return attribution.Explainer(loaded.model, args.postprocess, methods, args.baseline,
-                                 inputs.image_size, args.ig_steps, args.occlusion_patch)
+                                 inputs.image_size, args.ig_steps, args.occlusion_patch,
+                                 loaded.findings)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -199,7 +201,10 @@ def explain_all(args, inputs, explainer, methods, run, renderer):
                             rng=np.random.default_rng(args.seed),
                             samples={m: [] for m in methods},
                             mean_maps={m: verdict.MeanMap(inputs.image_size) for m in methods},
-                            argmax={m: verdict.ArgmaxGrid(inputs.image_size) for m in methods})
+                            argmax={m: verdict.ArgmaxGrid(inputs.image_size) for m in methods},
+                            finding_maps=(findings.FindingMaps(inputs.findings, methods,
+                                                               inputs.image_size)
+                                          if getattr(inputs, "findings", None) else None))
     progress = progress_bar(total=len(inputs.found), unit="img", desc="attributing",
                             dynamic_ncols=True)
     with results_folder.MapsWriter(run.path(results_folder.MAPS_FILE)) as maps:
@@ -210,13 +215,16 @@ def explain_all(args, inputs, explainer, methods, run, renderer):
                 continue
             logits, per_method = explainer.explain_batch(np.stack([i["image"] for i in items]),
                                                          [i["name"] for i in items])
-            probs = softmax(logits)
+            probs = softmax(logits[:, :2])   # a findings model's further logits: sigmoid
             for k, item in enumerate(items):
                 entry = describe_item(args, inputs, item, probs[k], methods)
                 signed = {m: per_method[m][0][k].astype(np.float32) for m in methods}
                 for method in methods:
                     note_map(args, state, entry, method, signed[method], per_method[method], k)
                     maps.add(f"map/{item['name']}/{method}", signed[method])
+                if state.finding_maps is not None:   # one map per finding (explain/findings)
+                    signed.update(findings.note_image(args, state, entry, logits[k],
+                                                      per_method, k, maps))
                 if args.scale == "per-image":
                     renderer.submit(render_task(args, run, entry, signed, None))
                 if args.sanity_check and len(state.kept) < args.sanity_images:
@@ -253,22 +261,24 @@ def note_map(args, state, entry, method, signed, attributed, k):
 
 def render_task(args, run, entry, signed, tops):
     """One image's pictures for the renderer; tops None = per-image scale."""
-    paths = [entry["files"]["xray"]] + [entry["methods"][m]["picture"] for m in signed]
-    run.make_folders(paths)
-    return {"name": entry["name"], "path": entry["path"], "xray": run.path(paths[0]),
+    pictures = {key: info["picture"] for key, info in
+                list(entry["methods"].items()) + list(entry.get("finding_maps", {}).items())}
+    run.make_folders([entry["files"]["xray"]] + [pictures[key] for key in signed])
+    return {"name": entry["name"], "path": entry["path"], "xray": run.path(entry["files"]["xray"]),
             "size": args.display_size, "sigma": args.smooth, "max_pixels": max_pixels(),
-            "maps": [(m, array, None if tops is None else tops[m],
-                      run.path(entry["methods"][m]["picture"])) for m, array in signed.items()]}
+            "maps": [(key, array, None if tops is None else tops[key], run.path(pictures[key]))
+                     for key, array in signed.items()]}
 
 
 def render_shared(args, run, state, methods, renderer):
     """--scale shared: one top per method over the run, then every picture from maps.npz."""
-    tops = {m: render.scale_top(np.concatenate(state.samples[m]) if state.samples[m] else
-                                np.zeros(1)) for m in methods}
+    tops = {key: render.scale_top(np.concatenate(samples) if samples else np.zeros(1))
+            for key, samples in state.samples.items()}   # methods (and finding maps' keys)
     with np.load(run.path(results_folder.MAPS_FILE), allow_pickle=False) as maps:
         for entry in progress_bar(state.entries, unit="img", desc="rendering",
                                   dynamic_ncols=True):
             signed = {m: maps[f"map/{entry['name']}/{m}"] for m in methods}
+            signed.update(findings.stored_maps(maps, entry))
             renderer.submit(render_task(args, run, entry, signed, tops))
     return tops
 
@@ -277,10 +287,11 @@ def attach_scales(args, state, renderer, methods):
     """entry["methods"][m]["scale"] from the tops the renderer used (contract with the pages)."""
     for entry in state.entries:
         tops = renderer.results[entry["name"]]
-        for method in methods:
-            entry["methods"][method]["scale"] = {
-                "top": tops[method], "smooth": args.smooth, "kind": args.scale,
-                "colour_bar": render.COLOUR_BAR_FILE, "unit": UNITS[method]}
+        shown = [(entry["methods"][m], m, m) for m in methods] + [
+            (info, key, info["method"]) for key, info in entry.get("finding_maps", {}).items()]
+        for info, key, method in shown:
+            info["scale"] = {"top": tops[key], "smooth": args.smooth, "kind": args.scale,
+                             "colour_bar": render.COLOUR_BAR_FILE, "unit": UNITS[method]}
 
 
 # ----------------------------------------------------------------------------- 5-6: reports
@@ -439,6 +450,8 @@ def explain_run(args, inputs, explainer, methods, run, extra=None):
     loc = verdict.report(state.entries, methods, inputs.image_size, args.seed, {
         "random_weights": inputs.random_weights, "postprocess": args.postprocess,
         "baseline": args.baseline}, state.mean_maps, state.argmax)   # 5 verdict, controls
+    if loc is not None and state.finding_maps is not None:      # each box vs its finding's map
+        loc["findings"] = state.finding_maps.report(args.seed)
     sanity_report = sanity_step(args, inputs, explainer, methods, state, run)
     write_pages(args, inputs, methods, state, (loc, sanity_report), run, extra)  # 6 pages
     write_run_info(args, inputs, methods, state, run)
@@ -463,7 +476,8 @@ def main(argv=None):
             raise
         removed = run.swap()                                        # publish the run whole
     excluded = sum(1 for entry in state.entries if entry["excluded"])
-    for line in verdict.summary_lines(loc, inputs.random_weights, excluded):
+    for line in (verdict.summary_lines(loc, inputs.random_weights, excluded)
+                 + findings.summary_lines((loc or {}).get("findings"))):
         log(line)
     deltas = [e["methods"]["deeplift"]["delta"] for e in state.entries if "deeplift" in methods]
     completeness = f", DeepLIFT completeness error <= {max(deltas):.1e}" if deltas else ""

@@ -103,8 +103,16 @@ def quiet_keras():
         yield
 
 
-def output_matrix(postprocess):
-    """(2, n_outputs) matrix mapping logits [normal, abnormal] to the explained outputs."""
+def output_matrix(postprocess, findings=0):
+    """(2 + findings, n_outputs) matrix mapping the logits [normal, abnormal(, f_1..f_K)] to
+    the explained outputs: the postprocess's target(s), then (with `findings` = K) each
+    finding's own logit, so a findings model's maps come from the same passes."""
+    if findings:
+        base = output_matrix(postprocess)
+        matrix = np.zeros((2 + findings, base.shape[1] + findings), np.float32)
+        matrix[:2, :base.shape[1]] = base
+        matrix[2:, base.shape[1]:] = np.eye(findings, dtype=np.float32)
+        return matrix
     if postprocess == "difference":
         return np.array([[-1.0], [1.0]], dtype=np.float32)
     if postprocess == "abnormal":
@@ -121,14 +129,15 @@ def build_full_model(conv_base, head):
     return keras.Model(conv_base.input, head(conv_base.output), name="vgg16_head")
 
 
-def build_target_model(full_model, postprocess):
+def build_target_model(full_model, postprocess, matrix=None):
     """Append a fixed linear layer selecting the explained outputs (built-in Dense, no Lambda).
 
-    (N, 2) logits -> (N, 1) for 'difference'/'abnormal', (N, 2) for 'original'.
+    (N, 2) logits -> (N, 1) for 'difference'/'abnormal', (N, 2) for 'original'; `matrix`
+    (output_matrix's, e.g. with findings) replaces the postprocess's own.
     """
     import keras
 
-    matrix = output_matrix(postprocess)
+    matrix = output_matrix(postprocess) if matrix is None else matrix
     select = keras.layers.Dense(matrix.shape[1], use_bias=False, trainable=False,
                                 name=f"target_{postprocess}")
     output = select(full_model.output)
@@ -385,17 +394,23 @@ DeepLift = deeplift.DeepLift   # the name stage 6 and the tests have always used
 
 
 class Explainer:
-    """A pixel model (N, S, S, 3) 0..255 -> logits (N, 2), its explained target and methods."""
+    """A pixel model (N, S, S, 3) 0..255 -> logits (N, 2), its explained target and methods.
+
+    A findings model (N, 2 + K logits; `findings` = their names) is explained with one target
+    more per finding, its own logit: each method's result then carries the K finding maps
+    (signed, (N, S, S, K)) as a fourth item, from the same passes (Grad-CAM: the same one)."""
 
     def __init__(self, model, postprocess, methods, baseline, image_size, ig_steps=32,
-                 occlusion_patch=None):
+                 occlusion_patch=None, findings=()):
         self.model = model
         self.methods = tuple(methods)
         self.postprocess = postprocess
         self.baseline = baseline
         self.image_size = image_size
-        self.matrix = output_matrix(postprocess)
-        self.target = build_target_model(model, postprocess)
+        self.findings = tuple(findings)
+        self.n_targets = output_matrix(postprocess).shape[1]   # columns before the findings
+        self.matrix = output_matrix(postprocess, len(self.findings))
+        self.target = build_target_model(model, postprocess, self.matrix)
         self.attributor = Attributor(self.target, methods, ig_steps, occlusion_patch)
         self._shared_baseline_logits = None
 
@@ -418,15 +433,20 @@ class Explainer:
         return np.repeat(self._shared_baseline_logits, len(b), axis=0)
 
     def explain(self, method, x, b, logits_x, logits_b):
-        """-> signed maps (N, S, S), shown maps (N, S, S) >= 0, deltas (N,) or None, expected."""
+        """-> signed maps (N, S, S), shown maps (N, S, S) >= 0, deltas (N,) or None, expected,
+        finding maps (N, S, S, K) signed or None."""
         f_x = np.asarray(logits_x) @ self.matrix
         f_b = None if logits_b is None else np.asarray(logits_b) @ self.matrix
         maps, deltas, expected = self.attributor.attribute(method, x, b, f_x, f_b)
-        signed, shown = postprocess_maps(maps, self.postprocess)
-        return signed, shown, deltas, expected
+        signed, shown = postprocess_maps(maps[..., :self.n_targets], self.postprocess)
+        return signed, shown, deltas, expected, self._finding_maps(maps)
+
+    def _finding_maps(self, maps):
+        return maps[..., self.n_targets:] if self.findings else None
 
     def explain_batch(self, images_uint8, names):
-        """uint8 (N, S, S, 3) -> (logits (N, 2), {method: (signed, shown, deltas | None)}).
+        """uint8 (N, S, S, 3) -> (logits (N, 2 [+ K]), {method: (signed, shown, deltas | None,
+        finding maps (N, S, S, K) | None)}).
 
         Each pass through the network is made once: Grad-CAM's pass gives the logits; the
         baselines' logits are computed only for methods that check completeness; DeepLIFT
@@ -443,11 +463,12 @@ class Explainer:
         result = {}
         for method in self.methods:
             if method == "grad-cam":
-                signed, shown = postprocess_maps(cams, self.postprocess)
-                result[method] = (signed, shown, None)
+                signed, shown = postprocess_maps(cams[..., :self.n_targets], self.postprocess)
+                result[method] = (signed, shown, None, self._finding_maps(cams))
                 continue
-            signed, shown, deltas, expected = self.explain(method, x, b, logits_x, logits_b)
+            signed, shown, deltas, expected, findings = self.explain(method, x, b, logits_x,
+                                                                     logits_b)
             if method == "deeplift":
                 check_completeness(deltas, expected, names)
-            result[method] = (signed, shown, deltas)
+            result[method] = (signed, shown, deltas, findings)
         return np.asarray(logits_x), result

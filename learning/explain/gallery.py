@@ -236,9 +236,10 @@ def _colour_bar(scale, page_dir):
             f" smoothing: {e(smoothing)}</div>")
 
 
-def _method_figure(entry, method, header, page_dir):
-    info = entry["methods"][method]
-    described = header.method_info.get(method) or {}
+def _method_figure(entry, method, header, page_dir, info=None, title=None):
+    """One map's figure; `info`/`title` for a finding map (entry["finding_maps"])."""
+    info = info or entry["methods"][method]
+    described = dict(header.method_info.get(method) or {}, **({"title": title} if title else {}))
     picture = (f"<img class=\"layer map\" src=\"{href(info['picture'], page_dir)}\" "
                f"alt=\"{e(method)} map\">")
     boxes = "".join(f"<div class=\"box\" style=\"left:{left}%;top:{top}%;width:{width}%;height:"
@@ -277,6 +278,10 @@ def _facts(entry, header):
             ("outcome", f"<span class=\"badge {e(kind)}\">{e(kind)}</span> "
                         f"{e(OUTCOMES.get(kind, kind))}"),
             ("expert boxes", f"{len(entry.get('boxes') or [])}{excluded}")]
+    if entry.get("findings"):   # a findings model: p per finding, the predicted ones bold
+        rows.append(("p(finding)", ", ".join(
+            (f"<b>{e(name)} {p:.2f}</b>" if p > 0.5 else f"{e(name)} {p:.2f}")
+            for name, p in sorted(entry["findings"].items(), key=lambda item: -item[1]))))
     provenance = [("source", e(entry.get("source") or "unknown")),
                   ("view", e(entry.get("view") or "unknown")),
                   ("modality", e(entry.get("modality") or "not DICOM (image file)"))]
@@ -320,7 +325,11 @@ def render_detail(entry, methods, header, index):
                   if model_input else "")
     meta = "".join(f"<div class=\"meta\">{e(line)}</div>" for line in header.meta)
     footer = f"<footer class=\"meta\">run {e(header.run_id)}</footer>" if header.run_id else ""
-    figures = "".join(_method_figure(entry, m, header, page_dir) for m in methods)
+    figures = "".join(_method_figure(entry, m, header, page_dir) for m in methods) + "".join(
+        _method_figure(entry, info["method"], header, page_dir, info,
+                       f"{(header.method_info.get(info['method']) or {}).get('title', '')} "
+                       f"of {info['finding']} (p = {info['p']:.2f})")
+        for info in (entry.get("finding_maps") or {}).values())
     body = (f"<header><h1>{e(entry['name'])}</h1><div class=\"meta nav\"><a id=\"back\" "
             f"href=\"{root}index.html\">&larr; gallery</a> &middot; <span id=\"card-nav\">"
             f"</span>{input_link}</div>{meta}{_facts(entry, header)}</header>{controls}"

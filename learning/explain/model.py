@@ -1,7 +1,8 @@
 """Reading stage 5's model folder for stage 6: the network to explain, checked before use.
 
 Used by learning/visualization.py. The explained function is always ONE Keras model taking RGB
-pixels (N, S, S, 3) float 0..255 to the 2 logits [normal, abnormal]:
+pixels (N, S, S, 3) float 0..255 to the 2 logits [normal, abnormal] (2 + K [normal, abnormal,
+f_1..f_K] for a model trained with --findings: config.json "findings" names them):
 
 * `classifier.keras` when the folder has it (stage 5 writes it, learning/export.py): VGG16
   preprocessing, the conv base and the head in one file, so a model whose conv blocks were
@@ -25,6 +26,7 @@ import zipfile
 from types import SimpleNamespace
 
 from scraper.cli import UserError, log
+from scraper.findings import finding_problem
 from scraper.fileio import open_regular, read_json
 
 HEAD_FILE = "head.keras"
@@ -60,6 +62,12 @@ def check_model_config(config, path):
     classes = config.get("class_names", CLASS_NAMES)
     if not isinstance(classes, list) or classes != CLASS_NAMES:
         raise UserError(f"{path}: class_names {classes!r} not supported; expected {CLASS_NAMES}")
+    findings = config.get("findings", [])
+    if not isinstance(findings, list) or any(finding_problem([name]) for name in findings) \
+            or len(set(findings)) != len(findings):
+        raise UserError(f"{path}: findings {str(findings)[:80]} must be a list of distinct "
+                        f"names of the finding vocabulary (scraper/findings.py); re-run "
+                        f"cxr-train")
     return params
 
 
@@ -138,13 +146,20 @@ def check_weights(params, weights_id):
                         f"{weights_id}")
 
 
-def check_pixel_model(model, size, path):
-    """The explained model must take (S, S, 3) pixels and give 2 logits."""
+def logit_names(config):
+    """The model's outputs, in order: normal, abnormal, then config.json's findings."""
+    return CLASS_NAMES + list(config.get("findings") or [])
+
+
+def check_pixel_model(model, size, path, outputs=CLASS_NAMES):
+    """The explained model must take (S, S, 3) pixels and give one logit per name of
+    `outputs` (logit_names: 2, or 2 + K for a findings model)."""
     shape_in = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
     shape_out = tuple(model.outputs[0].shape[1:]) if len(model.outputs) == 1 else None
-    if shape_in != (size, size, 3) or shape_out != (2,):
+    if shape_in != (size, size, 3) or shape_out != (len(outputs),):
         raise UserError(f"{path} maps {shape_in} to {shape_out}; expected ({size}, {size}, 3) "
-                        f"pixels (feature_params.image_size) to 2 logits [normal, abnormal]")
+                        f"pixels (feature_params.image_size) to {len(outputs)} logits "
+                        f"[{', '.join(outputs)}]")
 
 
 def load_model_folder(model_dir, weights=None, random_weights=False, seed=0):
@@ -155,10 +170,11 @@ def load_model_folder(model_dir, weights=None, random_weights=False, seed=0):
     classifier = os.path.join(model_dir, CLASSIFIER_FILE)
     if os.path.lexists(classifier):
         model = load_keras(classifier, "classifier")
-        check_pixel_model(model, size, classifier)
+        check_pixel_model(model, size, classifier, logit_names(config))
         return SimpleNamespace(model=model, params=params, config=config, metrics=metrics,
                                run_id=run_id, source=CLASSIFIER_FILE,
-                               weights_id=params["weights"])
+                               weights_id=params["weights"],
+                               findings=list(config.get("findings") or []))
     if config.get("train_blocks"):
         raise UserError(f"{model_dir}: its conv blocks were fine-tuned (train_blocks "
                         f"{config['train_blocks']!r}) but {CLASSIFIER_FILE} is missing; the "
@@ -171,9 +187,10 @@ def load_model_folder(model_dir, weights=None, random_weights=False, seed=0):
     check_weights(params, weights_id)
     head_path = os.path.join(model_dir, HEAD_FILE)
     head = load_keras(head_path, "trained head")
-    if tuple(head.outputs[0].shape[1:]) != (2,):
+    names = logit_names(config)
+    if tuple(head.outputs[0].shape[1:]) != (len(names),):
         raise UserError(f"{head_path} outputs shape {tuple(head.outputs[0].shape[1:])}; "
-                        f"expected 2 logits [normal, abnormal]")
+                        f"expected {len(names)} logits [{', '.join(names)}]")
     conv_base = build_conv_base(weights, random_weights, seed, size, params["layer"],
                                 params["pooling"])
     expected, produced = tuple(head.inputs[0].shape[1:]), tuple(conv_base.output.shape[1:])
@@ -183,4 +200,4 @@ def load_model_folder(model_dir, weights=None, random_weights=False, seed=0):
                         f"{size}) gives {produced}")
     return SimpleNamespace(model=build_classifier(conv_base, head), params=params, config=config,
                            metrics=metrics, run_id=run_id, source=f"{HEAD_FILE} + weights",
-                           weights_id=weights_id)
+                           weights_id=weights_id, findings=names[2:])

@@ -22,12 +22,18 @@ MAPS_README = {
                            "pushes towards 'abnormal'. DeepLIFT and integrated gradients sum to "
                            "f(x) - f(baseline). Unsmoothed, at the model's input size S (boxes "
                            "scale by S / original size).",
+    "map/<name>/<method>/<finding>": "float32 (S, S): a findings model's map of that "
+                                      "finding's own logit (signed), for the findings the "
+                                      "image shows: predicted (p > 0.5, else the most "
+                                      "probable) or boxed (learning/explain/findings.py)",
     "names": "(N,) str: image names in the order explained",
     "methods": "(M,) str",
     "labels": "(N,) str: 'normal', 'abnormal' or '' (unknown)",
     "p_abnormal, p_normal": "(N,) float64 softmax probabilities",
     "completeness_delta": "(N, M) float64 |sum(map) - (f(x) - f(baseline))|; NaN for methods "
                           "that make no completeness promise (grad-cam, saliency, occlusion)",
+    "findings, p_findings": "a findings model's finding names (K,) str and their sigmoid "
+                            "probabilities (N, K) float64; absent for a normal/abnormal model",
     "image_size": "0-d int64 array, S: read it as int(maps['image_size'])",
     "run_id": "0-d str array: the run (run.json, localization.json, sanity.json) it belongs to",
     "README": "this description (JSON text): json.loads(str(maps['README']))",
@@ -53,7 +59,9 @@ index.json/.csv     one row per image and method: name, label, p_normal, p_abnor
                     scale_top (the |value| shown at full colour; null: the map is all zero), and
                     the paths of the map's picture, the X-ray and the detail page.
 localization.json   (when images have expert boxes) each method against three controls, with
-                    its "description" of every field; the verdict per method.
+                    its "description" of every field; the verdict per method; for a model
+                    trained with --findings, "findings": each box scored against its own
+                    finding's map, T(IoBB) per finding next to Wang et al. 2017's.
 sanity.json         (--sanity-check) the model-randomization test on a stated sample: per
                     method and stage the mean Spearman rho ("mean_rho": null = could not be
                     checked), "status" and what each stage re-drew ("stages").
@@ -62,7 +70,9 @@ colorbar.png        the colour scale of every picture: left end = -top (evidence
                     yellow), drawn over mid-grey.
 pictures/<xx>/      per image: <prefix>__xray.jpg (the X-ray at the display size),
                     <prefix>_<method>.png (THE picture of that map: RGBA, stacked over the
-                    X-ray; smoothing sigma = run.json "smooth" model-input pixels) and
+                    X-ray; smoothing sigma = run.json "smooth" model-input pixels),
+                    <prefix>_<method>_<finding>.png (a findings model: the map of each
+                    predicted or boxed finding) and
                     <prefix>.html (the detail page); <prefix> = <stem>[p_normal,p_abnormal].
 index.html          the gallery (with gallery-data.js, gallery.js, gallery.css).
 model_*             copies of the model folder's metrics.json, roc.png, training_curve.png.
@@ -92,6 +102,11 @@ def write_map_index(maps, entries, methods, image_size, run_id):
     maps.add("completeness_delta", np.array(
         [[np.nan if e["methods"][m]["delta"] is None else e["methods"][m]["delta"]
           for m in methods] for e in entries], np.float64).reshape(len(entries), len(methods)))
+    names = list(entries[0].get("findings") or {}) if entries else []
+    if names:
+        maps.add("findings", np.array(names, dtype=str))
+        maps.add("p_findings", np.array([[e["findings"][f] for f in names] for e in entries],
+                                        np.float64))
     maps.add("image_size", np.array(int(image_size), np.int64))
     maps.add("run_id", np.array(run_id))
     maps.add("README", np.array(json.dumps(MAPS_README, indent=1)))

@@ -232,12 +232,13 @@ def training_batches(source, positions, labels, sample_weight, batch_size, seed,
 
 
 def predict_logits(model, source, positions=None, batch_size=64):
-    """(len(positions), 2) float64 logits of `model` on the source's rows (all by default),
-    through one compiled forward function per model (learning.gradients.forward)."""
+    """(len(positions), outputs) float64 logits of `model` on the source's rows (all by
+    default): 2 [normal, abnormal], + K findings with --findings; through one compiled forward
+    function per model (learning.gradients.forward)."""
     from learning.gradients import forward
 
     positions = np.arange(len(source)) if positions is None else np.asarray(positions)
-    out = np.empty((len(positions), 2), dtype=np.float64)
+    out = np.empty((len(positions), int(model.outputs[0].shape[-1])), dtype=np.float64)
     for start in range(0, len(positions), batch_size):
         part = positions[start:start + batch_size]
         out[start:start + len(part)] = np.asarray(forward(model, source.read(part)))

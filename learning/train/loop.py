@@ -3,7 +3,9 @@
 `train_head(training, config, ...)` takes the training split as a dict: "features" (an
 in-memory ndarray (N, *shape), as benchmarks pass it, or a learning.store.dataset source that
 reads rows from the store), "labels" (N,), "subset" (N,) of "train" / "validation"; optionally
-"scaling_stats" already computed by stage 5's checking pass. Training batches come from a
+"scaling_stats" already computed by stage 5's checking pass, and with config["findings"] the
+split's "finding_names" / "finding_labels" (one sigmoid output per finding besides the two
+softmax logits: learning/train/findings.py). Training batches come from a
 keras.utils.PyDataset (learning.store.dataset.training_batches) with the class weights as
 sample weights and, for grid heads, flips/shifts drawn afresh each epoch; the validation
 subset is predicted batch by batch after each epoch (loss and AUROC) for early stopping. Memory
@@ -15,6 +17,7 @@ import numpy as np
 
 from learning.head import augment_grid, build_from_config, grid_cells
 from learning.metrics import roc_auc
+from learning.train import findings
 from learning.store.dataset import (as_source, predict_logits, source_scaling_stats,
                                     training_batches)
 from scraper.cli import UserError, elapsed_since, log
@@ -40,10 +43,12 @@ def cross_entropy(labels, logits):
     return float(np.mean(log_norm - logits[np.arange(len(labels)), labels]))
 
 
-def _make_tracker(source, val_positions, val_labels, patience, epochs, progress=True):
+def _make_tracker(source, val_positions, val_labels, patience, epochs, progress=True,
+                  val_loss_of=None):
     """A Keras callback predicting the validation rows after each epoch (loss and AUROC),
     keeping the best weights (lowest validation loss) and stopping after `patience` epochs
-    without improvement. With `progress`, one line per epoch on stderr."""
+    without improvement. With `progress`, one line per epoch on stderr. val_loss_of(logits):
+    the validation loss (default: the two logits' cross-entropy)."""
     import keras
 
     class BestValidation(keras.callbacks.Callback):
@@ -65,7 +70,8 @@ def _make_tracker(source, val_positions, val_labels, patience, epochs, progress=
                 return
             logits = predict_logits(self.model, source, val_positions)
             auc = roc_auc(val_labels, logits[:, 1] - logits[:, 0])
-            val_loss = cross_entropy(val_labels, logits)
+            val_loss = (cross_entropy(val_labels, logits) if val_loss_of is None else
+                        val_loss_of(logits))
             self.history["val_loss"].append(val_loss)
             self.history["val_auroc"].append(auc)
             if val_loss < self.best_loss:
@@ -105,17 +111,23 @@ def train_head(training, config, seed=0, verbose=0, progress=True, conv_weights=
     if stats is None and config["input_scaling"] != "none":
         stats = source_scaling_stats(source, train, config["input_scaling"])
     model = build_from_config(source.shape, config, stats, conv_weights)
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    y, val_loss_of = labels, None      # targets of the batches; validation loss (default)
+    if config.get("findings"):   # [label, y_1..y_K] targets, softmax + sigmoid losses
+        y = findings.targets(labels, training, config["findings"])
+        table = findings.positive_weights(y[train], config["class_weights"])
+        loss = findings.findings_loss(table)
+        val_loss_of = lambda logits: findings.numpy_loss(y[val], logits, table)  # noqa: E731
+    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]), loss=loss)
     tracker = _make_tracker(source, val, labels[val], config["patience"] if has_val else None,
-                            config["epochs"], progress)
+                            config["epochs"], progress, val_loss_of)
     augment = None
     if config.get("grid_augment"):
         shift = grid_cells(config.get("grid_shift", 1), min(source.shape[:2]))
         augment = lambda x, rng: augment_grid(x, rng, shift)  # noqa: E731
     sample_weight = (np.ones(len(labels), np.float32) if weights is None else
                      np.asarray([weights[int(c)] for c in labels], np.float32))
-    batches = training_batches(source, train, labels, sample_weight, config["batch_size"],
+    batches = training_batches(source, train, y, sample_weight, config["batch_size"],
                                seed, augment)
     model.fit(batches, epochs=config["epochs"], verbose=verbose, callbacks=[tracker])
     epochs_run = len(tracker.history["loss"])
