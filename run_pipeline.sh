@@ -220,7 +220,7 @@ later_stages() {  # stages 2-6, one line each (with random weights no weights fi
     cxr-prepare-examples "$DATA/images-description.json" "$DATA/transfer_features.pickle" \
       "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/examples.json" "${SPLIT_ARGS[@]}" \
       ${PARAMS_4[@]+"${PARAMS_4[@]}"}
-  stage 5 train --deps "$DATA/training.pickle" "$DATA/testing.pickle" --outs "$DATA/model/head.keras" "$DATA/model/metrics.json" -- \
+  stage 5 train --deps "$DATA/training.pickle" "$DATA/testing.pickle" --outs "$DATA/model/config.json" "$DATA/model/metrics.json" -- \
     cxr-train "$DATA/training.pickle" "$DATA/testing.pickle" "$DATA/model" --seed "$SEED" \
       ${train_weights[@]+"${train_weights[@]}"} ${PARAMS_5[@]+"${PARAMS_5[@]}"}
   stage 6 visualize --deps "$DATA/model" "$DATA/examples.json" "$DATA/images-description.json" ${weights_input[@]+"${weights_input[@]}"} \

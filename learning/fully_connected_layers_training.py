@@ -36,10 +36,22 @@ logits (learning/train/findings.py): head.keras and classifier.keras give 2 + K 
 "findings" (AUROC with CI per finding). A finding no training image carries, or --findings on a
 split without finding labels, is one line before any work.
 
+With --train-blocks 5 (or 4,5 ...) the stage trains from the IMAGES instead of the features
+(learning/train/from_images.py): VGG16's last conv blocks together with the cam head, end to end,
+on the image files of the same split (train / validation / test, patients kept apart as stage 4
+split them). The model folder then holds classifier.keras (the fine-tuned network itself, which
+stage 6 and cxr-explain explain as it is), config.json ("train_blocks", "fine_tuning", and
+feature_params naming the network's last VGG16 layer, block5_conv3, and the starting weights),
+metrics.json, test_predictions.csv, roc.png, training_curve.png, and no head.keras. A checkpoint
+written after every epoch, .<model>.cxr-finetune.npz beside the model folder, lets the same
+command resume a killed run; it is removed once the new folder is in place.
+
 Example:
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
     cxr-train data/training.pickle data/testing.pickle data/model-findings --findings all
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
+    cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5 \
+        --train-blocks 5
 """
 import os
 import time
@@ -55,6 +67,7 @@ from learning.metrics import (CLASS_NAMES, evaluate, evaluate_findings, format_f
 from learning.store.dataset import predict_logits, scan_sources
 from learning.store.splits import load_pair, load_split
 from learning.train import model_folder
+from learning.train.finetune import BLOCKS_HELP, train_blocks_type
 from learning.train.findings import resolve_findings, sigmoid, targets
 from learning.train.loop import class_weights, train_head  # noqa: F401  (benchmarks import)
 from learning.train.plots import plot_roc, plot_training_curve
@@ -202,41 +215,108 @@ def prepare_inputs(training_path, testing_path, config, weights_path):
         [training["source"], testing["source"]], [training["names"], testing["names"]],
         (0, subset == "train"), config["input_scaling"])
     training["features"] = training["source"]
+    return training, testing, conv_weights, split_warnings(training, testing)
+
+
+def split_warnings(training, testing):
+    """Loud lines for a tiny test or validation set (metrics.small_set_warnings)."""
+    subset = np.asarray(training["subset"], dtype=object)
     warnings = small_set_warnings("test", testing["labels"])
     if (subset == "validation").any():
         warnings += small_set_warnings("validation", training["labels"][subset == "validation"])
-    return training, testing, conv_weights, warnings
+    return warnings
 
 
 def write_model_folder(model_dir, model, info, metrics, config, training, testing, logits,
                        weights_path, conv_weights, args):
     """Every output file, into a new folder that then replaces `model_dir` as a whole."""
-    run_id = uuid.uuid4().hex
     feature_params = training.get("feature_params")
-    with model_folder.replacing(model_dir, MODEL_FILES) as staging:
-        sizes = {"head_bytes": save_model(model, staging),
-                 "classifier_bytes": export_end_to_end(model, staging, feature_params,
-                                                       weights_path)}
-        metrics.update(run_id=run_id, files=sizes)
-        findings = list(config.get("findings") or ())
-        write_predictions(os.path.join(staging, PREDICTIONS_FILE), testing, logits, findings)
-        head_config = {k: v for k, v in config.items() if k != "why"}
-        head_config["class_weights_used"] = info["class_weights"]
-        if conv_weights is not None:  # where block5 started from (the features' weights)
-            head_config["conv_init"] = (feature_params or {}).get("weights")
-        atomic_write_json(os.path.join(staging, "config.json"), {
-            "run_id": run_id, "description": CONFIG_DESCRIPTION,
-            "feature_params": feature_params, "class_names": list(CLASS_NAMES),
+    head_config = {k: v for k, v in config.items() if k != "why"}
+    head_config["class_weights_used"] = info["class_weights"]
+    if conv_weights is not None:  # where block5 started from (the features' weights)
+        head_config["conv_init"] = (feature_params or {}).get("weights")
+
+    def networks(staging):
+        return {"head_bytes": save_model(model, staging),
+                "classifier_bytes": export_end_to_end(model, staging, feature_params,
+                                                      weights_path)}
+
+    findings = list(config.get("findings") or ())
+
+    def record(sizes):
+        return config_record(feature_params, head_config, args, training,
+                             CLASSIFIER_FILE if sizes["classifier_bytes"] else None, findings)
+
+    write_outputs(model_dir, networks, record, metrics, testing, logits, info, findings)
+
+
+def config_record(feature_params, head_config, args, training, end_to_end, findings=()):
+    """config.json's fields after run_id and description."""
+    return {"feature_params": feature_params, "class_names": list(CLASS_NAMES),
             "head": head_config, "args": args or {},
             "split_params": training.get("split_params"), "split_id": training.get("split_id"),
             "output": ("2 pre-softmax logits [normal, abnormal]" if not findings else
                        f"{2 + len(findings)} logits [normal, abnormal, {', '.join(findings)}]: "
                        f"the first two pre-softmax, then one pre-sigmoid logit per finding"),
-            **({"findings": findings} if findings else {}),
-            "end_to_end": (CLASSIFIER_FILE if sizes["classifier_bytes"] else None)})
+            **({"findings": list(findings)} if findings else {}),
+            "end_to_end": end_to_end}
+
+
+def write_outputs(model_dir, networks, record, metrics, testing, logits, info, findings=()):
+    """The model folder, written into a new folder that then replaces `model_dir` as a whole:
+    networks(folder) saves the network files and returns their sizes; record(sizes) gives
+    config.json's fields (a "description" key replaces the default one); then metrics.json,
+    test_predictions.csv (p_<finding> columns for `findings`), roc.png, training_curve.png."""
+    run_id = uuid.uuid4().hex
+    with model_folder.replacing(model_dir, MODEL_FILES) as staging:
+        sizes = networks(staging)
+        metrics.update(run_id=run_id, files=sizes)
+        write_predictions(os.path.join(staging, PREDICTIONS_FILE), testing, logits, findings)
+        atomic_write_json(os.path.join(staging, "config.json"), {
+            "run_id": run_id, "description": CONFIG_DESCRIPTION, **record(sizes)})
         atomic_write_json(os.path.join(staging, "metrics.json"), metrics)
         plot_roc(testing["labels"], logits, metrics["test"], os.path.join(staging, "roc.png"))
         plot_training_curve(info, os.path.join(staging, "training_curve.png"))
+
+
+def metrics_record(training, testing, logits, info, warnings, config, seed, n_resamples):
+    """metrics.json's dict (run_id and files filled in when written) from the test logits;
+    UserError when training diverged (non-finite outputs)."""
+    if not np.isfinite(logits).all():
+        raise UserError(f"the trained {'network' if config.get('train_blocks') else 'head'} "
+                        f"gives non-finite outputs on "
+                        f"{int((~np.isfinite(logits).all(axis=1)).sum()):,} test images "
+                        f"(training diverged: last loss {info['history']['loss'][-1]}); "
+                        f"try a lower --learning-rate")
+    subset = np.asarray(training["subset"], dtype=object)
+    test = evaluate(testing["labels"], logits[:, :2], testing["groups"],
+                    training["labels"][subset == "train"], n_resamples, seed)
+    if config.get("findings"):   # per finding: AUROC with CI, operating point
+        test["findings"] = evaluate_findings(
+            targets(testing["labels"], testing, config["findings"]), logits,
+            testing["groups"], config["findings"], n_resamples, seed)
+    return {
+        "run_id": None, "description": METRICS_DESCRIPTION,
+        "vgg16_weights": weights_note(training.get("feature_params")),
+        "test": test,  # its "baseline_majority" is the one baseline entry
+        "warnings": warnings + info["warnings"],
+        "n_train": info["n_train"], "n_validation": info["n_validation"],
+        "n_test": int(len(testing["labels"])),
+        "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+        "early_stopping": info["early_stopping"],
+        "validation_auroc_at_best": (info["history"]["val_auroc"][info["best_epoch"] - 1]
+                                     if info["history"]["val_auroc"] else None),
+        "history": info["history"], "head": config["head"], "seed": seed,
+    }
+
+
+def check_paths(training_path, testing_path, model_dir, weights_path, outputs=()):
+    """No output may be an input or another output, nor of the wrong kind (one line)."""
+    check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)] +
+                  ([("VGG16 weights", weights_path)] if weights_path else []),
+                  outputs=[("model folder", model_dir, "folder")] + [
+                      (f"model file {name}", os.path.join(model_dir, name), None)
+                      for name in MODEL_FILES] + list(outputs))
 
 
 def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000, args=None,
@@ -245,11 +325,7 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
 
     weights_path: stage 3's VGG16 weights; the block5 head also starts its block5 from them.
     """
-    check_outputs(inputs=[("training set", training_path), ("testing set", testing_path)] +
-                  ([("VGG16 weights", weights_path)] if weights_path else []),
-                  outputs=[("model folder", model_dir, "folder")] + [
-                      (f"model file {name}", os.path.join(model_dir, name), None)
-                      for name in MODEL_FILES])
+    check_paths(training_path, testing_path, model_dir, weights_path)
     with folder_lock(os.path.dirname(os.path.abspath(model_dir)), PROG):
         model_folder.check_replaceable(model_dir, MODEL_FILES)   # before an hour of training
         training, testing, conv_weights, warnings = prepare_inputs(
@@ -260,31 +336,8 @@ def run(training_path, testing_path, model_dir, config, seed=0, n_resamples=1000
         for line in info["warnings"]:
             log(f"{PROG}: {line}")
         logits = predict_logits(model, testing["source"])
-        if not np.isfinite(logits).all():
-            raise UserError(f"the trained head gives non-finite outputs on "
-                            f"{int((~np.isfinite(logits).all(axis=1)).sum()):,} test images "
-                            f"(training diverged: last loss {info['history']['loss'][-1]}); "
-                            f"try a lower --learning-rate")
-        subset = np.asarray(training["subset"], dtype=object)
-        test_metrics = evaluate(testing["labels"], logits[:, :2], testing["groups"],
-                                training["labels"][subset == "train"], n_resamples, seed)
-        if config.get("findings"):   # per finding: AUROC with CI, operating point
-            test_metrics["findings"] = evaluate_findings(
-                targets(testing["labels"], testing, config["findings"]), logits,
-                testing["groups"], config["findings"], n_resamples, seed)
-        metrics = {
-            "run_id": None, "description": METRICS_DESCRIPTION,
-            "vgg16_weights": weights_note(training.get("feature_params")),
-            "test": test_metrics,  # its "baseline_majority" is the one baseline entry
-            "warnings": warnings + info["warnings"],
-            "n_train": info["n_train"], "n_validation": info["n_validation"],
-            "n_test": int(len(testing["labels"])),
-            "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
-            "early_stopping": info["early_stopping"],
-            "validation_auroc_at_best": (info["history"]["val_auroc"][info["best_epoch"] - 1]
-                                         if info["history"]["val_auroc"] else None),
-            "history": info["history"], "head": config["head"], "seed": seed,
-        }
+        metrics = metrics_record(training, testing, logits, info, warnings, config, seed,
+                               n_resamples)
         write_model_folder(model_dir, model, info, metrics, config, training, testing, logits,
                            weights_path, conv_weights, args)
     return metrics, model
@@ -335,23 +388,71 @@ def get_args_parser():
                              f"(image -> logits) is written next to the head, and the block5 "
                              f"head starts its block5 from them; not needed when the features "
                              f"came from --random-weights (block5 then reuses stage 3's seed)")
+    tuning = parser.add_argument_group(
+        "fine-tuning from the images (learning/train/from_images.py)",
+        "with --train-blocks, VGG16's last conv blocks are trained together with the cam head, "
+        "end to end from the image files of stage 4's split (augmented, never flipped; "
+        "checkpointed every epoch next to the model folder: the same command resumes a killed "
+        "run); the model folder then holds classifier.keras (the fine-tuned network) and no "
+        "head.keras. Costly on a CPU (about 0.6 CPU-s per image per epoch for block 5 at 224 "
+        "px); on a GPU set KERAS_BACKEND=jax, same command")
+    tuning.add_argument("--train-blocks", type=train_blocks_type, default=None,
+                        metavar="BLOCKS", help=f"VGG16 blocks to fine-tune: {BLOCKS_HELP} "
+                                               f"(default: none, the head on the features)")
+    tuning.add_argument("--images", default=None, metavar="DIR",
+                        help="the image files stage 3 read (default: the images folder next to "
+                             "the training file, where run_pipeline.sh keeps them)")
+    tuning.add_argument("--conv-learning-rate", type=LEARNING_RATE, default=None,
+                        help="Adam learning rate of the fine-tuned conv blocks, > 0 and <= 10 "
+                             "(default 1e-5; the head keeps --learning-rate)")
     return parser
 
 
-def main(argv=None):
+def check_argv(argv):
+    """Parse `argv` and check the flag combinations: the arguments, or UserError (one line).
+    run_pipeline.sh calls this (through learning.pipeline_params) before any stage runs."""
     args = get_args_parser().parse_args(argv)
+    tuning_only = [flag for flag, value in (("--images", args.images),
+                                            ("--conv-learning-rate", args.conv_learning_rate))
+                   if value is not None]
+    if args.train_blocks is None and tuning_only:
+        raise UserError(f"{tuning_only[0]} applies only with --train-blocks (fine-tuning from "
+                        f"the images)", exit_code=2)
+    if args.train_blocks is not None and getattr(args, "findings", None):
+        raise UserError("--findings cannot be combined with --train-blocks yet: fine-tuning "
+                        "from the images trains the normal/abnormal output only; drop one of "
+                        "them", exit_code=2)
+    if args.train_blocks is not None:
+        from learning.train.finetune import finetune_config
+
+        try:
+            finetune_config(resolve_config(args))  # a head that cannot sit on block 5
+        except UserError as error:
+            raise UserError(str(error), exit_code=2) from None
+    return args
+
+
+def main(argv=None):
+    args = check_argv(argv)
     start = time.monotonic()
     config = resolve_config(args)
     if args.weights and not os.path.isfile(args.weights):
         raise UserError(f"VGG16 weights file not found: --weights {args.weights}")
-    metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
-                     args.bootstrap, vars(args), args.weights)
+    what = f"head {config['head']!r}"
+    if args.train_blocks:
+        from learning.train import from_images
+
+        metrics = from_images.run(args, config)
+        what += f" with VGG16 blocks {','.join(map(str, args.train_blocks))} fine-tuned"
+    else:
+        metrics, _ = run(args.training, args.testing, args.model, config, args.seed,
+                         args.bootstrap, vars(args), args.weights)
     print(format_report(metrics["test"]))
     for line in format_findings(metrics["test"].get("findings") or {}):
         print(line)
     for line in metrics["warnings"]:  # again, next to the numbers they qualify
         log(f"cxr-train: {line}")
-    log(f"cxr-train: head {config['head']!r} trained on {fmt_count(metrics['n_train'])} images "
+    log(f"cxr-train: {what} trained on {fmt_count(metrics['n_train'])} images "
         f"(validation {fmt_count(metrics['n_validation'])}), {metrics['epochs_run']} epochs run, "
         f"kept epoch {metrics['best_epoch']}; tested on {fmt_count(metrics['n_test'])}; "
         f"wrote {args.model}; {elapsed_since(start)}")

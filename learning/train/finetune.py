@@ -100,15 +100,21 @@ def block_of(name):
 
 
 def build_model(train_blocks, config, image_size=224, weights_path=None, random_weights=False,
-                seed=0, scaling=None, scaling_batches=None):
+                seed=0, scaling=None, scaling_batches=None, conv_seed=None):
     """(classifier keras.Model pixels -> logits with `train_blocks` trainable, head scaling).
 
     scaling: the head's input statistics (head.input_scaling_stats) from a checkpoint; when None
-    and the preset scales its input, computed on the first SCALING_IMAGES of scaling_batches."""
+    and the preset scales its input, computed on the first SCALING_IMAGES of scaling_batches.
+    conv_seed: the seed of random conv weights (default `seed`), e.g. stage 3's."""
+    import keras
+
     from learning.export import build_classifier
     from learning.vgg import build_conv_base
 
-    conv_base = build_conv_base(weights_path, random_weights, seed, image_size, LAST_LAYER)
+    conv_seed = seed if conv_seed is None else conv_seed
+    conv_base = build_conv_base(weights_path, random_weights, conv_seed, image_size, LAST_LAYER)
+    if random_weights and conv_seed != seed:
+        keras.utils.set_random_seed(seed)  # the head's init follows the training seed
     for layer in conv_base.layers:
         layer.trainable = block_of(layer.name) in train_blocks
     if scaling is None and config["input_scaling"] != "none":
@@ -352,10 +358,12 @@ def _validation_text(val_loss, auroc, best):
 
 
 def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weights_path=None,
-              random_weights=False, seed=0, checkpoint=None, workers=1, progress=True):
+              random_weights=False, seed=0, checkpoint=None, workers=1, progress=True,
+              conv_seed=None):
     """Train `train_blocks` of VGG16 and the head of `config` (a stage-5 preset dict) on the
     images `paths` with `labels` (0 normal, 1 abnormal), `subset` "train" / "validation" (other
     values are left out). checkpoint: path of the checkpoint file (None: no checkpoints).
+    conv_seed: seed of the random conv weights (random_weights; default `seed`).
     Returns (classifier model with the best epoch's weights, info dict)."""
     from learning.gradients import deterministic
     from learning.vgg import weights_identity
@@ -364,11 +372,13 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
     config = finetune_config(config)
     deterministic(seed)
     data = make_batches(paths, labels, subset, config, image_size, seed, workers)
-    fingerprint = run_fingerprint(config, train_blocks, image_size,
-                                  weights_identity(weights_path, random_weights, seed), seed, data)
+    conv_seed = seed if conv_seed is None else conv_seed
+    weights_id = weights_identity(weights_path, random_weights, conv_seed)
+    fingerprint = run_fingerprint(config, train_blocks, image_size, weights_id, seed, data)
     saved = read_checkpoint(checkpoint, fingerprint)
     model, scaling = build_model(train_blocks, config, image_size, weights_path, random_weights,
-                                 seed, saved.state["scaling"] if saved else None, data.train)
+                                 seed, saved.state["scaling"] if saved else None, data.train,
+                                 conv_seed)
     optimizer = compile_model(model, config)
     variables = changing_variables(model)
     state, best = new_state(fingerprint, scaling), None
@@ -385,8 +395,11 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
                           track=track, patience=config["patience"] if track else None,
                           epochs=config["epochs"])
     if state["epochs_done"] < config["epochs"] and not state["stopped"]:
+        # shuffle=False: ImageBatches shuffles by (seed, epoch) itself; Keras' own shuffle of
+        # the batch order draws from Python's global `random`, so a resumed run (fewer draws
+        # before the epoch) would see another batch order than an uninterrupted one
         model.fit(data.train, initial_epoch=state["epochs_done"], epochs=config["epochs"],
-                  verbose=0, callbacks=[epoch_callback(run)])
+                  verbose=0, callbacks=[epoch_callback(run)], shuffle=False)
     if run.best is not None:  # the lowest validation loss's epoch
         for variable, value in zip(variables, run.best):
             variable.assign(value)
@@ -400,4 +413,4 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
         "early_stopping": "lowest validation loss" if track else None,
         "seconds_per_image_epoch": float(np.median(seconds)) if seconds else None,
         "cpu_seconds_per_image_epoch": float(np.median(cpu)) if cpu else None,
-        "scaling": scaling, "config": config}
+        "scaling": scaling, "config": config, "weights": weights_id}

@@ -2,6 +2,8 @@
 Keras backend):
 
     python tests/learning/finetune_worker.py WORK_DIR [--epochs N] [--stall-epoch E --stall-batch B]
+    python tests/learning/finetune_worker.py WORK_DIR --stall-epoch E --stall-batch B \
+        --cxr-train TRAINING TESTING MODEL --train-blocks 5 ...   (stage 5's command, stalled)
 
 WORK_DIR holds images/ and examples.json ([path, label, subset] rows) made by
 tests/learning/test_finetune.py. Trains with the settings of `settings()`, 2 loader threads (the
@@ -25,7 +27,7 @@ sys.path.insert(0, ROOT)
 def settings(epochs=3):
     from learning.head import PRESETS
 
-    return dict(PRESETS["cam"], head="cam", epochs=epochs, batch_size=4, patience=5)
+    return dict(PRESETS["cam"], head="cam", epochs=epochs, batch_size=3, patience=5)
 
 
 def examples(work):
@@ -56,7 +58,15 @@ def main(argv=None):
     parser.add_argument("--stall-epoch", type=int)
     parser.add_argument("--stall-batch", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--cxr-train", nargs=argparse.REMAINDER,
+                        help="run stage 5 (cxr-train) with these arguments instead")
     args = parser.parse_args(argv)
+    if args.cxr_train is not None:
+        from learning.fully_connected_layers_training import main as stage5
+        from scraper.cli import run_main
+
+        stall_at(args.stall_epoch, args.stall_batch, os.path.join(args.work, "stalled"))
+        return run_main(stage5, "cxr-train", args.cxr_train)
 
     import keras
     import numpy as np
