@@ -83,6 +83,14 @@ of block-5 fine-tuning on 200 images took 16 min. What was measured:
   default stays. Unlike the default, its maps beat their own mean map on the pointing game
   (+0.18, CI above 0). The full comparison (more images and epochs, ft45, 3 seeds) needs the
   GPU run (gpu_finetune.sh) or an idle machine.
+  Reproducibility note: the ft rows above were run before finetune.fine_tune called
+  fit(shuffle=False) (commit 1cc3bd0, the resume fix: Keras' own shuffle of the batch order
+  drew from Python's global `random`, so a resumed run saw another order). They stay valid as
+  one seed's measurements; a rerun of the same seed now feeds each epoch's batches in another
+  order, so its numbers differ within seed-to-seed noise.
+  This benchmark calls fine_tune directly, not `cxr-train --train-blocks`, because its split
+  (every boxed patient held out for localization) is not one stage 4 makes; the stage-5 path
+  runs the same fine_tune on stage 4's split (learning/train/from_images.py).
 """
 import argparse
 import csv
