@@ -27,6 +27,7 @@ their row is a reference point, not a paired baseline.
 import numpy as np
 
 from learning.explain import localization, render, verdict
+from learning.train.findings import sigmoid
 from scraper.findings import canonical
 
 T_IOBB = 0.1
@@ -58,10 +59,6 @@ DESCRIPTION = (
 def map_key(method, finding):
     """Key of a finding map in the renderer's results and entry["finding_maps"]."""
     return f"{method}:{finding}"
-
-
-def sigmoid(logits):
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
 
 
 def drawn_findings(findings, probs, boxed):
