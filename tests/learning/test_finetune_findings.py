@@ -222,3 +222,20 @@ def test_findings_on_a_split_without_finding_labels_is_one_line(tuned, tmp_path,
                           "labels") and len(err.splitlines()) == 1
     assert sorted(n for n in os.listdir(tmp_path) if n != ".cxr-lock") == [
         "testing.pickle", "training.pickle"]
+
+
+def test_images_left_out_take_their_finding_rows_with_them(tuned, tmp_path, capsys):
+    """An unreadable image leaves the split with its finding labels: the rows stay aligned."""
+    from learning import safe_pickle
+    from learning.train.from_images import with_images
+
+    _, data, _ = tuned
+    split = safe_pickle.load(data / "testing.pickle")
+    (tmp_path / split["names"][0]).write_bytes(b"not an image")
+    for name in split["names"][1:]:
+        os.symlink(data / "images" / name, tmp_path / name)
+    kept, failures = with_images(str(tmp_path), split, "test")
+    assert len(failures) == 1 and kept["names"] == split["names"][1:]
+    np.testing.assert_array_equal(kept["finding_labels"], split["finding_labels"][1:])
+    assert len(kept["labels"]) == len(kept["finding_labels"]) == len(kept["paths"])
+    assert split["names"][0] in capsys.readouterr().err
