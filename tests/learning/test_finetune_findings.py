@@ -239,3 +239,24 @@ def test_images_left_out_take_their_finding_rows_with_them(tuned, tmp_path, caps
     np.testing.assert_array_equal(kept["finding_labels"], split["finding_labels"][1:])
     assert len(kept["labels"]) == len(kept["finding_labels"]) == len(kept["paths"])
     assert split["names"][0] in capsys.readouterr().err
+
+
+def test_blocks_4_5_with_a_named_finding(tuned, tmp_path, capsys):
+    """--train-blocks 4,5 --findings Nodule: one finding output, blocks 4 and 5 trained."""
+    from learning.vgg import build_conv_base
+
+    _, data, _ = tuned
+    argv = tune_argv(data, tmp_path / "m", "--epochs", "1")
+    argv[argv.index("5")], argv[argv.index("all")] = "4,5", "nodule"
+    assert run_main(stage5.main, "cxr-train", argv) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["findings"] == ["Nodule"] and config["train_blocks"] == [4, 5]
+    network = keras.models.load_model(tmp_path / "m" / "classifier.keras")
+    assert tuple(network.output.shape) == (None, 3)
+    layers = {layer.name: layer for layer in network.get_layer("vgg16_head").layers}
+    start = build_conv_base(None, True, 0, SIZE, "block5_conv3")
+    for name in ("block3_conv3", "block4_conv3", "block5_conv3"):
+        moved = np.abs(layers[name].get_weights()[0] - start.get_layer(name).get_weights()[0])
+        assert (moved.max() > 1e-7) == (name != "block3_conv3"), name
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert list(metrics["test"]["findings"]) == ["Nodule"]
