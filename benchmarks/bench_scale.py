@@ -155,15 +155,25 @@ def stage6(folder, n, args):
 
 
 def write_results(results, n):
-    """The child of stage6(): what learning/visualization.py's write_pages step does."""
+    """The child of stage6(): what learning/visualization.py does once the maps are made, on
+    generated entries: each appended to stage 6's EntryLog (on disk) as explain_all does,
+    maps.npz's index arrays, then write_pages' sort, index.json/.csv and the gallery (pages
+    streamed from the log), and the swap."""
     from learning.explain import gallery, outputs, results_folder
+    from learning.explain.entries import EntryLog
     from tests.learning import gallery_data
 
     run = results_folder.Run(results).start()
-    entries = gallery_data.make_entries(run.staging, n, distinct=16)
     methods = list(gallery_data.METHODS)
+    entries = EntryLog(run.staging)
+    with results_folder.MapsWriter(run.path(results_folder.MAPS_FILE)) as maps:
+        for entry in gallery_data.iter_entries(run.staging, n, distinct=16):
+            entries.append(entry)
+        outputs.write_map_index(maps, entries, methods, 224, run.run_id)
+    entries.sort_by_probability()
     outputs.write_index(run, entries, methods)
-    gallery.write_pages(run.staging, entries, methods, gallery_data.make_header(gallery))
+    gallery.write_pages(run.staging, entries.public(), methods, gallery_data.make_header(gallery))
+    entries.close()
     run.swap()
 
 
