@@ -56,16 +56,28 @@ one run, all N; stage 5: cam head, 2 epochs, 200 bootstrap resamples):
   28726b0 it was 48.3 MB at 50,000 (ratio 1.35): a dict of names, a memo table while pickling,
   the group names sorted as object arrays twice and checked through a dict, one str per image
   for the patient id.
-  Why stage 6 does not meet the goal: stage 6 (learning/visualization.py) keeps one entry per
-  image in memory until the pages are written (~3.5 KB each here; real ones also carry the
-  report text) and gallery.gallery_data builds gallery-data.js as one string (~1.4 KB per
-  image): ~4.9 KB per image, 235 MB more at 50,000, 550 MB at NIH-14's 112,120. index.json
-  and index.csv, which cost another ~7 KB per image (143 MB at 10,000 before), are now written
-  row by row. Bounding it needs the entries spilled to disk (e.g. JSON lines in the run's
-  staging folder, sorted by p(abnormal) outside memory) and gallery-data.js written row by
-  row: stage 6's modules, not done here. Its seconds per image at 10,000 vs 2,000 (1.57 in the
-  quick run) is fixed start-up cost shared by fewer images at 2,000 and the load of the
-  shared machine: at 50,000 it is 0.80 of 2,000.
+  Why stage 6 did not meet the goal above (5.59): it kept one entry per image in memory until
+  the pages were written (~3.5 KB each here; real ones also carry the report text) and built
+  gallery-data.js as one string (~1.4 KB per image): ~4.9 KB per image, 235 MB more at 50,000.
+  FIXED (commit 2a2f9af, learning/explain/entries.py): the entries live on disk, one JSON line
+  each in an unnamed file of the run's staging folder, with ~40 bytes per image in memory
+  (offset, p(abnormal), the name's UTF-8 bytes); maps.npz's names/labels, index.json/.csv,
+  gallery-data.js and the detail pages are written from it as streams; the renderer's colour
+  tops are kept in arrays by entry index. The stage-6 child (write_results) now follows that
+  flow (EntryLog + maps.npz's index + sort + index + pages). Measured 2026-12-04, `--stages
+  4,6`, all N, 2 cores (one benchmark of the lead's at nice 19 beside it):
+    stage  N        peak RSS MB   seconds   s/image
+    4      2,000       35.7          0.4    0.00018
+    4      10,000      37.4          0.4    0.000036
+    4      50,000      46.9          1.1    0.000022
+    6      2,000       40.8          3.4    0.0017
+    6      10,000      42.4         11.4    0.0011
+    6      50,000      47.1         38.2    0.00076
+    ratios 50,000 vs 2,000: stage 6 peak RSS 1.154 (met), s/image 0.456 (met); stage 4 peak
+    RSS 1.314 (NOT met by 0.014: run to run it moves 1.295-1.314), s/image 0.12 (met).
+  Stage 4's ~11 MB at 50,000 (tracemalloc, 2026-12-04): the index's names as str (3.5 MB:
+  the split pickles carry them), one str per patient id (1.5 MB), the group/label/subset
+  arrays and the per-split lists of references (~1 MB each), a 3 MB transient while splitting.
 """
 import argparse
 import json
@@ -155,15 +167,25 @@ def stage6(folder, n, args):
 
 
 def write_results(results, n):
-    """The child of stage6(): what learning/visualization.py's write_pages step does."""
+    """The child of stage6(): what learning/visualization.py does once the maps are made, on
+    generated entries: each appended to stage 6's EntryLog (on disk) as explain_all does,
+    maps.npz's index arrays, then write_pages' sort, index.json/.csv and the gallery (pages
+    streamed from the log), and the swap."""
     from learning.explain import gallery, outputs, results_folder
+    from learning.explain.entries import EntryLog
     from tests.learning import gallery_data
 
     run = results_folder.Run(results).start()
-    entries = gallery_data.make_entries(run.staging, n, distinct=16)
     methods = list(gallery_data.METHODS)
+    entries = EntryLog(run.staging)
+    with results_folder.MapsWriter(run.path(results_folder.MAPS_FILE)) as maps:
+        for entry in gallery_data.iter_entries(run.staging, n, distinct=16):
+            entries.append(entry)
+        outputs.write_map_index(maps, entries, methods, 224, run.run_id)
+    entries.sort_by_probability()
     outputs.write_index(run, entries, methods)
-    gallery.write_pages(run.staging, entries, methods, gallery_data.make_header(gallery))
+    gallery.write_pages(run.staging, entries.public(), methods, gallery_data.make_header(gallery))
+    entries.close()
     run.swap()
 
 

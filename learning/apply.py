@@ -190,9 +190,9 @@ def load_model(a6, inputs, methods):
 # ----------------------------------------------------------------------------- 2: outputs
 
 def prediction_rows(entries, records, finding_names=()):
-    """predictions.csv's rows, by name; predicted at the model's threshold; p_<finding> per
-    finding of a findings model."""
-    for e in sorted(entries, key=lambda entry: entry["name"]):
+    """predictions.csv's rows, by name (`entries`: stage 6's EntryLog, read from disk);
+    predicted at the model's threshold; p_<finding> per finding of a findings model."""
+    for e in entries.by_name():
         group = (records.get(e["name"]) or {}).get("report_id") or ""
         predicted = "abnormal" if e["p_abnormal"] > visualization.THRESHOLD else "normal"
         yield [e["name"], e["source"], e["view"] or "", e["modality"] or "", group,

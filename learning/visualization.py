@@ -36,6 +36,9 @@ Example:
     cxr-visualize x data/model data/examples.json data/images data/results --random-weights \
         --method deeplift,grad-cam,integrated-gradients --scale shared --limit 20 --sanity-check
 
+Memory: each image's entry is kept on disk (learning/explain/entries.py; ~40 bytes of memory,
+not ~3.5 KB) and every output is written from it as a stream (benchmarks/bench_scale.py).
+
 The explained function is RGB pixels -> logits (learning/explain/attribution.py). DeepLIFT must
 satisfy completeness (sum of attributions = f(x) - f(baseline)); the stage stops if it does not.
 With random weights the maps mean nothing clinically: the terminal and the pages say so. The
@@ -50,8 +53,9 @@ import numpy as np
 
 from learning.explain import attribution, gallery, model as model_folder, render
 from learning.explain import examples, findings, outputs, results_folder, sanity, verdict
+from learning.explain.entries import EntryLog, outcome
 from learning.explain.localization import image_metrics, scale_boxes
-from scraper.cli import (ArgumentParser, UserError, bounded_int, elapsed_since, exit_with,
+from scraper.cli import (ArgumentParser, UserError, batches, bounded_int, elapsed_since, exit_with,
                          fmt_count, log, number, positive_int, progress_bar, seed)
 from scraper.fileio import atomic_write_json, check_outputs, folder_lock
 from scraper.images import (BadImage, add_max_pixels_argument, image_size as original_image_size,
@@ -124,25 +128,11 @@ def load_model(args, inputs, methods):
 
 # ----------------------------------------------------------------------------- small helpers
 
-def outcome(label, p_abnormal, threshold):
-    """TP / FP / FN / TN at the threshold (predicted abnormal iff p > threshold), or
-    'unlabelled'."""
-    if label not in ("normal", "abnormal"):
-        return "unlabelled"
-    predicted = p_abnormal > threshold
-    return ("T" if predicted == (label == "abnormal") else "F") + ("P" if predicted else "N")
-
-
 def softmax(logits):
     z = np.asarray(logits, np.float64)
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
-
-
-def _batches(items, size):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def shout_random_weights():
@@ -194,10 +184,11 @@ def describe_item(args, inputs, item, probs, methods):
             "path": item["path"], "scored_boxes": scored, "scores": {}}
 
 
-def explain_all(args, inputs, explainer, methods, run, renderer):
-    """Step 3: every image in batches -> maps.npz entries, entries, box scores, controls;
-    with a per-image scale, its pictures are drawn meanwhile by the renderer's workers."""
-    state = SimpleNamespace(counts={"explained": 0, "unreadable": 0}, entries=[], kept=[],
+def explain_all(args, inputs, explainer, methods, run, renderer, entries):
+    """Step 3: every image in batches -> maps.npz entries, `entries` (an EntryLog: on disk),
+    box scores, controls; with a per-image scale, its pictures are drawn meanwhile by the
+    renderer's workers."""
+    state = SimpleNamespace(counts={"explained": 0, "unreadable": 0}, entries=entries, kept=[],
                             rng=np.random.default_rng(args.seed),
                             samples={m: [] for m in methods},
                             mean_maps={m: verdict.MeanMap(inputs.image_size) for m in methods},
@@ -208,7 +199,7 @@ def explain_all(args, inputs, explainer, methods, run, renderer):
     progress = progress_bar(total=len(inputs.found), unit="img", desc="attributing",
                             dynamic_ncols=True)
     with results_folder.MapsWriter(run.path(results_folder.MAPS_FILE)) as maps:
-        for batch in _batches(inputs.found, args.batch_size):
+        for batch in batches(inputs.found, args.batch_size):
             items = load_batch(batch, inputs.image_size, state.counts)
             if not items:
                 progress.update(len(batch))
@@ -226,7 +217,7 @@ def explain_all(args, inputs, explainer, methods, run, renderer):
                     signed.update(findings.note_image(args, state, entry, logits[k],
                                                       per_method, k, maps))
                 if args.scale == "per-image":
-                    renderer.submit(render_task(args, run, entry, signed, None))
+                    renderer.submit(render_task(args, run, len(entries), entry, signed, None))
                 if args.sanity_check and len(state.kept) < args.sanity_images:
                     state.kept.append({"name": item["name"], "image": item["image"],
                                        "signed": signed})
@@ -259,12 +250,12 @@ def note_map(args, state, entry, method, signed, attributed, k):
 
 # ----------------------------------------------------------------------------- 4: pictures
 
-def render_task(args, run, entry, signed, tops):
-    """One image's pictures for the renderer; tops None = per-image scale."""
+def render_task(args, run, index, entry, signed, tops):
+    """Entry `index`'s pictures for the renderer; tops None = per-image scale."""
     pictures = {key: info["picture"] for key, info in
                 list(entry["methods"].items()) + list(entry.get("finding_maps", {}).items())}
     run.make_folders([entry["files"]["xray"]] + [pictures[key] for key in signed])
-    return {"name": entry["name"], "path": entry["path"], "xray": run.path(entry["files"]["xray"]),
+    return {"id": index, "path": entry["path"], "xray": run.path(entry["files"]["xray"]),
             "size": args.display_size, "sigma": args.smooth, "max_pixels": max_pixels(),
             "maps": [(key, array, None if tops is None else tops[key], run.path(pictures[key]))
                      for key, array in signed.items()]}
@@ -275,23 +266,24 @@ def render_shared(args, run, state, methods, renderer):
     tops = {key: render.scale_top(np.concatenate(samples) if samples else np.zeros(1))
             for key, samples in state.samples.items()}   # methods (and finding maps' keys)
     with np.load(run.path(results_folder.MAPS_FILE), allow_pickle=False) as maps:
-        for entry in progress_bar(state.entries, unit="img", desc="rendering",
-                                  dynamic_ncols=True):
+        for index, entry in progress_bar(state.entries.items(), total=len(state.entries),
+                                         unit="img", desc="rendering", dynamic_ncols=True):
             signed = {m: maps[f"map/{entry['name']}/{m}"] for m in methods}
             signed.update(findings.stored_maps(maps, entry))
-            renderer.submit(render_task(args, run, entry, signed, tops))
+            renderer.submit(render_task(args, run, index, entry, signed, tops))
     return tops
 
 
-def attach_scales(args, state, renderer, methods):
-    """entry["methods"][m]["scale"] from the tops the renderer used (contract with the pages)."""
-    for entry in state.entries:
-        tops = renderer.results[entry["name"]]
+def attach_scales(args, entries, methods):
+    """entry["methods"][m]["scale"] from the tops the renderer used (contract with the pages),
+    added to each entry as it is read back from the EntryLog."""
+    def decorate(entry, tops):
         shown = [(entry["methods"][m], m, m) for m in methods] + [
             (info, key, info["method"]) for key, info in entry.get("finding_maps", {}).items()]
         for info, key, method in shown:
             info["scale"] = {"top": tops[key], "smooth": args.smooth, "kind": args.scale,
                              "colour_bar": render.COLOUR_BAR_FILE, "unit": UNITS[method]}
+    entries.decorate = decorate
 
 
 # ----------------------------------------------------------------------------- 5-6: reports
@@ -320,7 +312,7 @@ def write_pages(args, inputs, methods, state, reports, run, extra=None):
                           outputs.jsonable(dict(loc, run_id=run.run_id)))
     render.write_new(run.path(render.COLOUR_BAR_FILE), render.png_bytes(render.colour_bar()))
     render.write_new(run.path("README.txt"), outputs.RESULTS_README.encode())
-    state.entries.sort(key=lambda e: (-e["p_abnormal"], e["name"]))
+    state.entries.sort_by_probability()
     outputs.write_index(run, state.entries, methods)
     outputs.copy_model_reports(args.model, run)
     files = run.staged()[0]
@@ -349,9 +341,7 @@ def write_pages(args, inputs, methods, state, reports, run, extra=None):
     header.run_id = run.run_id
     if extra is not None:
         extra(state, run, header)
-    public = [{k: v for k, v in e.items() if k not in ("path", "scored_boxes", "scores")}
-              for e in state.entries]
-    gallery.write_pages(run.staging, public, methods, header)
+    gallery.write_pages(run.staging, state.entries.public(), methods, header)
 
 
 def write_run_info(args, inputs, methods, state, run):
@@ -442,11 +432,12 @@ def get_args_parser():
 def explain_run(args, inputs, explainer, methods, run, extra=None):
     """Steps 3-6 inside the run's staging folder -> (state, localization report); `extra`:
     see write_pages."""
-    with render.Renderer(args.workers) as renderer:
-        state = explain_all(args, inputs, explainer, methods, run, renderer)  # 3 maps
+    entries = EntryLog(run.staging)   # one JSON line per image, not a list in memory
+    with render.Renderer(args.workers, entries.set_tops) as renderer:
+        state = explain_all(args, inputs, explainer, methods, run, renderer, entries)  # 3 maps
         state.shared_tops = (render_shared(args, run, state, methods, renderer)  # 4 pictures
                              if args.scale == "shared" else None)
-    attach_scales(args, state, renderer, methods)
+    attach_scales(args, entries, methods)
     loc = verdict.report(state.entries, methods, inputs.image_size, args.seed, {
         "random_weights": inputs.random_weights, "postprocess": args.postprocess,
         "baseline": args.baseline}, state.mean_maps, state.argmax)   # 5 verdict, controls
@@ -479,8 +470,10 @@ def main(argv=None):
     for line in (verdict.summary_lines(loc, inputs.random_weights, excluded)
                  + findings.summary_lines((loc or {}).get("findings"))):
         log(line)
-    deltas = [e["methods"]["deeplift"]["delta"] for e in state.entries if "deeplift" in methods]
-    completeness = f", DeepLIFT completeness error <= {max(deltas):.1e}" if deltas else ""
+    worst = max((e["methods"]["deeplift"]["delta"] or 0.0 for e in state.entries),
+                default=None) if "deeplift" in methods else None
+    completeness = "" if worst is None else f", DeepLIFT completeness error <= {worst:.1e}"
+    state.entries.close()
     log(f"{PROG}: {fmt_count(state.counts['explained'])} explained, "
         f"{fmt_count(len(inputs.missing))} missing, {fmt_count(state.counts['unreadable'])} "
         f"unreadable{completeness}; {fmt_count(removed)} files of the previous run removed; "

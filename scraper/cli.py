@@ -10,6 +10,7 @@ stderr is a log file or CI (no `\r` frames).
 """
 import argparse
 import errno
+import itertools
 import math
 import os
 import sys
@@ -228,6 +229,13 @@ class _LineStream:
 
     def flush(self):
         self.stream.flush()
+
+
+def batches(items, size):
+    """Lists of up to `size` consecutive items of any iterable (a list, a generator)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def progress_bar(iterable=None, **kwargs):

@@ -155,13 +155,17 @@ def evaluate_set(labels, p_normal, p_abnormal, groups, seed=0, n_resamples=N_RES
 def labelled_arrays(entries, records):
     """(labels 0/1, p_normal, p_abnormal, groups) of the entries with a label, or None when
     none has one; the group is the record's report_id (patient), else the image itself."""
-    labelled = [e for e in entries if e["label"] in test_metrics.CLASS_NAMES]
-    if not labelled:
+    labels, p_normal, p_abnormal, groups = [], [], [], []
+    for e in entries:          # one pass, keeping four numbers a labelled image, not its entry
+        if e["label"] in test_metrics.CLASS_NAMES:
+            labels.append(test_metrics.CLASS_NAMES.index(e["label"]))
+            p_normal.append(e["p_normal"])
+            p_abnormal.append(e["p_abnormal"])
+            groups.append((records.get(e["name"]) or {}).get("report_id") or e["name"])
+    if not labels:
         return None
-    return (np.array([test_metrics.CLASS_NAMES.index(e["label"]) for e in labelled], np.int64),
-            np.array([e["p_normal"] for e in labelled], np.float64),
-            np.array([e["p_abnormal"] for e in labelled], np.float64),
-            [(records.get(e["name"]) or {}).get("report_id") or e["name"] for e in labelled])
+    return (np.array(labels, np.int64), np.array(p_normal, np.float64),
+            np.array(p_abnormal, np.float64), groups)
 
 
 def read_own_predictions(model_dir):

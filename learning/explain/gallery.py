@@ -2,7 +2,9 @@
 
 Used by stage 6 (learning/visualization.py): `write_pages(results, entries, methods, header)`;
 the entry and header fields are listed in `Header` and `card_row` below (and in the contract
-with stage 6). Static, offline, opened straight from disk (file://): no server, no CDN, no
+with stage 6). `entries` is read as a stream, twice (never held whole: stage 6 hands its
+EntryLog, learning/explain/entries.py), so a gallery of 100,000 cards is written in the memory
+of one card. Static, offline, opened straight from disk (file://): no server, no CDN, no
 fetch(). The pages render no picture: every map picture comes from stage 6's one renderer, and
 a card and its detail page show the SAME picture file of a map, stacked the same way over the
 same X-ray.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from learning.explain import gallery_header
 from learning.explain.gallery_header import e, link
-from scraper.fileio import atomic_write_text
+from scraper.fileio import atomic_write, atomic_write_text
 
 RANDOM_WARNING = ("random VGG16 weights were used: heatmaps from random weights mean nothing "
                   "clinically (offline smoke run)")
@@ -41,6 +43,7 @@ DATA_FILE = "gallery-data.js"
 # gallery-data.js columns (one row per image); assets/gallery.js reads them by name.
 COLUMNS = ("name", "label", "p", "p_text", "outcome", "boxes", "source", "view", "modality",
            "page", "xray", "pictures", "pointing")
+JSON_STYLE = {"ensure_ascii": True, "separators": (",", ":"), "allow_nan": False}
 
 
 @dataclass
@@ -131,13 +134,33 @@ def card_row(entry, methods, threshold):
 
 
 def gallery_data(entries, methods, header):
-    """The text of gallery-data.js: JSON (ASCII, so no byte can end the script) in one
-    assignment."""
-    data = {"version": 1, "threshold": header.threshold, "methods": list(methods),
-            "outcomes": OUTCOMES, "columns": list(COLUMNS),
-            "rows": [card_row(entry, methods, header.threshold) for entry in entries]}
-    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return "window.CXR_GALLERY = " + text + ";\n"
+    """The text of gallery-data.js in pieces, one per card row (written as it comes: memory of
+    one row, not of the whole text): JSON (ASCII, so no byte can end the script) in one
+    assignment, `window.CXR_GALLERY = {..., "rows": [...]};`."""
+    fixed = {"version": 1, "threshold": header.threshold, "methods": list(methods),
+             "outcomes": OUTCOMES, "columns": list(COLUMNS)}
+    yield ("window.CXR_GALLERY = " + json.dumps(fixed, **JSON_STYLE)[:-1] + ',"rows":[')
+    separator = ""
+    for entry in entries:
+        yield separator + json.dumps(card_row(entry, methods, header.threshold), **JSON_STYLE)
+        separator = ","
+    yield "]};\n"
+
+
+def card_summary(entries, methods):
+    """What the controls count and offer, in one pass: {"outcomes": {key: n}, "view": [...],
+    "modality": [...], "scored": any card with a pointing score}."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    distinct = {"view": set(), "modality": set()}
+    scored = False
+    for entry in entries:
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        for key, values in distinct.items():
+            if entry.get(key):
+                values.add(str(entry[key]))
+        scored = scored or any(entry["methods"][m].get("score") for m in methods)
+    return dict({key: sorted(values) for key, values in distinct.items()}, outcomes=counts,
+                scored=scored, total=len(entries))
 
 
 # ----------------------------------------------------------------------------- the gallery
@@ -150,13 +173,10 @@ def _select(control_id, label, options, title=""):
             f"</select></label>")
 
 
-def _distinct(entries, key):
-    return sorted({str(entry.get(key)) for entry in entries if entry.get(key)})
-
-
-def controls_html(entries, methods, header):
-    """The filter, sort and page controls; they act on all cards (assets/gallery.js)."""
-    counts = {key: sum(entry["outcome"] == key for entry in entries) for key in OUTCOMES}
+def controls_html(summary, methods, header):
+    """The filter, sort and page controls (summary: card_summary); they act on all cards
+    (assets/gallery.js)."""
+    counts = summary["outcomes"]
     parts = [f"<label title=\"{e(OUTCOMES[key])}\"><input type=\"checkbox\" class=\"outcome\" "
              f"value=\"{key}\" checked autocomplete=\"off\"> <span class=\"badge {key}\">{key}"
              f"</span> {counts[key]:,}</label>" for key in OUTCOMES if counts[key]]
@@ -165,12 +185,12 @@ def controls_html(entries, methods, header):
     titles = {m: (header.method_info.get(m) or {}).get("title", m) for m in methods}
     if len(methods) > 1:
         parts.append(_select("map", "map on cards", [(m, titles[m]) for m in methods]))
-    if any((entry["methods"][m].get("score")) for entry in entries for m in methods):
+    if summary["scored"]:
         parts.append(_select("pointing", "pointing game", [
             ("any", "any"), ("hit", "hit (peak inside a box)"), ("miss", "miss")],
             "of the map shown on the cards; only images with scored boxes"))
     for key, label in (("view", "view"), ("modality", "modality")):
-        values = _distinct(entries, key)
+        values = summary[key]
         if values:
             parts.append(_select(key, label, [("", "any")] + [(v, v) for v in values]))
     parts.append("<label>p(abnormal) from <input type=\"number\" id=\"p-min\" min=\"0\" max=\"1\" "
@@ -196,9 +216,10 @@ def _pager(where):
             f"</span></div>")
 
 
-def render_gallery(entries, methods, header):
-    """index.html: the header, the controls and an empty grid that gallery.js fills."""
-    total = len(entries)
+def render_gallery(summary, methods, header):
+    """index.html: the header, the controls and an empty grid that gallery.js fills
+    (summary: card_summary)."""
+    total = summary["total"]
     counts = (f"<div class=\"pager\" id=\"counts\">showing <b id=\"range\">0</b> of <b "
               f"id=\"match-count\">{total:,}</b> matching cards &middot; {total:,} cards in all"
               f"</div>")
@@ -207,7 +228,7 @@ def render_gallery(entries, methods, header):
              f"or <em>reset filters</em>.</div>")
     noscript = ("<noscript><div id=\"empty\">The cards need JavaScript; index.csv lists every "
                 "image and its files.</div></noscript>")
-    body = (f"{gallery_header.header_html(header, total)}{controls_html(entries, methods, header)}"
+    body = (f"{gallery_header.header_html(header, total)}{controls_html(summary, methods, header)}"
             f"{counts}{_pager('top')}{empty}{noscript}<main class=\"grid\" id=\"grid\"></main>"
             f"{_pager('bottom')}")
     return _page(header.title, body, header.random_weights)
@@ -350,21 +371,26 @@ def copy_assets(results):
 
 
 def write_gallery(results, entries, methods, header):
-    """index.html, gallery-data.js and the assets (no detail page) -> paths written."""
+    """index.html, gallery-data.js and the assets (no detail page) -> paths written. `entries`:
+    a list, or any re-iterable with a length (stage 6's EntryLog view): read twice, never
+    held whole."""
     written = copy_assets(results)
-    atomic_write_text(os.path.join(results, DATA_FILE), gallery_data(entries, methods, header))
+    with atomic_write(os.path.join(results, DATA_FILE), "w", encoding="utf-8") as handle:
+        for piece in gallery_data(entries, methods, header):
+            handle.write(piece)
     atomic_write_text(os.path.join(results, "index.html"),
-                      render_gallery(entries, methods, header))
+                      render_gallery(card_summary(entries, methods), methods, header))
     return written + [DATA_FILE, "index.html"]
 
 
 def write_pages(results, entries, methods, header):
-    """The gallery (write_gallery) and every detail page -> paths written (relative to
-    results, POSIX)."""
+    """The gallery (write_gallery) and every detail page (at entry["files"]["page"]) ->
+    (the gallery's paths, relative to results, POSIX; the number of detail pages); `entries`
+    as write_gallery's."""
     written = write_gallery(results, entries, methods, header)
-    for index, entry in enumerate(entries):
+    pages = 0
+    for pages, entry in enumerate(entries, 1):
         page = entry["files"]["page"]
         atomic_write_text(os.path.join(results, *page.split("/")),
-                          render_detail(entry, methods, header, index), durable=False)
-        written.append(page)
-    return written
+                          render_detail(entry, methods, header, pages - 1), durable=False)
+    return written, pages

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from scraper.cli import batches
 from scraper.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_json_rows
 
 MODEL_REPORTS = ("metrics.json", "roc.png", "training_curve.png")
@@ -93,20 +94,32 @@ def jsonable(value):
 
 
 def write_map_index(maps, entries, methods, image_size, run_id):
-    """The arrays that describe maps.npz's `map/<name>/<method>` entries (MAPS_README)."""
-    maps.add("names", np.array([e["name"] for e in entries], dtype=str))
+    """The arrays that describe maps.npz's `map/<name>/<method>` entries (MAPS_README).
+    `entries`: a list or stage 6's EntryLog (read back from disk): one pass for the numbers
+    and the longest strings, then the names and labels written block by block (a (N,)
+    unicode array costs 4 bytes per character of the LONGEST name for every image)."""
+    n, finding_names = len(entries), None
+    numbers = np.full((n, 2 + len(methods)), np.nan)   # p_abnormal, p_normal, deltas
+    longest = {"name": 1, "label": 1}
+    for i, e in enumerate(entries):
+        longest = {key: max(longest[key], len(e[key] or "")) for key in longest}
+        numbers[i, :2] = e["p_abnormal"], e["p_normal"]
+        numbers[i, 2:] = [np.nan if e["methods"][m]["delta"] is None else e["methods"][m]["delta"]
+                          for m in methods]
+        if finding_names is None:
+            finding_names = list(e.get("findings") or {})
+            p_findings = np.zeros((n, len(finding_names)), np.float64)
+        p_findings[i] = [e["findings"][f] for f in finding_names]
+    for key, array_name in (("name", "names"), ("label", "labels")):
+        maps.add_rows(array_name, f"<U{longest[key]}", n,
+                      batches((e[key] or "" for e in entries), 4096))
     maps.add("methods", np.array(methods, dtype=str))
-    maps.add("labels", np.array([e["label"] or "" for e in entries], dtype=str))
-    maps.add("p_abnormal", np.array([e["p_abnormal"] for e in entries], np.float64))
-    maps.add("p_normal", np.array([e["p_normal"] for e in entries], np.float64))
-    maps.add("completeness_delta", np.array(
-        [[np.nan if e["methods"][m]["delta"] is None else e["methods"][m]["delta"]
-          for m in methods] for e in entries], np.float64).reshape(len(entries), len(methods)))
-    names = list(entries[0].get("findings") or {}) if entries else []
-    if names:
-        maps.add("findings", np.array(names, dtype=str))
-        maps.add("p_findings", np.array([[e["findings"][f] for f in names] for e in entries],
-                                        np.float64))
+    maps.add("p_abnormal", numbers[:, 0].copy())
+    maps.add("p_normal", numbers[:, 1].copy())
+    maps.add("completeness_delta", numbers[:, 2:].copy())
+    if finding_names:
+        maps.add("findings", np.array(finding_names, dtype=str))
+        maps.add("p_findings", p_findings)
     maps.add("image_size", np.array(int(image_size), np.int64))
     maps.add("run_id", np.array(run_id))
     maps.add("README", np.array(json.dumps(MAPS_README, indent=1)))

@@ -157,10 +157,11 @@ def write_new(path, data):
 # ----------------------------------------------------------------------------- one image
 
 def render_image(task):
-    """Draw one image's pictures (runs in a worker). task: {"path": the image file,
+    """Draw one image's pictures (runs in a worker). task: {"id": what the caller matches the
+    result by (stage 6: the entry's index), "path": the image file,
     "xray": output path, "size": display px, "sigma": smoothing, "max_pixels": decode cap,
     "maps": [(method, signed (S, S) float32, top or None for per-image, output path)]}.
-    Returns (name, {method: top used}); a top of None means the map is all zero."""
+    Returns (id, {method: top used}); a top of None means the map is all zero."""
     from scraper.images import load_rgb, set_max_pixels
 
     set_max_pixels(task["max_pixels"])
@@ -173,7 +174,7 @@ def render_image(task):
             top = scale_top(smoothed)
         tops[method] = top
         write_new(path, png_bytes(colourize(resize(smoothed, task["size"]), top)))
-    return task["name"], tops
+    return task["id"], tops
 
 
 @contextlib.contextmanager
@@ -197,13 +198,16 @@ class Renderer:
 
     with Renderer(workers) as renderer:
         renderer.submit(task)          # blocks while 4 x workers images are pending
-    renderer.results                   # {name: {method: top}} once the block has ended
+    renderer.results                   # {id: {method: top}} once the block has ended
     workers = 0 renders in this process (small runs, tests of the picture itself).
+    on_result(id, tops), when given, takes each result instead of `results` (stage 6 keeps
+    them in its EntryLog: memory flat in the number of images).
     """
 
-    def __init__(self, workers):
+    def __init__(self, workers, on_result=None):
         self.workers = workers
         self.results = {}
+        self._on_result = on_result or self.results.__setitem__
         self._pending = []
         self._pool = None
 
@@ -226,8 +230,7 @@ class Renderer:
             self._pending.append(self._pool.submit(render_image, task))
 
     def _collect_one(self, result):
-        name, tops = result
-        self.results[name] = tops
+        self._on_result(*result)
 
     def __exit__(self, kind, value, traceback):
         try:

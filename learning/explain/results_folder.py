@@ -272,6 +272,21 @@ class MapsWriter:
         with self._zip.open(key + ".npy", "w", force_zip64=True) as entry:
             np.lib.format.write_array(entry, np.asarray(array), allow_pickle=False)
 
+    def add_rows(self, key, dtype, count, blocks):
+        """A (count,) array of `dtype` written block by block from `blocks` (arrays or lists):
+        the same .npy as add() of the whole array, in the memory of one block."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                  "fortran_order": False, "shape": (count,)}
+        written = 0
+        with self._zip.open(key + ".npy", "w", force_zip64=True) as entry:
+            np.lib.format.write_array_header_1_0(entry, header)
+            for block in blocks:
+                block = np.asarray(block, dtype=dtype)
+                entry.write(block.tobytes())
+                written += len(block)
+        if written != count:
+            raise ValueError(f"{key}: {written} rows written, {count} announced")
+
     def __exit__(self, *exc):
         with contextlib.suppress(Exception) if exc[0] else contextlib.nullcontext():
             self._zip.close()

@@ -53,6 +53,11 @@ def _outcome(label, p, threshold=0.5):
 def make_entries(results, n, distinct=None, seed=0):
     """n entries (and their picture files under `results`); `distinct` pictures cycled (default
     one per card). The first entries carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
+    return list(iter_entries(results, n, distinct, seed))
+
+
+def iter_entries(results, n, distinct=None, seed=0):
+    """make_entries' entries one at a time (bench_scale: none is kept in memory)."""
     rng = np.random.default_rng(seed)
     distinct = distinct or n
     for k in range(distinct):
@@ -60,7 +65,6 @@ def make_entries(results, n, distinct=None, seed=0):
         for j, m in enumerate(METHODS):
             _png(os.path.join(results, "maps", f"{m}-{k:03d}.png"), _picture(k + 17 * j))
     _png(os.path.join(results, "colour-bar.png"), _picture(0)[:12])
-    entries = []
     for i in range(n):
         name = NASTY[i] if i < len(NASTY) else f"img_{i:05d}.png"
         label = "abnormal" if i % 2 else "normal"
@@ -77,7 +81,7 @@ def make_entries(results, n, distinct=None, seed=0):
                                   "box_fraction": 0.08} if boxes else None),
                        "files": {}}
                    for j, m in enumerate(METHODS)}
-        entries.append({
+        yield {
             "name": name, "label": label, "p_abnormal": p, "p_normal": 1 - p,
             "outcome": _outcome(label, p), "boxes": boxes, "original_size": [128, 128],
             "excluded": None, "source": f"/site/<masked>/study-{i % 7}/IM{i:05d}.dcm",
@@ -86,8 +90,7 @@ def make_entries(results, n, distinct=None, seed=0):
                        "impression": "No acute disease." if i % 2 == 0 else "",
                        "items": ["normal"] if i % 2 == 0 else ["Opacity/lung/base"]},
             "files": {"page": f"pictures/{i % 97:02x}/{name}.html", "xray": f"xray/{k:03d}.png"},
-            "methods": methods})
-    return entries
+            "methods": methods}
 
 
 def _block(mean, n=12):
@@ -151,6 +154,9 @@ def make_run(results, n, distinct=None, pages=True, **header):
     from learning.explain import gallery
 
     entries = make_entries(str(results), n, distinct)
-    write = gallery.write_pages if pages else gallery.write_gallery
-    written = write(str(results), entries, list(METHODS), make_header(gallery, **header))
-    return entries, written
+    header = make_header(gallery, **header)
+    if not pages:
+        return entries, gallery.write_gallery(str(results), entries, list(METHODS), header)
+    written, count = gallery.write_pages(str(results), entries, list(METHODS), header)
+    assert count == len(entries)
+    return entries, written + [entry["files"]["page"] for entry in entries]

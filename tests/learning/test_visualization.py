@@ -18,7 +18,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from learning import visualization  # noqa: E402
-from learning.explain import localization, outputs, render, results_folder, verdict  # noqa: E402
+from learning.explain import (entries, localization, outputs, render,  # noqa: E402
+                              results_folder, verdict)
 from scraper.cli import UserError, run_main  # noqa: E402
 from scraper.images import image_size  # noqa: E402
 from scraper.schema import load_descriptions, make_box  # noqa: E402
@@ -51,7 +52,7 @@ def test_index_rows_files_and_completeness(stage6_run):
             assert row["completeness_delta"] < 1e-3
         else:
             assert row["completeness_delta"] is None
-        expected = visualization.outcome(row["label"], row["p_abnormal"], 0.5)
+        expected = entries.outcome(row["label"], row["p_abnormal"], 0.5)
         assert row["outcome"] == expected and expected in ("TP", "FP", "FN", "TN")
     table = list(csv.DictReader(open(run / "index.csv")))
     assert len(table) == 6 and set(table[0]) == set(outputs.INDEX_COLUMNS)
@@ -412,7 +413,7 @@ def test_clip_boxes_and_outcome():
                                {"finding": "c", "x": 1, "y": 1, "w": 2, "h": 2}], 20, 10, "t")
     assert kept == [{"finding": "a", "x": 0.0, "y": 2.0, "w": 5.0, "h": 3.0},
                     {"finding": "c", "x": 1.0, "y": 1.0, "w": 2.0, "h": 2.0}]
-    assert [visualization.outcome(label, p, 0.5) for label, p in
+    assert [entries.outcome(label, p, 0.5) for label, p in
             (("abnormal", 0.9), ("normal", 0.9), ("abnormal", 0.5), ("normal", 0.1),
              (None, 0.9))] == ["TP", "FP", "FN", "TN", "unlabelled"]
 
@@ -520,7 +521,7 @@ def test_a_killed_picture_worker_is_one_line(tmp_path):
 
     def task(name, folder):
         os.makedirs(folder, exist_ok=True)
-        return {"name": name, "path": image, "xray": os.path.join(folder, f"{name}.jpg"),
+        return {"id": name, "path": image, "xray": os.path.join(folder, f"{name}.jpg"),
                 "size": 96, "sigma": 1.0, "max_pixels": 10**8,
                 "maps": [("m", signed, None, os.path.join(folder, f"{name}.png"))]}
 
