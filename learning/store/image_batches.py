@@ -1,13 +1,14 @@
 """Batches of X-ray images streamed from their files, for end-to-end training (fine-tuning).
 
 `ImageBatches` is a keras.utils.PyDataset (backend-neutral: TensorFlow, JAX and torch fits all
-take it): batch i -> (pixels float32 (B, S, S, 3) in 0..255 RGB, labels int32 (B,) or the
-given targets float32 (B, T)[, sample weights float32 (B,)]). Images are decoded when their batch is asked for, through the project's
-one image loader (features_decode.load_one -> scraper.images.load_rgb), so memory holds the
-batches in flight, not the data set. Only when every decoded image together fits under
-`cache_bytes` (default 1 GiB: about 7,000 images at 224 px) are they kept after their first
-decode, which spares a decode per image per epoch on small sets (on a GPU the decode, not the
-network, is then the slow part); larger sets are always decoded per batch.
+take it): batch i -> (pixels float32 (B, S, S, 3) in 0..255 RGB, labels int32 (B,) or the given
+targets float32 (B, T)[, sample weights float32 (B,)]). Images are decoded when their batch is
+asked for, through the project's one image loader (features_decode.load_one ->
+scraper.images.load_rgb), so memory holds the batches in flight, not the data set. Only when
+every decoded image together fits under `cache_bytes` (default 1 GiB: about 7,000 images at 224
+px) are they kept after their first decode, which spares a decode per image per epoch on small
+sets (on a GPU the decode, not the network, is then the slow part); larger sets are always
+decoded per batch.
 
 Order and augmentation are functions of (seed, epoch, index) alone: `set_epoch(e)` fixes the
 shuffled order of epoch e and every image's transform (learning/train/augment.py), so loader

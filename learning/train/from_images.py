@@ -20,8 +20,9 @@ from the image files (issue 21), through learning/train/finetune.py.
    frozen-feature path (stage 5's metrics_record and write_outputs); the model folder replaced
    as a whole with classifier.keras (the fine-tuned network itself), config.json (with
    "findings" for a findings model, which stage 6 and cxr-explain read to draw one map per
-   finding), metrics.json (per-finding AUROC in test.findings), test_predictions.csv, roc.png, training_curve.png (no head.keras: the head
-   alone means nothing without its fine-tuned blocks). Then the checkpoint is removed.
+   finding), metrics.json (per-finding AUROC in test.findings), test_predictions.csv,
+   roc.png, training_curve.png (no head.keras: the head alone means nothing without its
+   fine-tuned blocks). Then the checkpoint is removed.
 
 Only the split's names, labels, groups and subsets are used: no feature row is read. The
 network's input size is stage 3's image size (feature_params.image_size), so stage 6 decodes
