@@ -16,6 +16,11 @@ opens fast and loads only the shown cards' pictures. Filter, sort and page live 
 hash, so Back, a reload or a copied link restores them; a detail page keeps them for its
 "gallery" and previous/next links.
 
+A model trained with --findings (entries with `findings` and `finding_maps`) adds, and only
+then, a "predicted finding" filter (p > 0.5), a card map per method and finding (the image's own
+picture of it or a note that it has none, never another map), a sort per finding and
+p_<finding> CSV columns; a normal/abnormal model's pages are unchanged.
+
 Safety: names, paths, findings and report text are user data. In HTML they are escaped here;
 in gallery-data.js they are JSON strings that the script puts into the page only as text or
 attributes. Every link is relative and percent-encoded (names hold '[' ']' ',' '#' '%').
@@ -239,7 +244,7 @@ def controls_html(summary, methods, header):
         parts.append(_select("map", "map on cards", [(m, _title(header, m)) for m in methods] + [
             (f"{m}:{name}", f"{_title(header, m)} of {name}") for m in methods
             for name in findings], "a finding's map: shown on the cards that have one (its "
-            "predicted or expert-boxed findings); the others say so"))
+            "predicted or expert-boxed findings); the others say so" if findings else ""))
     if summary["scored"]:
         parts.append(_select("pointing", "pointing game", [
             ("any", "any"), ("hit", "hit (peak inside a box)"), ("miss", "miss")],
