@@ -78,7 +78,16 @@ of block-5 fine-tuning on 200 images took 16 min. What was measured:
       +0.02 [-0.01, 0.05], +0.09 [-0.05, 0.23]; ft5 - default (same seed): -0.09 [-0.23,
       0.05], -0.05 [-0.07, -0.03], -0.16 [-0.30, -0.05]. 1.50 s wall (0.53 CPU-s) per image
       per epoch; peak RSS 1.9 GB; 46 min 51 s in all.
-  So, on 200 images and 6 epochs: block-5 fine-tuning does not beat the default (AUROC and
+  `run --configs ft45 --train-images 200 --epochs 6 --patience 3 --label cpu-200img-6ep`, seed
+  0 (lead, 2026-12-04 23:16-00:07, nice 19 beside other jobs; all 6 epochs, kept epoch 5):
+    ft45: test AUROC 0.845 [0.788, 0.900], validation AUROC 0.872; pointing 0.23 [0.11, 0.34],
+      inside 0.22 [0.16, 0.30], T(IoBB) 0.36 [0.23, 0.50]; paired map - control: lung prior
+      -0.18 [-0.34, -0.05], -0.00 [-0.04, 0.03], -0.09 [-0.23, 0.05]; centred Gaussian +0.07
+      [-0.09, 0.20], +0.07 [0.04, 0.11], +0.09 [-0.07, 0.25]; own mean map +0.16 [0.02, 0.30],
+      +0.02 [-0.02, 0.05], +0.09 [-0.05, 0.23]; ft45 - default (same seed): -0.11 [-0.27,
+      0.02], -0.04 [-0.06, -0.02], -0.14 [-0.30, -0.02]. 1.84 s wall (0.81 CPU-s) per image
+      per epoch; peak RSS 2.07 GB.
+  So, on 200 images and 6 epochs: block-5 (and blocks 4-5) fine-tuning does not beat the default (AUROC and
   inside share lower, CIs of the paired inside difference below 0) nor the lung prior; the
   default stays. Unlike the default, its maps beat their own mean map on the pointing game
   (+0.18, CI above 0). The full comparison (more images and epochs, ft45, 3 seeds) needs the

@@ -44,7 +44,9 @@ stage 6 and cxr-explain explain as it is), config.json ("train_blocks", "fine_tu
 feature_params naming the network's last VGG16 layer, block5_conv3, and the starting weights),
 metrics.json, test_predictions.csv, roc.png, training_curve.png, and no head.keras. A checkpoint
 written after every epoch, .<model>.cxr-finetune.npz beside the model folder, lets the same
-command resume a killed run; it is removed once the new folder is in place.
+command resume a killed run; it is removed once the new folder is in place. With --findings
+too, the fine-tuned network gives the same 2 + K logits, trained with the same findings loss
+(config.json "findings", metrics.json test.findings), so stage 6 draws one map per finding.
 
 Example:
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5
@@ -52,6 +54,8 @@ Example:
     cxr-train data/training.pickle data/testing.pickle data/model-original --head original
     cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5 \
         --train-blocks 5
+    cxr-train data/training.pickle data/testing.pickle data/model --weights data/vgg16.weights.h5 \
+        --train-blocks 5 --findings all
 """
 import os
 import time
@@ -418,10 +422,6 @@ def check_argv(argv):
     if args.train_blocks is None and tuning_only:
         raise UserError(f"{tuning_only[0]} applies only with --train-blocks (fine-tuning from "
                         f"the images)", exit_code=2)
-    if args.train_blocks is not None and getattr(args, "findings", None):
-        raise UserError("--findings cannot be combined with --train-blocks yet: fine-tuning "
-                        "from the images trains the normal/abnormal output only; drop one of "
-                        "them", exit_code=2)
     if args.train_blocks is not None:
         from learning.train.finetune import finetune_config
 

@@ -1,13 +1,14 @@
 """Batches of X-ray images streamed from their files, for end-to-end training (fine-tuning).
 
 `ImageBatches` is a keras.utils.PyDataset (backend-neutral: TensorFlow, JAX and torch fits all
-take it): batch i -> (pixels float32 (B, S, S, 3) in 0..255 RGB, labels int32 (B,)[, sample
-weights float32 (B,)]). Images are decoded when their batch is asked for, through the project's
-one image loader (features_decode.load_one -> scraper.images.load_rgb), so memory holds the
-batches in flight, not the data set. Only when every decoded image together fits under
-`cache_bytes` (default 1 GiB: about 7,000 images at 224 px) are they kept after their first
-decode, which spares a decode per image per epoch on small sets (on a GPU the decode, not the
-network, is then the slow part); larger sets are always decoded per batch.
+take it): batch i -> (pixels float32 (B, S, S, 3) in 0..255 RGB, labels int32 (B,) or the given
+targets float32 (B, T)[, sample weights float32 (B,)]). Images are decoded when their batch is
+asked for, through the project's one image loader (features_decode.load_one ->
+scraper.images.load_rgb), so memory holds the batches in flight, not the data set. Only when
+every decoded image together fits under `cache_bytes` (default 1 GiB: about 7,000 images at 224
+px) are they kept after their first decode, which spares a decode per image per epoch on small
+sets (on a GPU the decode, not the network, is then the slow part); larger sets are always
+decoded per batch.
 
 Order and augmentation are functions of (seed, epoch, index) alone: `set_epoch(e)` fixes the
 shuffled order of epoch e and every image's transform (learning/train/augment.py), so loader
@@ -47,16 +48,22 @@ class ImageBatches(keras.utils.PyDataset):
     shuffle: a new order every epoch (seeded); else the order of `paths`.
     class_weights: {class: weight} -> each batch also yields per-image sample weights.
     workers: loader threads (PyDataset's); 1 decodes in the training thread.
+    targets: (N, T) rows the batches yield instead of the labels (e.g. --findings' [label,
+    y_1..y_K], learning/train/findings.targets); the labels still give the class weights.
     """
 
     def __init__(self, paths, labels, image_size, batch_size, seed=0, augment=None,
-                 shuffle=False, class_weights=None, workers=1, cache_bytes=DEFAULT_CACHE_BYTES):
+                 shuffle=False, class_weights=None, workers=1, cache_bytes=DEFAULT_CACHE_BYTES,
+                 targets=None):
         super().__init__(workers=workers, use_multiprocessing=False,
                          max_queue_size=max(2, 2 * workers))
         self.paths = [str(p) for p in paths]
         self.labels = np.asarray(labels, np.int32)
         if len(self.labels) != len(self.paths):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+        self.targets = None if targets is None else np.asarray(targets, np.float32)
+        if self.targets is not None and len(self.targets) != len(self.paths):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.targets)} target rows")
         if not self.paths:
             raise ValueError("no images to stream")
         self.image_size, self.batch_size, self.seed = int(image_size), int(batch_size), seed
@@ -110,9 +117,10 @@ class ImageBatches(keras.utils.PyDataset):
         pixels = np.empty((len(rows), self.image_size, self.image_size, 3), np.float32)
         for out, index in enumerate(rows):
             pixels[out] = self.pixels(index)  # (S, S, 3)
+        y = self.labels[rows] if self.targets is None else self.targets[rows]
         if self.weights is None:
-            return pixels, self.labels[rows]
-        return pixels, self.labels[rows], self.weights[rows]
+            return pixels, y
+        return pixels, y, self.weights[rows]
 
     def on_epoch_end(self):
         """Nothing: the trainer calls set_epoch, so order never depends on fit's bookkeeping."""

@@ -7,7 +7,10 @@ The model IS the classifier stage 5 exports (learning/export.py's contract):
        (a range ending at block 5: (5,), (4, 5), ...) are trained, the others stay frozen
     -> the head of a grid preset (head.py's "cam": [scale] -> ring mask -> 1x1 conv -> GAP ->
        dropout -> dense 2), trained from scratch
-    -> 2 pre-softmax logits [normal, abnormal].
+    -> 2 pre-softmax logits [normal, abnormal], or with config["findings"] (stage 5's
+       --findings) 2 + K logits [normal, abnormal, f_1..f_K], one pre-sigmoid logit per finding
+       (learning/train/findings.py: the same targets, loss and class weights as the head on
+       frozen features).
 So the trained model is saved as classifier.keras as it is, and whatever explains a classifier
 (stage 6, cxr-explain) explains the fine-tuned network; its last conv (the head's cam_conv) is
 where Grad-CAM looks.
@@ -15,7 +18,8 @@ where Grad-CAM looks.
 Training (`fine_tune`): images streamed in batches (learning/store/image_batches.py) with
 anatomy-respecting augmentation (learning/train/augment.py, never a flip); Adam with two rates,
 the head's preset rate and a smaller `conv_learning_rate` for the pretrained blocks (large steps
-would wipe out what ImageNet taught them); balanced class weights; early stopping on the
+would wipe out what ImageNet taught them); balanced class weights (and per finding, with
+findings); early stopping on the
 "validation" subset (lowest validation loss, as stage 5; the best epoch's weights are kept).
 After every epoch one checkpoint file is written atomically: the variables that change (trained
 blocks, head, dropout seed states), the optimizer's (step count, moments), the best epoch's
@@ -164,22 +168,22 @@ def _two_rate_adam():
     return TwoRateAdam
 
 
-def compile_model(model, config):
+def compile_model(model, config, loss):
     """Compile with the two-rate Adam, built now so its variables can be restored."""
-    import keras
-
     optimizer = _two_rate_adam()(config["learning_rate"],
                                  config["conv_learning_rate"] / config["learning_rate"])
     optimizer.build(model.trainable_variables)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=optimizer, loss=loss)
     return optimizer
 
 
 # ----------------------------------------------------------------------------- data
 
-def make_batches(paths, labels, subset, config, image_size, seed, workers=1):
-    """Namespace(train, val or None, class_weights): the streamed training and validation sets."""
+def make_batches(paths, labels, subset, config, image_size, seed, workers=1, targets=None):
+    """Namespace(train, val or None, class_weights, loss, val_loss_of): the streamed training
+    and validation sets, the Keras loss and the validation loss of logits. With
+    config["findings"], `targets` (n, 1 + K) [label, y_1..y_K] rows (findings.targets) are
+    what the batches yield and the loss is findings.findings_loss."""
     from learning.train.loop import class_weights
     from learning.store.image_batches import ImageBatches
 
@@ -190,12 +194,39 @@ def make_batches(paths, labels, subset, config, image_size, seed, workers=1):
     weights = class_weights(labels[train]) if config["class_weights"] else None
     if not config["class_weights"]:
         class_weights(labels[train])  # still refuse a one-class training subset
+    if targets is not None:   # used only with findings (else the labels are the targets)
+        targets = np.asarray(targets, np.float32) if config.get("findings") else None
+    loss, val_loss_of = _losses(config, labels, targets, train, val)
+    rows = (lambda mask: None) if targets is None else (lambda mask: targets[mask])
     common = {"image_size": image_size, "batch_size": config["batch_size"], "seed": seed,
               "workers": workers}
     train_batches = ImageBatches(list(paths[train]), labels[train], augment=config["augment"],
-                                 shuffle=True, class_weights=weights, **common)
-    val_batches = (ImageBatches(list(paths[val]), labels[val], **common) if val.any() else None)
-    return SimpleNamespace(train=train_batches, val=val_batches, class_weights=weights)
+                                 shuffle=True, class_weights=weights, targets=rows(train),
+                                 **common)
+    val_batches = (ImageBatches(list(paths[val]), labels[val], targets=rows(val), **common)
+                   if val.any() else None)
+    return SimpleNamespace(train=train_batches, val=val_batches, class_weights=weights,
+                           loss=loss, val_loss_of=val_loss_of)
+
+
+def _losses(config, labels, targets, train, val):
+    """(Keras loss, validation loss of the validation logits): the two logits' cross-entropy,
+    or with config["findings"] the findings loss of learning/train/findings.py."""
+    if not config.get("findings"):
+        import keras
+
+        from learning.train.loop import cross_entropy
+
+        return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                lambda logits: cross_entropy(labels[val], logits))
+    from learning.train import findings
+
+    if targets is None or np.shape(targets) != (len(labels), 1 + len(config["findings"])):
+        raise ValueError(f"findings {list(config['findings'])} need (n, 1 + K) target rows, "
+                         f"got {None if targets is None else np.shape(targets)}")
+    table = findings.positive_weights(targets[train], config["class_weights"])
+    return (findings.findings_loss(table),
+            lambda logits: findings.numpy_loss(targets[val], logits, table))
 
 
 def run_fingerprint(config, train_blocks, image_size, weights_id, seed, data):
@@ -209,6 +240,9 @@ def run_fingerprint(config, train_blocks, image_size, weights_id, seed, data):
               "train": [data.train.paths, data.train.labels.tolist()],
               "validation": None if data.val is None else [data.val.paths,
                                                            data.val.labels.tolist()]}
+    if data.train.targets is not None:   # --findings: their labels too (config has the names)
+        record["targets"] = [batches.targets.tolist() for batches in (data.train, data.val)
+                             if batches is not None]
     text = json.dumps(record, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -297,20 +331,18 @@ def restore(saved, variables, optimizer):
 # ----------------------------------------------------------------------------- training
 
 def predict_logits(model, batches):
-    """(N, 2) float64 logits of the (unaugmented) batches, in their order."""
+    """(N, 2 [+ K]) float64 logits of the (unaugmented) batches, in their order."""
     return np.asarray(model.predict(batches, verbose=0), np.float64)
 
 
 def validate(model, data):
     """(validation loss, AUROC) of the current weights; (None, None) without validation."""
     from learning.metrics import roc_auc
-    from learning.train.loop import cross_entropy
 
     if data.val is None:
         return None, None
     logits = predict_logits(model, data.val)
-    return (cross_entropy(data.val.labels, logits),
-            roc_auc(data.val.labels, logits[:, 1] - logits[:, 0]))
+    return data.val_loss_of(logits), roc_auc(data.val.labels, logits[:, 1] - logits[:, 0])
 
 
 def epoch_callback(run):
@@ -359,11 +391,13 @@ def _validation_text(val_loss, auroc, best):
 
 def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weights_path=None,
               random_weights=False, seed=0, checkpoint=None, workers=1, progress=True,
-              conv_seed=None):
+              conv_seed=None, targets=None):
     """Train `train_blocks` of VGG16 and the head of `config` (a stage-5 preset dict) on the
     images `paths` with `labels` (0 normal, 1 abnormal), `subset` "train" / "validation" (other
     values are left out). checkpoint: path of the checkpoint file (None: no checkpoints).
     conv_seed: seed of the random conv weights (random_weights; default `seed`).
+    targets: with config["findings"] (K names), the (n, 1 + K) rows [label, y_1..y_K] of
+    learning/train/findings.targets (-1: not known); the model then gives 2 + K logits.
     Returns (classifier model with the best epoch's weights, info dict)."""
     from learning.gradients import deterministic
     from learning.vgg import weights_identity
@@ -371,7 +405,7 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
     train_blocks = train_blocks_type(",".join(str(b) for b in train_blocks))
     config = finetune_config(config)
     deterministic(seed)
-    data = make_batches(paths, labels, subset, config, image_size, seed, workers)
+    data = make_batches(paths, labels, subset, config, image_size, seed, workers, targets)
     conv_seed = seed if conv_seed is None else conv_seed
     weights_id = weights_identity(weights_path, random_weights, conv_seed)
     fingerprint = run_fingerprint(config, train_blocks, image_size, weights_id, seed, data)
@@ -379,7 +413,7 @@ def fine_tune(paths, labels, subset, config, train_blocks, image_size=224, weigh
     model, scaling = build_model(train_blocks, config, image_size, weights_path, random_weights,
                                  seed, saved.state["scaling"] if saved else None, data.train,
                                  conv_seed)
-    optimizer = compile_model(model, config)
+    optimizer = compile_model(model, config, data.loss)
     variables = changing_variables(model)
     state, best = new_state(fingerprint, scaling), None
     if saved is not None:

@@ -8,15 +8,21 @@ from the image files (issue 21), through learning/train/finetune.py.
    on both sides); the starting weights are those stage 3's features came from (--weights, or
    stage 3's seeded random weights); the image folder (--images, default the `images` folder
    beside the training file, where stage 2 puts them and run_pipeline.sh keeps them). Image
-   files that are missing or unreadable are counted and listed, then left out.
-2. finetune.fine_tune on the split's "train" subset, early stopping on its "validation" subset,
+   files that are missing or unreadable are counted and listed, then left out. With
+   --findings, the findings are resolved on the training split as on the frozen path
+   (learning/train/findings.resolve_findings: one line when the data cannot give them).
+2. finetune.fine_tune on the split's "train" subset, early stopping on its "validation" subset
+   (with --findings: one sigmoid output per finding besides [normal, abnormal], trained with
+   findings.targets / findings_loss as the frozen path; the network gives 2 + K logits),
    with the checkpoint CHECKPOINT (.<model>.cxr-finetune.npz, a hidden sibling of the model
    folder) written after every epoch: the same command resumes a killed run.
 3. The test images predicted once, unaugmented; metrics, predictions and figures exactly as the
    frozen-feature path (stage 5's metrics_record and write_outputs); the model folder replaced
-   as a whole with classifier.keras (the fine-tuned network itself), config.json,
-   metrics.json, test_predictions.csv, roc.png, training_curve.png (no head.keras: the head
-   alone means nothing without its fine-tuned blocks). Then the checkpoint is removed.
+   as a whole with classifier.keras (the fine-tuned network itself), config.json (with
+   "findings" for a findings model, which stage 6 and cxr-explain read to draw one map per
+   finding), metrics.json (per-finding AUROC in test.findings), test_predictions.csv,
+   roc.png, training_curve.png (no head.keras: the head alone means nothing without its
+   fine-tuned blocks). Then the checkpoint is removed.
 
 Only the split's names, labels, groups and subsets are used: no feature row is read. The
 network's input size is stage 3's image size (feature_params.image_size), so stage 6 decodes
@@ -30,6 +36,7 @@ from learning.export import CLASSIFIER_FILE, NeedsWeights, check_weights, save_k
 from learning.store.splits import load_pair
 from learning.train import model_folder
 from learning.train.finetune import LAST_LAYER, fine_tune, finetune_config, predict_logits
+from learning.train.findings import resolve_findings, targets
 from learning.train.loop import NO_VALIDATION
 from learning.vgg import PREPROCESSING
 from scraper.cli import UserError, fmt_count, log
@@ -91,6 +98,8 @@ def with_images(folder, split, name):
     kept = {key: [v for v, k in zip(split[key], keep) if k]
             for key in ("names", "groups", "subset")}
     kept.update(paths=[p for p, k in zip(paths, keep) if k], labels=split["labels"][keep])
+    if split.get("finding_labels") is not None:   # (n, 14) rows of the kept images
+        kept["finding_labels"] = split["finding_labels"][keep]
     if failures:
         log(f"{PROG}: WARNING: {fmt_count(len(failures))} of {fmt_count(len(paths))} {name} "
             f"images could not be read and are left out:")
@@ -101,10 +110,14 @@ def with_images(folder, split, name):
     return dict(split, **kept), failures
 
 
-def load_inputs(args):
+def load_inputs(args, config):
     """(training, testing, starting weights, left out): the split pair with the paths of the
-    images that can be read, and (weights file, random?, conv seed)."""
+    images that can be read, and (weights file, random?, conv seed). config["findings"]
+    ("all" or names) is resolved to the names the training split carries, as stage 5's
+    prepare_inputs does (one line when it cannot)."""
     training, testing = load_pair(args.training, args.testing)
+    if config.get("findings"):
+        config["findings"] = resolve_findings(config["findings"], training)
     weights = starting_weights(training["feature_params"], args.weights)
     folder = images_folder(args.images, args.training)
     training, failed_train = with_images(folder, training, "training")
@@ -116,7 +129,7 @@ def load_inputs(args):
 
 
 def predict_test(model, testing, image_size, batch_size):
-    """(N, 2) logits of the test images, unaugmented, in their order."""
+    """(N, 2 [+ K]) logits of the test images, unaugmented, in their order."""
     from learning.store.image_batches import ImageBatches
 
     batches = ImageBatches(testing["paths"], testing["labels"], image_size, batch_size,
@@ -131,10 +144,12 @@ def workers():
 def train(args, config, training, weights, checkpoint):
     """fine_tune on the split's train/validation images -> (model, info with "warnings")."""
     weights_path, random_weights, conv_seed = weights
+    rows = (targets(training["labels"], training, config["findings"])
+            if config.get("findings") else None)
     model, info = fine_tune(training["paths"], training["labels"], training["subset"], config,
                             args.train_blocks, int(training["feature_params"]["image_size"]),
                             weights_path, random_weights, args.seed, checkpoint, workers(),
-                            conv_seed=conv_seed)
+                            conv_seed=conv_seed, targets=rows)
     info["warnings"] = [] if info["n_validation"] else [f"WARNING: {NO_VALIDATION}"]
     return model, info
 
@@ -149,7 +164,8 @@ def config_fields(args, info, training):
     head = {k: v for k, v in info["config"].items()
             if k not in ("why", "augment", "conv_learning_rate", "grid_augment", "grid_shift")}
     head.update(class_weights_used=info["class_weights"], conv_init=info["weights"])
-    record = stage5.config_record(params, head, vars(args), training, CLASSIFIER_FILE)
+    record = stage5.config_record(params, head, vars(args), training, CLASSIFIER_FILE,
+                                  list(info["config"].get("findings") or ()))
     record.update(description=stage5.CONFIG_DESCRIPTION + DESCRIPTION,
                   train_blocks=info["train_blocks"],
                   fine_tuning={"images": training["images"], "image_size": size,
@@ -173,13 +189,13 @@ def run(args, config):
     """Fine-tune, evaluate on the test images and write the model folder; -> metrics dict."""
     if args.conv_learning_rate is not None:
         config = dict(config, conv_learning_rate=args.conv_learning_rate)
-    config = finetune_config(config)
+    config = finetune_config(config)   # a copy: load_inputs resolves its findings
     checkpoint = checkpoint_path(args.model)
     stage5.check_paths(args.training, args.testing, args.model, args.weights,
                        [("fine-tuning checkpoint", checkpoint, None)])
     with folder_lock(os.path.dirname(os.path.abspath(args.model)), PROG):
         model_folder.check_replaceable(args.model, stage5.MODEL_FILES)
-        training, testing, weights, left_out = load_inputs(args)
+        training, testing, weights, left_out = load_inputs(args, config)
         warnings = stage5.split_warnings(training, testing)
         if left_out["training"] or left_out["test"]:
             warnings.append(f"WARNING: {left_out['training']:,} training and "
@@ -203,7 +219,8 @@ def run(args, config):
         def record(sizes):
             return config_fields(args, info, training)
 
-        stage5.write_outputs(args.model, networks, record, metrics, testing, logits, info)
+        stage5.write_outputs(args.model, networks, record, metrics, testing, logits, info,
+                             list(config.get("findings") or ()))
         with contextlib.suppress(FileNotFoundError):
             os.remove(checkpoint)  # the model folder is in place: nothing left to resume
     return metrics

@@ -212,7 +212,6 @@ def test_unreadable_images_are_left_out_counted_and_listed(tuned, tmp_path, caps
     (["--train-blocks", "0"], "invalid train blocks '0': VGG16 has conv blocks 1 to 5, not 0"),
     (["--train-blocks", "3,5"], "without a gap up to block 5"),
     (["--train-blocks", "5", "--head", "default"], "--head default flattens: use --head cam"),
-    (["--train-blocks", "5", "--findings", "all"], "--findings cannot be combined with"),
     (["--images", "x"], "--images applies only with --train-blocks"),
     (["--conv-learning-rate", "1e-4"], "--conv-learning-rate applies only with --train-blocks"),
     (["--train-blocks", "5", "--conv-learning-rate", "0"], "invalid learning rate"),
