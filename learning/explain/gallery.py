@@ -16,6 +16,11 @@ opens fast and loads only the shown cards' pictures. Filter, sort and page live 
 hash, so Back, a reload or a copied link restores them; a detail page keeps them for its
 "gallery" and previous/next links.
 
+A model trained with --findings (entries with `findings` and `finding_maps`) adds, and only
+then, a "predicted finding" filter (p > 0.5), a card map per method and finding (the image's own
+picture of it or a note that it has none, never another map), a sort per finding and
+p_<finding> CSV columns; a normal/abnormal model's pages are unchanged.
+
 Safety: names, paths, findings and report text are user data. In HTML they are escaped here;
 in gallery-data.js they are JSON strings that the script puts into the page only as text or
 attributes. Every link is relative and percent-encoded (names hold '[' ']' ',' '#' '%').
@@ -43,6 +48,10 @@ DATA_FILE = "gallery-data.js"
 # gallery-data.js columns (one row per image); assets/gallery.js reads them by name.
 COLUMNS = ("name", "label", "p", "p_text", "outcome", "boxes", "source", "view", "modality",
            "page", "xray", "pictures", "pointing")
+# ... and, for a model trained with --findings only, one p per finding (the header's order) and
+# the image's finding maps: [[method index, finding index, picture, pointing or null], ...].
+FINDING_COLUMNS = ("findings", "finding_maps")
+FINDING_P = 0.5     # a finding is predicted iff its sigmoid p > 0.5 (learning/explain/findings)
 JSON_STYLE = {"ensure_ascii": True, "separators": (",", ":"), "allow_nan": False}
 
 
@@ -118,49 +127,93 @@ def _page(title, body, random_weights, root="", page="gallery", extra=""):
 
 # ----------------------------------------------------------------------------- card data
 
-def card_row(entry, methods, threshold):
-    """One row of gallery-data.js (COLUMNS). Entry fields: name, label, p_abnormal, outcome,
-    boxes, original_size, source, view, modality, files.page, files.xray, and per method
-    `picture` and `score` (see the module docstring)."""
+def card_row(entry, methods, threshold, findings=()):
+    """One row of gallery-data.js (COLUMNS, then FINDING_COLUMNS when `findings` names the
+    model's findings). Entry fields: name, label, p_abnormal, outcome, boxes, original_size,
+    source, view, modality, files.page, files.xray, per method `picture` and `score`, and for
+    a findings model `findings` ({finding: p}) and `finding_maps` (see the module docstring)."""
     per_method = [entry["methods"][m] for m in methods]
-    return [entry["name"], entry.get("label") or "", float(entry["p_abnormal"]),
-            format_p(entry["p_abnormal"], threshold), entry["outcome"],
-            [list(box) for box in box_percent(entry)], entry.get("source") or "",
-            entry.get("view") or "", entry.get("modality") or "", href(entry["files"]["page"]),
-            href(entry["files"]["xray"]),
-            [href(info["picture"]) if info.get("picture") else "" for info in per_method],
-            [None if not info.get("score") else int(bool(info["score"]["pointing"]))
-             for info in per_method]]
+    row = [entry["name"], entry.get("label") or "", float(entry["p_abnormal"]),
+           format_p(entry["p_abnormal"], threshold), entry["outcome"],
+           [list(box) for box in box_percent(entry)], entry.get("source") or "",
+           entry.get("view") or "", entry.get("modality") or "", href(entry["files"]["page"]),
+           href(entry["files"]["xray"]),
+           [href(info["picture"]) if info.get("picture") else "" for info in per_method],
+           [_pointing(info) for info in per_method]]
+    if findings:
+        probs = entry.get("findings") or {}
+        row += [[float(probs[name]) if name in probs else None for name in findings],
+                _finding_maps(entry, methods, findings)]
+    return row
+
+
+def _pointing(info):
+    return None if not info.get("score") else int(bool(info["score"]["pointing"]))
+
+
+def _finding_maps(entry, methods, findings):
+    """[[method index, finding index, picture link, pointing], ...]: the image's drawn finding
+    maps (entry["finding_maps"]); a map of a method or finding the header lacks is left out."""
+    found = []
+    for info in (entry.get("finding_maps") or {}).values():
+        if (info.get("picture") and info.get("method") in methods
+                and info.get("finding") in findings):
+            found.append([methods.index(info["method"]), findings.index(info["finding"]),
+                          href(info["picture"]), _pointing(info)])
+    return sorted(found)
+
+
+def finding_names(entries):
+    """The model's findings (the keys of the first entry's `findings`, in its order; the same
+    for every entry of a run); [] for a normal/abnormal model. Reads one entry."""
+    for entry in entries:
+        return list(entry.get("findings") or {})
+    return []
 
 
 def gallery_data(entries, methods, header):
     """The text of gallery-data.js in pieces, one per card row (written as it comes: memory of
     one row, not of the whole text): JSON (ASCII, so no byte can end the script) in one
     assignment, `window.CXR_GALLERY = {..., "rows": [...]};`."""
+    findings = finding_names(entries)
     fixed = {"version": 1, "threshold": header.threshold, "methods": list(methods),
-             "outcomes": OUTCOMES, "columns": list(COLUMNS)}
+             "outcomes": OUTCOMES, "columns": list(COLUMNS) + (
+                 list(FINDING_COLUMNS) if findings else [])}
+    if findings:
+        fixed.update(findings=findings, finding_p=FINDING_P)
     yield ("window.CXR_GALLERY = " + json.dumps(fixed, **JSON_STYLE)[:-1] + ',"rows":[')
     separator = ""
     for entry in entries:
-        yield separator + json.dumps(card_row(entry, methods, header.threshold), **JSON_STYLE)
+        yield separator + json.dumps(card_row(entry, methods, header.threshold, findings),
+                                     **JSON_STYLE)
         separator = ","
     yield "]};\n"
 
 
 def card_summary(entries, methods):
     """What the controls count and offer, in one pass: {"outcomes": {key: n}, "view": [...],
-    "modality": [...], "scored": any card with a pointing score}."""
+    "modality": [...], "scored": any card with a pointing score (of a method's map or of a
+    finding map), "total": n, "findings": {finding: cards predicting it (p > FINDING_P)}, in
+    the model's order, {} for a normal/abnormal model}."""
     counts = dict.fromkeys(OUTCOMES, 0)
     distinct = {"view": set(), "modality": set()}
-    scored = False
+    scored, predicted, total = False, None, 0
     for entry in entries:
+        total += 1
         counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
         for key, values in distinct.items():
             if entry.get(key):
                 values.add(str(entry[key]))
-        scored = scored or any(entry["methods"][m].get("score") for m in methods)
+        scored = scored or any(entry["methods"][m].get("score") for m in methods) or any(
+            info.get("score") for info in (entry.get("finding_maps") or {}).values())
+        probs = entry.get("findings") or {}
+        if predicted is None:
+            predicted = dict.fromkeys(probs, 0)
+        for name, p in probs.items():
+            if name in predicted and p > FINDING_P:
+                predicted[name] += 1
     return dict({key: sorted(values) for key, values in distinct.items()}, outcomes=counts,
-                scored=scored, total=len(entries))
+                scored=scored, total=total, findings=predicted or {})
 
 
 # ----------------------------------------------------------------------------- the gallery
@@ -182,9 +235,16 @@ def controls_html(summary, methods, header):
              f"</span> {counts[key]:,}</label>" for key in OUTCOMES if counts[key]]
     parts.append(_select("boxes", "expert boxes", [("any", "any"), ("with", "with boxes"),
                                                    ("without", "without boxes")]))
-    titles = {m: (header.method_info.get(m) or {}).get("title", m) for m in methods}
-    if len(methods) > 1:
-        parts.append(_select("map", "map on cards", [(m, titles[m]) for m in methods]))
+    findings = summary.get("findings") or {}
+    if findings:
+        parts.append(_select("finding", "predicted finding", [("", "any")] + [
+            (name, f"{name} ({n:,})") for name, n in findings.items()],
+            f"cards whose p(finding) > {FINDING_P:g}; the number: how many, of all cards"))
+    if len(methods) > 1 or findings:
+        parts.append(_select("map", "map on cards", [(m, _title(header, m)) for m in methods] + [
+            (f"{m}:{name}", f"{_title(header, m)} of {name}") for m in methods
+            for name in findings], "a finding's map: shown on the cards that have one (its "
+            "predicted or expert-boxed findings); the others say so" if findings else ""))
     if summary["scored"]:
         parts.append(_select("pointing", "pointing game", [
             ("any", "any"), ("hit", "hit (peak inside a box)"), ("miss", "miss")],
@@ -200,12 +260,18 @@ def controls_html(summary, methods, header):
                  "placeholder=\"name or source path\"></label>")
     parts.append(_select("sort", "sort", [("p-desc", "p(abnormal), highest first"),
                                           ("p-asc", "p(abnormal), lowest first"),
-                                          ("name", "name, A to Z"), ("name-desc", "name, Z to A")]))
+                                          ("name", "name, A to Z"), ("name-desc", "name, Z to A")]
+                         + [(f"finding:{name}", f"p({name}), highest first")
+                            for name in findings]))
     parts.append(_select("size", "per page", [(n, n) for n in ("24", "48", "96", "192")]))
     parts.append("<button type=\"button\" id=\"clear-filters\">reset filters</button>")
     parts.append("<button type=\"button\" id=\"download\" title=\"every matching card, in "
                  "this order, as a CSV file\">download matching (CSV)</button>")
     return f"<div class=\"controls\" id=\"controls\">{''.join(parts)}</div>"
+
+
+def _title(header, method):
+    return (header.method_info.get(method) or {}).get("title", method)
 
 
 def _pager(where):
@@ -281,7 +347,9 @@ def _method_figure(entry, method, header, page_dir, info=None, title=None):
     numbers += [note for note in (described.get("note"), info.get("note")) if note]
     links = "".join(f" &middot; <a href=\"{href(path, page_dir)}\">{e(label)}</a>"
                     for label, path in (info.get("files") or {}).items())
-    return (f"<figure data-method=\"{e(method)}\"><figcaption><b>"
+    finding = (f" data-finding=\"{e(info['finding'])}\"" if title and info.get("finding")
+               else "")
+    return (f"<figure data-method=\"{e(method)}\"{finding}><figcaption><b>"
             f"{e(described.get('title', method))}</b>{links}</figcaption><div class=\"stack\">"
             f"<img class=\"xray\" src=\"{href(entry['files']['xray'], page_dir)}\" alt=\"X-ray\">"
             f"{picture}{boxes}</div>{_colour_bar(info.get('scale') or {}, page_dir)}"
@@ -301,7 +369,8 @@ def _facts(entry, header):
             ("expert boxes", f"{len(entry.get('boxes') or [])}{excluded}")]
     if entry.get("findings"):   # a findings model: p per finding, the predicted ones bold
         rows.append(("p(finding)", ", ".join(
-            (f"<b>{e(name)} {p:.2f}</b>" if p > 0.5 else f"{e(name)} {p:.2f}")
+            (f"<b>{e(name)} {format_p(p, FINDING_P)}</b>" if p > FINDING_P
+             else f"{e(name)} {format_p(p, FINDING_P)}")
             for name, p in sorted(entry["findings"].items(), key=lambda item: -item[1]))))
     provenance = [("source", e(entry.get("source") or "unknown")),
                   ("view", e(entry.get("view") or "unknown")),
@@ -348,8 +417,8 @@ def render_detail(entry, methods, header, index):
     footer = f"<footer class=\"meta\">run {e(header.run_id)}</footer>" if header.run_id else ""
     figures = "".join(_method_figure(entry, m, header, page_dir) for m in methods) + "".join(
         _method_figure(entry, info["method"], header, page_dir, info,
-                       f"{(header.method_info.get(info['method']) or {}).get('title', '')} "
-                       f"of {info['finding']} (p = {info['p']:.2f})")
+                       f"{_title(header, info['method'])} of {info['finding']} (p = "
+                       f"{format_p(info['p'], FINDING_P)})")
         for info in (entry.get("finding_maps") or {}).values())
     body = (f"<header><h1>{e(entry['name'])}</h1><div class=\"meta nav\"><a id=\"back\" "
             f"href=\"{root}index.html\">&larr; gallery</a> &middot; <span id=\"card-nav\">"

@@ -16,6 +16,7 @@ NASTY = ["<img src=x onerror=\"window.PWNED=1\">.png", "a#b?c%20[0.10,0.90].png"
          "\u00fcn\u00efc\u00f8de 'q' \"dq\" & co.png", "=cmd|' /C calc'!A0,x.png"]
 VIEWS = ("PA", "AP", "LATERAL")
 MODALITIES = ("CR", "DX", None)
+FINDINGS = ("Effusion", "Infiltration", "Pneumothorax")
 SIDE = 64
 
 
@@ -50,20 +51,25 @@ def _outcome(label, p, threshold=0.5):
     return ("T" if predicted == (label == "abnormal") else "F") + ("P" if predicted else "N")
 
 
-def make_entries(results, n, distinct=None, seed=0):
+def make_entries(results, n, distinct=None, seed=0, findings=None):
     """n entries (and their picture files under `results`); `distinct` pictures cycled (default
-    one per card). The first entries carry the NASTY names; entry 3 has p = 0.498 (an FN)."""
-    return list(iter_entries(results, n, distinct, seed))
+    one per card). The first entries carry the NASTY names; entry 3 has p = 0.498 (an FN).
+    findings (names, e.g. FINDINGS): a --findings model's entries (add_findings)."""
+    return list(iter_entries(results, n, distinct, seed, findings))
 
 
-def iter_entries(results, n, distinct=None, seed=0):
+def iter_entries(results, n, distinct=None, seed=0, findings=None):
     """make_entries' entries one at a time (bench_scale: none is kept in memory)."""
     rng = np.random.default_rng(seed)
+    finding_rng = np.random.default_rng(seed + 1)
     distinct = distinct or n
     for k in range(distinct):
         _png(os.path.join(results, "xray", f"{k:03d}.png"), _xray(k))
         for j, m in enumerate(METHODS):
             _png(os.path.join(results, "maps", f"{m}-{k:03d}.png"), _picture(k + 17 * j))
+            for f, name in enumerate(findings or ()):
+                _png(os.path.join(results, "maps", f"{m}-{k:03d}_{name}.png"),
+                     _picture(k + 17 * j + 5 * (f + 1)))
     _png(os.path.join(results, "colour-bar.png"), _picture(0)[:12])
     for i in range(n):
         name = NASTY[i] if i < len(NASTY) else f"img_{i:05d}.png"
@@ -81,7 +87,7 @@ def iter_entries(results, n, distinct=None, seed=0):
                                   "box_fraction": 0.08} if boxes else None),
                        "files": {}}
                    for j, m in enumerate(METHODS)}
-        yield {
+        entry = {
             "name": name, "label": label, "p_abnormal": p, "p_normal": 1 - p,
             "outcome": _outcome(label, p), "boxes": boxes, "original_size": [128, 128],
             "excluded": None, "source": f"/site/<masked>/study-{i % 7}/IM{i:05d}.dcm",
@@ -91,6 +97,35 @@ def iter_entries(results, n, distinct=None, seed=0):
                        "items": ["normal"] if i % 2 == 0 else ["Opacity/lung/base"]},
             "files": {"page": f"pictures/{i % 97:02x}/{name}.html", "xray": f"xray/{k:03d}.png"},
             "methods": methods}
+        if findings:
+            add_findings(entry, findings, finding_rng, i)
+        yield entry
+
+
+def add_findings(entry, findings, rng, i):
+    """A --findings model's fields (learning/explain/findings.py): p per finding, and the maps
+    of the predicted findings (p > 0.5; else the most probable one) beside each method's own
+    picture, scored when the image has boxes. Every fifth image (i % 5 == 4) has none drawn
+    (as a run whose finding maps failed): its cards must say so, never show another map.
+    Entry 1 predicts every finding, entry 2 none (p < 0.5 for all)."""
+    probs = rng.uniform(size=len(findings))
+    probs = np.full(len(findings), 0.9) if i == 1 else 0.4 * probs if i == 2 else probs
+    entry["findings"] = {name: float(p) for name, p in zip(findings, probs)}
+    drawn = [name for name, p in zip(findings, probs) if p > 0.5] or [
+        findings[int(np.argmax(probs))]]
+    entry["finding_maps"] = {}
+    if i % 5 == 4:
+        return
+    for j, method in enumerate(METHODS):
+        own = entry["methods"][method]
+        for f, name in enumerate(findings):
+            if name in drawn:
+                entry["finding_maps"][f"{method}:{name}"] = {
+                    "method": method, "finding": name, "p": entry["findings"][name],
+                    "picture": own["picture"][:-len(".png")] + f"_{name}.png",
+                    "scale": own["scale"], "argmax": [0.1 + 0.2 * f, 0.3],
+                    "score": ({"pointing": bool((i + j + f) % 2), "inside_share": 0.3,
+                               "box_fraction": 0.08} if entry["boxes"] else None)}
 
 
 def _block(mean, n=12):
@@ -148,12 +183,13 @@ def make_header(gallery, n_test=208, limit=None, examples=None):
         sanity=sanity, links=["colour-bar.png"], run_id="20260101-120000-abcd")
 
 
-def make_run(results, n, distinct=None, pages=True, **header):
+def make_run(results, n, distinct=None, pages=True, findings=None, **header):
     """Write a generated results folder -> (entries, written paths); pages=False writes the
-    gallery without the detail pages (its cards' links then lead nowhere)."""
+    gallery without the detail pages (its cards' links then lead nowhere); findings: a
+    --findings model's run (make_entries)."""
     from learning.explain import gallery
 
-    entries = make_entries(str(results), n, distinct)
+    entries = make_entries(str(results), n, distinct, findings=findings)
     header = make_header(gallery, **header)
     if not pages:
         return entries, gallery.write_gallery(str(results), entries, list(METHODS), header)

@@ -27,6 +27,7 @@ if os.environ.get("CXR_REQUIRE_BROWSER"):
 else:
     webdriver = pytest.importorskip("selenium.webdriver")
 
+from learning.explain import gallery  # noqa: E402
 from tests.learning import gallery_data  # noqa: E402
 
 CANDIDATES = {"browser": ("chromium", "chromium-browser", "google-chrome"),
@@ -416,4 +417,139 @@ def test_the_matching_cards_download_as_csv(browser, small_run):
         assert row[8] == ("" if not score else "hit" if score["pointing"] else "miss")
     assert "'=cmd|' /C calc'!A0,x.png" in [row[0] for row in rows]
     browser.find_element("id", "download").click()
+    assert _errors(browser) == []
+
+
+# ----------------------------------------------------------------------------- a findings model
+
+@pytest.fixture(scope="module")
+def findings_run(tmp_path_factory):
+    """100 generated cards of a --findings model (3 findings; every fifth image without a
+    finding map), one picture per map."""
+    results = tmp_path_factory.mktemp("findings100")
+    entries, _ = gallery_data.make_run(results, 100, findings=gallery_data.FINDINGS)
+    return results, entries
+
+
+def _all_pages(driver):
+    """The cards of every page of the current filter, paging with the 'next' button."""
+    _wait(driver)
+    cards = _cards(driver)
+    while not driver.find_element("css selector", "#pager-top [data-go=next]").get_attribute(
+            "disabled"):
+        driver.find_element("css selector", "#pager-top [data-go=next]").click()
+        cards += _cards(driver)
+    return cards
+
+
+def _card_maps(driver):
+    """Per card on the page: its name, its map picture (src, data-finding) and its note."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#grid .card'), c => {"
+        " const m = c.querySelector('img.map'), n = c.querySelector('.no-map');"
+        " return {name: c.dataset.name, src: m && m.src, finding: m && m.dataset.finding,"
+        " count: c.querySelectorAll('img.map').length, note: n && n.textContent}; })")
+
+
+def test_findings_filter_map_sort_and_csv_act_on_all_cards(browser, findings_run):
+    from scraper.fileio import csv_cell
+
+    results, entries = findings_run
+    by_name = {e["name"]: e for e in entries}
+    _open(browser, results / "index.html", "#size=24")
+    assert _errors(browser) == []
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#finding option'), o => o.textContent)")
+    assert options == ["any"] + [f"{name} ({sum(e['findings'][name] > 0.5 for e in entries)})"
+                                 for name in gallery_data.FINDINGS]
+    # "predicted finding": exactly the cards whose p(finding) > 0.5, over all pages
+    for name in gallery_data.FINDINGS:
+        _set(browser, "finding", name)
+        wanted = {e["name"] for e in entries if e["findings"][name] > 0.5}
+        assert 24 < len(wanted) and _text(browser, "match-count") == str(len(wanted))
+        assert {c["name"] for c in _all_pages(browser)} == wanted
+    # sort p(Effusion), highest first: over all cards, with the filter
+    _set(browser, "finding", "Infiltration")
+    _set(browser, "sort", "finding:Effusion")
+    order = sorted((e for e in entries if e["findings"]["Infiltration"] > 0.5),
+                   key=lambda e: (-e["findings"]["Effusion"], e["name"]))
+    assert [c["name"] for c in _all_pages(browser)] == [e["name"] for e in order]
+
+    # a finding's map on the cards: its own picture, or a note; never another map
+    browser.find_element("id", "clear-filters").click()
+    _set(browser, "size", "192")
+    notes = 0
+    for method in gallery_data.METHODS:
+        for name in gallery_data.FINDINGS:
+            _set(browser, "map", f"{method}:{name}")
+            shown = _card_maps(browser)
+            assert len(shown) == len(entries)
+            for card in shown:
+                info = by_name[card["name"]]["finding_maps"].get(f"{method}:{name}")
+                if info:
+                    assert card["count"] == 1 and card["finding"] == name and card["note"] is None
+                    assert unquote(urlparse(card["src"]).path) == str(results / info["picture"])
+                else:
+                    p = by_name[card["name"]]["findings"][name]
+                    assert card["count"] == 0, card
+                    assert card["note"] == f"no {name} map: p {gallery.format_p(p)}"
+                    notes += 1
+    assert notes > 100
+    assert _errors(browser) == []
+
+    # the CSV: p_<finding> columns, exact
+    _set(browser, "finding", "Pneumothorax")
+    text = browser.execute_script("return CXR.selectionCsv(CXR.parseState(location.hash.slice(1)))")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0][:6] == ["name", "label", "p_abnormal", "p_Effusion", "p_Infiltration",
+                           "p_Pneumothorax"]
+    wanted = [e for e in entries if e["findings"]["Pneumothorax"] > 0.5]
+    assert len(rows) - 1 == len(wanted)
+    for row in rows[1:]:
+        entry = by_name[row[0]] if row[0] in by_name else next(
+            e for e in entries if csv_cell(e["name"]) == row[0])
+        assert [float(v) for v in row[3:6]] == [entry["findings"][n]
+                                                for n in gallery_data.FINDINGS]
+
+
+def test_findings_state_survives_reload_and_reaches_the_detail_page(browser, findings_run):
+    results, entries = findings_run
+    by_name = {e["name"]: e for e in entries}
+    _open(browser, results / "index.html")
+    _set(browser, "finding", "Effusion")
+    _set(browser, "map", "deeplift:Effusion")
+    _set(browser, "sort", "finding:Effusion")
+    for part in ("finding=Effusion", "map=deeplift%3AEffusion", "sort=finding%3AEffusion"):
+        assert part in browser.current_url
+    before = _card_maps(browser)
+    browser.refresh()
+    _wait(browser)
+    assert [browser.find_element("id", key).get_attribute("value")
+            for key in ("finding", "map", "sort")] == [
+        "Effusion", "deeplift:Effusion", "finding:Effusion"]
+    assert _card_maps(browser) == before
+    # the first card (highest p(Effusion), predicted: it has the map) -> its detail page shows
+    # the same picture under that finding's figure; previous/next follow the gallery's order
+    first = before[0]
+    assert first["finding"] == "Effusion"
+    browser.find_element("css selector", "#grid .card a.stack").click()
+    _wait(browser)
+    assert browser.execute_script(
+        "return document.querySelector(\"figure[data-method='deeplift'][data-finding='Effusion']"
+        " img.layer.map\").src") == first["src"]
+    browser.find_element("id", "next").click()
+    _wait(browser)
+    assert browser.find_element("tag name", "h1").text == before[1]["name"]
+    browser.back()
+    browser.back()
+    _wait(browser)
+    assert _card_maps(browser) == before
+    assert by_name[first["name"]]["findings"]["Effusion"] == max(
+        e["findings"]["Effusion"] for e in entries)
+    # a pointing filter with a finding map: only cards whose map of that finding is scored
+    _set(browser, "pointing", "hit")
+    hits = {e["name"] for e in entries if e["findings"]["Effusion"] > 0.5
+            and (e["finding_maps"].get("deeplift:Effusion") or {}).get("score")
+            and e["finding_maps"]["deeplift:Effusion"]["score"]["pointing"]}
+    assert hits and {c["name"] for c in _all_pages(browser)} == hits
     assert _errors(browser) == []

@@ -219,3 +219,75 @@ def test_10000_cards_write_one_compact_data_file(tmp_path):
                                         gallery_data.make_header(gallery)))
     assert len(text) < 400 * 10_000  # ~0.3 KB a card: parsed in milliseconds
     assert len(json.loads(text[len("window.CXR_GALLERY = "):-2])["rows"]) == 10_000
+
+
+# ----------------------------------------------------------------------------- a findings model
+
+@pytest.fixture(scope="module")
+def findings_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("findings")
+    entries, written = gallery_data.make_run(results, 30, findings=gallery_data.FINDINGS)
+    return results, entries, written
+
+
+def test_findings_cards_hold_p_per_finding_and_each_finding_map(findings_run):
+    results, entries, _ = findings_run
+    data = _data(results)
+    names = list(gallery_data.FINDINGS)
+    assert data["columns"] == list(gallery.COLUMNS) + list(gallery.FINDING_COLUMNS)
+    assert data["findings"] == names and data["finding_p"] == 0.5
+    rows = [dict(zip(data["columns"], row)) for row in data["rows"]]
+    assert len(rows) == len(entries)
+    without = 0
+    for entry, row in zip(entries, rows):
+        assert row["findings"] == [entry["findings"][name] for name in names]  # exact floats
+        maps = {(gallery_data.METHODS[m], names[f]): (unquote(picture), hit)
+                for m, f, picture, hit in row["finding_maps"]}
+        expected = {(info["method"], info["finding"]): (
+            info["picture"], None if not info["score"] else int(info["score"]["pointing"]))
+            for info in entry["finding_maps"].values()}
+        assert maps == expected
+        without += not maps
+    assert without == 6  # every fifth image has no finding map: its cards must say so
+    assert rows[1]["findings"] == [0.9] * 3 and len(rows[1]["finding_maps"]) == 6
+    assert max(rows[2]["findings"]) < 0.5 and len(rows[2]["finding_maps"]) == 2  # most probable
+
+
+def test_findings_controls_count_each_predicted_finding(findings_run):
+    results, entries, _ = findings_run
+    summary = gallery.card_summary(iter_once(entries), list(gallery_data.METHODS))
+    assert summary["total"] == 30
+    assert summary["findings"] == {name: sum(e["findings"][name] > 0.5 for e in entries)
+                                   for name in gallery_data.FINDINGS}
+    index = (results / "index.html").read_text()
+    for name, n in summary["findings"].items():
+        assert f'<option value="{name}">{name} ({n})</option>' in index
+        assert f'<option value="grad-cam:{name}">Grad-CAM of {name}</option>' in index
+        assert f'<option value="deeplift:{name}">DeepLIFT (Rescale) of {name}</option>' in index
+        assert f'<option value="finding:{name}">p({name}), highest first</option>' in index
+    page = (results / entries[1]["files"]["page"]).read_text()  # every finding predicted
+    for name in gallery_data.FINDINGS:
+        assert (f'<figure data-method="grad-cam" data-finding="{name}"><figcaption><b>Grad-CAM '
+                f'of {name} (p = 0.90)</b>') in page
+        assert f"<b>{name} 0.90</b>" in page
+
+
+def iter_once(entries):
+    """A one-pass stream (stage 6's entries are read as streams, never as a list)."""
+    class Stream:
+        def __iter__(self):
+            return iter(entries)
+    return Stream()
+
+
+def test_a_binary_model_has_no_finding_columns_nor_controls(run):
+    results, entries, _ = run
+    data = _data(results)
+    assert "findings" not in data and data["columns"] == list(gallery.COLUMNS)
+    assert all(len(row) == len(gallery.COLUMNS) for row in data["rows"])
+    index = (results / "index.html").read_text()
+    assert 'id="finding"' not in index and "finding:" not in index
+    assert "predicted finding" not in index and "no-map" not in index
+    assert gallery.card_summary(entries, list(gallery_data.METHODS))["findings"] == {}
+    assert gallery.card_row(entries[0], list(gallery_data.METHODS), 0.5) == gallery.card_row(
+        entries[0], list(gallery_data.METHODS), 0.5, findings=[])

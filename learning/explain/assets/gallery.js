@@ -4,7 +4,11 @@
  * one row per image. Filters and sort act on ALL rows; only the current page's cards are built
  * (so only their pictures load). The state lives in the URL hash, e.g.
  *   index.html#outcome=FN,FP&boxes=with&q=0015&sort=p-asc&page=2
- * so Back, a reload or a copied link shows the same cards. A card's link carries the state
+ * so Back, a reload or a copied link shows the same cards. A model trained with --findings adds
+ * (and only then): a "predicted finding" filter (finding=Effusion: p(Effusion) > 0.5), a map
+ * per method and finding on the cards (map=grad-cam:Effusion: the image's own picture of that
+ * map, or a note saying it has none, never another map), a sort per finding
+ * (sort=finding:Effusion) and p_<finding> columns in the CSV. A card's link carries the state
  * (#from=...) to its detail page, whose "gallery" link and previous/next links keep it.
  * Every string from the data reaches the page through textContent or an attribute, never as
  * HTML. */
@@ -15,13 +19,22 @@
   DATA.columns.forEach(function (name, i) { COL[name] = i; });
   var ROWS = DATA.rows;
   var OUTCOMES = ['TP', 'FP', 'FN', 'TN', 'unlabelled'];
-  var SORTS = ['p-desc', 'p-asc', 'name', 'name-desc'];
+  var FINDINGS = DATA.findings || [], FINDING_P = DATA.finding_p === undefined ? 0.5
+    : DATA.finding_p;
+  var SORTS = ['p-desc', 'p-asc', 'name', 'name-desc'].concat(FINDINGS.map(function (f) {
+    return 'finding:' + f;
+  }));
+  var MAPS = DATA.methods.slice();
+  DATA.methods.forEach(function (m) {
+    FINDINGS.forEach(function (f) { MAPS.push(m + ':' + f); });
+  });
   var SIZES = ['24', '48', '96', '192'];
   var DEFAULTS = {outcome: '', boxes: 'any', pointing: 'any', q: '', view: '', modality: '',
-                  pmin: '', pmax: '', sort: 'p-desc', map: DATA.methods[0] || '', size: '48',
-                  page: '1'};
+                  finding: '', pmin: '', pmax: '', sort: 'p-desc', map: DATA.methods[0] || '',
+                  size: '48', page: '1'};
   var CHOICES = {boxes: ['any', 'with', 'without'], pointing: ['any', 'hit', 'miss'],
-                 sort: SORTS, size: SIZES, map: DATA.methods};
+                 sort: SORTS, size: SIZES, map: MAPS, finding: [''].concat(FINDINGS)};
+  var SELECTS = ['boxes', 'pointing', 'view', 'modality', 'finding', 'sort', 'map', 'size'];
 
   // ------------------------------------------------------------------ state <-> URL hash
   function parseState(text) {
@@ -56,19 +69,61 @@
     return at < 0 ? '' : url.slice(at + 1);
   }
 
+  // ------------------------------------------------------------------ the map on the cards
+  /* The state's map: {method: index, finding: index or -1 (the method's own map)}. */
+  function mapOf(state) {
+    var at = state.map.indexOf(':');
+    var method = at < 0 ? state.map : state.map.slice(0, at);
+    return {method: Math.max(0, DATA.methods.indexOf(method)),
+            finding: at < 0 ? -1 : FINDINGS.indexOf(state.map.slice(at + 1))};
+  }
+
+  /* A row's picture and pointing (1 hit, 0 miss, null unscored) of that map; picture '' when
+   * the image has no such map. */
+  function shownMap(row, map) {
+    if (map.finding < 0) {
+      return {picture: row[COL.pictures][map.method], hit: row[COL.pointing][map.method]};
+    }
+    var maps = row[COL.finding_maps];
+    for (var i = 0; i < maps.length; i++) {
+      if (maps[i][0] === map.method && maps[i][1] === map.finding) {
+        return {picture: maps[i][2], hit: maps[i][3]};
+      }
+    }
+    return {picture: '', hit: null};
+  }
+
+  function findingP(row, finding) {
+    var p = row[COL.findings][finding];
+    return p === null || p === undefined ? -Infinity : p;
+  }
+
+  /* p as the Python side's format_p: as few digits as keep it on its side of the threshold
+   * and off 0 and 1. */
+  function formatP(p, threshold) {
+    for (var digits = 2; digits < 8; digits++) {
+      var text = p.toFixed(digits), shown = parseFloat(text);
+      if ((shown > threshold) === (p > threshold) && (shown === threshold) === (p === threshold)
+          && (shown === 0 || shown === 1) === (p === 0 || p === 1)) return text;
+    }
+    return String(p);
+  }
+
   // ------------------------------------------------------------------ filter and sort
   function matcher(state) {
     var wanted = state.outcome ? state.outcome.split(',') : null;
     var q = state.q.trim().toLowerCase();
-    var method = Math.max(0, DATA.methods.indexOf(state.map));
+    var map = mapOf(state);
+    var finding = FINDINGS.indexOf(state.finding);
     var pmin = state.pmin === '' ? -Infinity : parseFloat(state.pmin);
     var pmax = state.pmax === '' ? Infinity : parseFloat(state.pmax);
     return function (row) {
       if (wanted && wanted.indexOf(row[COL.outcome]) < 0) return false;
       var boxed = row[COL.boxes].length > 0;
       if ((state.boxes === 'with' && !boxed) || (state.boxes === 'without' && boxed)) return false;
+      if (finding >= 0 && !(findingP(row, finding) > FINDING_P)) return false;
       if (state.pointing !== 'any') {
-        var hit = row[COL.pointing][method];
+        var hit = shownMap(row, map).hit;
         if (hit === null || (hit === 1) !== (state.pointing === 'hit')) return false;
       }
       if (state.view && row[COL.view] !== state.view) return false;
@@ -91,6 +146,13 @@
     'name': byName,
     'name-desc': function (a, b) { return byName(b, a); }
   };
+
+  FINDINGS.forEach(function (f, k) {   // p(<finding>), highest first
+    COMPARE['finding:' + f] = function (a, b) {
+      var x = findingP(ROWS[a], k), y = findingP(ROWS[b], k);
+      return x === y ? byName(a, b) : y > x ? 1 : -1;
+    };
+  });
 
   /* Row indices matching the state, in its sort order: over ALL rows. */
   function select(state) {
@@ -125,7 +187,7 @@
 
   // ------------------------------------------------------------------ the gallery
   function card(i, state, root, from) {
-    var row = ROWS[i], method = Math.max(0, DATA.methods.indexOf(state.map));
+    var row = ROWS[i], map = mapOf(state), shown = shownMap(row, map);
     var outcome = row[COL.outcome], name = row[COL.name];
     var article = el('article', 'card ' + outcome);
     article.dataset.index = i; article.dataset.name = name; article.dataset.outcome = outcome;
@@ -134,12 +196,20 @@
     var stack = el('a', 'stack');
     stack.href = page;
     stack.appendChild(image(root + row[COL.xray], 'xray', 'X-ray ' + name));
-    if (row[COL.pictures][method]) {
-      stack.appendChild(image(root + row[COL.pictures][method], 'map',
-                              DATA.methods[method] + ' map'));
+    var method = DATA.methods[map.method], finding = FINDINGS[map.finding];
+    if (shown.picture) {
+      var picture = image(root + shown.picture, 'map', method + ' map'
+                          + (finding ? ' of ' + finding : ''));
+      if (finding) picture.dataset.finding = finding;
+      stack.appendChild(picture);
     }
     boxNodes(row[COL.boxes]).forEach(function (b) { stack.appendChild(b); });
     article.appendChild(stack);
+    if (finding && !shown.picture) {   // never another map under this finding's name
+      var p = row[COL.findings][map.finding];
+      article.appendChild(el('div', 'no-map', 'no ' + finding + ' map'
+                             + (p === null ? '' : ': p ' + formatP(p, FINDING_P))));
+    }
     var info = el('div', 'info');
     info.appendChild(el('div', 'name', name));
     var line = el('div');
@@ -152,7 +222,7 @@
     var label = row[COL.label] || 'unknown';
     line.appendChild(el('span', label, label));
     if (row[COL.boxes].length) line.appendChild(document.createTextNode(' \u00b7 expert boxes'));
-    var hit = row[COL.pointing][method];
+    var hit = shown.hit;
     if (hit !== null) {
       line.appendChild(document.createTextNode(' (pointing: ' + (hit ? 'hit)' : 'miss)')));
     }
@@ -163,6 +233,7 @@
     tick.title = 'threshold: abnormal if p > ' + DATA.threshold;
     bar.appendChild(fill); bar.appendChild(tick);
     info.appendChild(bar);
+    if (FINDINGS.length) info.appendChild(findingLine(row));
     var facts = [row[COL.view], row[COL.modality]].filter(Boolean).join(' \u00b7 ');
     if (facts) info.appendChild(el('div', 'meta view', facts));
     if (row[COL.source]) {
@@ -178,11 +249,29 @@
     return article;
   }
 
+  /* "predicted: Effusion 0.81, Mass 0.62" (p > 0.5, most probable first), or the most
+   * probable finding when none is predicted. */
+  function findingLine(row) {
+    var order = FINDINGS.map(function (f, k) { return k; }).filter(function (k) {
+      return row[COL.findings][k] !== null;
+    }).sort(function (a, b) { return findingP(row, b) - findingP(row, a); });
+    var predicted = order.filter(function (k) { return row[COL.findings][k] > FINDING_P; });
+    var line = el('div', 'meta findings', predicted.length ? 'predicted: ' : 'none predicted');
+    (predicted.length ? predicted : order.slice(0, 1)).forEach(function (k, n) {
+      if (n) line.appendChild(document.createTextNode(', '));
+      else if (!predicted.length) line.appendChild(document.createTextNode('; most probable: '));
+      var item = el(predicted.length ? 'b' : 'span', '',
+                    FINDINGS[k] + ' ' + formatP(row[COL.findings][k], FINDING_P));
+      line.appendChild(item);
+    });
+    return line;
+  }
+
   function setControls(state) {
     document.querySelectorAll('.outcome').forEach(function (box) {
       box.checked = !state.outcome || state.outcome.split(',').indexOf(box.value) >= 0;
     });
-    ['boxes', 'pointing', 'view', 'modality', 'sort', 'map', 'size'].forEach(function (key) {
+    SELECTS.forEach(function (key) {
       var node = document.getElementById(key);
       if (node) node.value = state[key];
     });
@@ -199,7 +288,7 @@
     });
     // all ticked = no outcome filter; none ticked = nothing shown (an explicit empty filter)
     state.outcome = ticked.length === boxes.length ? '' : (ticked.join(',') || 'none');
-    ['boxes', 'pointing', 'view', 'modality', 'sort', 'map', 'size'].forEach(function (key) {
+    SELECTS.forEach(function (key) {
       var node = document.getElementById(key);
       state[key] = node ? node.value : DEFAULTS[key];
     });
@@ -345,16 +434,19 @@
   }
 
   function selectionCsv(state) {
-    var header = ['name', 'label', 'p_abnormal', 'outcome', 'view', 'modality', 'source',
-                  'expert_boxes'].concat(DATA.methods.map(function (m) {
-                    return 'pointing_' + m;
-                  }));
+    var header = ['name', 'label', 'p_abnormal'].concat(FINDINGS.map(function (f) {
+      return 'p_' + f;
+    }), ['outcome', 'view', 'modality', 'source', 'expert_boxes'], DATA.methods.map(function (m) {
+      return 'pointing_' + m;
+    }));
     var lines = [header.map(csvCell).join(',')];
     select(state).forEach(function (i) {
       var row = ROWS[i];
-      lines.push([row[COL.name], row[COL.label], row[COL.p], row[COL.outcome], row[COL.view],
-                  row[COL.modality], row[COL.source], row[COL.boxes].length]
-        .concat(row[COL.pointing].map(function (hit) {
+      lines.push([row[COL.name], row[COL.label], row[COL.p]].concat(
+        FINDINGS.length ? row[COL.findings] : [],
+        [row[COL.outcome], row[COL.view], row[COL.modality], row[COL.source],
+         row[COL.boxes].length],
+        row[COL.pointing].map(function (hit) {
           return hit === null ? '' : hit ? 'hit' : 'miss';
         })).map(csvCell).join(','));
     });
