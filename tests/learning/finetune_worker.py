@@ -24,6 +24,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
+def kill_cxr_train_in_epoch_2(work, argv):
+    """Run stage 5's command `argv` through this worker, stalled in the middle of epoch 2 (its
+    checkpoint of epoch 1 written), SIGKILL it there -> the killed process's return code."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    stalled = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(work),
+                                "--stall-epoch", "1", "--stall-batch", "1", "--cxr-train",
+                                *argv], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(os.path.join(work, "stalled")):
+        assert stalled.poll() is None, stalled.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "cxr-train never reached epoch 2"
+        time.sleep(0.2)
+    stalled.send_signal(signal.SIGKILL)
+    stalled.communicate()
+    return stalled.returncode
+
+
 def settings(epochs=3):
     from learning.head import PRESETS
 

@@ -40,6 +40,18 @@ def synthetic(kinds, rng):
 KINDS = [(), ("Effusion",), ("Nodule",), ("Effusion", "Nodule")]
 
 
+def write_split_without_findings(data, out):
+    """training/testing.pickle of the folder `data` as stage 4 wrote them before finding labels
+    (no finding_names / finding_labels), into `out`, still pointing at data's features."""
+    from learning import safe_pickle
+
+    for name in ("training.pickle", "testing.pickle"):
+        split = safe_pickle.load(data / name)
+        del split["finding_names"], split["finding_labels"]
+        split["features"]["index"] = str(data / "features.pickle")
+        safe_pickle.dump(split, out / name)
+
+
 def write_set(root, per_kind, seed, boxes=False):
     """<root>/src/*.png + labels.csv (image, label, finding_labels, group) [+ boxes.csv]."""
     rng = np.random.default_rng(seed)
@@ -153,14 +165,8 @@ def test_bad_findings_are_one_line_before_any_work(findings_model, tmp_path, cap
 
 def test_findings_on_a_split_without_finding_labels_is_one_line(findings_model, tmp_path,
                                                                 capsys):
-    from learning import safe_pickle
-
     _, data = findings_model
-    for name in ("training.pickle", "testing.pickle"):   # as stage 4 wrote them before
-        split = safe_pickle.load(data / name)
-        del split["finding_names"], split["finding_labels"]
-        split["features"]["index"] = str(data / "features.pickle")
-        safe_pickle.dump(split, tmp_path / name)
+    write_split_without_findings(data, tmp_path)
     argv = [str(tmp_path / "training.pickle"), str(tmp_path / "testing.pickle"),
             str(tmp_path / "m"), "--findings", "all"]
     assert run_main(stage5.main, "cxr-train", argv) == 1

@@ -10,9 +10,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,9 +22,10 @@ from learning import transfer_feature_extraction as stage3  # noqa: E402
 from learning.train.from_images import CHECKPOINT_SUFFIX  # noqa: E402
 from scraper import folder  # noqa: E402
 from scraper.cli import run_main  # noqa: E402
-from tests.learning.test_findings_maps import write_set  # noqa: E402
+from tests.learning.finetune_worker import kill_cxr_train_in_epoch_2  # noqa: E402
+from tests.learning.test_findings_maps import (write_set,  # noqa: E402
+                                               write_split_without_findings)
 
-WORKER = os.path.join(os.path.dirname(__file__), "finetune_worker.py")
 SIZE = 64
 FINDINGS = ["Effusion", "Nodule"]
 
@@ -129,18 +127,7 @@ def test_a_killed_findings_fine_tune_resumes_to_the_same_weights(tuned, capsys):
     work.mkdir()
     argv = tune_argv(data, root / "model-killed")
     checkpoint = root / (".model-killed" + CHECKPOINT_SUFFIX)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    stalled = subprocess.Popen([sys.executable, WORKER, str(work), "--stall-epoch", "1",
-                                "--stall-batch", "1", "--cxr-train", *argv], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (work / "stalled").exists():
-        assert stalled.poll() is None, stalled.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "cxr-train never reached epoch 2"
-        time.sleep(0.2)
-    stalled.send_signal(signal.SIGKILL)
-    stalled.communicate()
-    assert stalled.returncode == -signal.SIGKILL and checkpoint.is_file()
+    assert kill_cxr_train_in_epoch_2(work, argv) == -signal.SIGKILL and checkpoint.is_file()
 
     capsys.readouterr()
     assert run_main(stage5.main, "cxr-train", argv) == 0
@@ -205,14 +192,8 @@ def test_bad_findings_are_one_line_before_any_work(tuned, tmp_path, capsys, flag
 
 
 def test_findings_on_a_split_without_finding_labels_is_one_line(tuned, tmp_path, capsys):
-    from learning import safe_pickle
-
     _, data, _ = tuned
-    for name in ("training.pickle", "testing.pickle"):   # as stage 4 wrote them before
-        split = safe_pickle.load(data / name)
-        del split["finding_names"], split["finding_labels"]
-        split["features"]["index"] = str(data / "features.pickle")
-        safe_pickle.dump(split, tmp_path / name)
+    write_split_without_findings(data, tmp_path)
     argv = [str(tmp_path / "training.pickle"), str(tmp_path / "testing.pickle"),
             str(tmp_path / "m"), "--train-blocks", "5", "--findings", "all",
             "--images", str(data / "images")]

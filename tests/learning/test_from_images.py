@@ -10,9 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,9 +19,9 @@ keras = pytest.importorskip("keras")
 from learning.fully_connected_layers_training import main as stage5  # noqa: E402
 from learning.train.from_images import CHECKPOINT_SUFFIX  # noqa: E402
 from scraper.cli import run_main  # noqa: E402
+from tests.learning.finetune_worker import kill_cxr_train_in_epoch_2  # noqa: E402
 from tests.test_pipeline import fast_run, run_pipeline  # noqa: E402
 
-WORKER = os.path.join(os.path.dirname(__file__), "finetune_worker.py")
 SIZE = 64
 COMMON = [f"features.image-size={SIZE}"]
 TUNE = ["train.train-blocks=5", "train.epochs=3", "train.batch-size=4", "train.bootstrap=50",
@@ -151,18 +148,7 @@ def test_a_killed_fine_tune_resumes_with_the_same_command(tuned, capsys):
     work.mkdir()
     argv = tune_argv(data, "model-killed")
     checkpoint = data / (".model-killed" + CHECKPOINT_SUFFIX)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    stalled = subprocess.Popen([sys.executable, WORKER, str(work), "--stall-epoch", "1",
-                                "--stall-batch", "1", "--cxr-train", *argv], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (work / "stalled").exists():
-        assert stalled.poll() is None, stalled.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "cxr-train never reached epoch 2"
-        time.sleep(0.2)
-    stalled.send_signal(signal.SIGKILL)
-    stalled.communicate()
-    assert stalled.returncode == -signal.SIGKILL
+    assert kill_cxr_train_in_epoch_2(work, argv) == -signal.SIGKILL
     assert not (data / "model-killed").exists() and checkpoint.is_file()
     with np.load(checkpoint) as saved:
         assert json.loads(str(saved["state"]))["epochs_done"] == 1
