@@ -109,9 +109,16 @@ of block-5 fine-tuning on 200 images took 16 min. What was measured:
     mean +- sd over seeds 0-2: default AUROC 0.896 +- 0.004, val 0.894 +- 0.002, pointing
       0.326 +- 0.021, inside 0.265 +- 0.003, T(IoBB) 0.462 +- 0.028; ft5 AUROC 0.806 +- 0.038,
       val 0.875 +- 0.014, pointing 0.235 +- 0.011, inside 0.217 +- 0.001, T(IoBB) 0.303 +- 0.039.
-  So, on 200 images and 6 epochs: block-5 (and, seed 0, blocks 4-5) fine-tuning does not beat
-  the default (AUROC lower; paired inside share and T(IoBB) CIs below 0 in every seed) nor the
-  lung prior; the default stays. Seed 0's sign that the fine-tuned maps beat their own mean map
+  `run --configs ft45 --seeds 1`, same flags (lead, 2026-12-05 01:04-01:25, nice 19):
+    ft45 s1 (kept epoch 6): test AUROC 0.891 [0.841, 0.933], val 0.907; pointing 0.25 [0.14,
+      0.39], inside 0.23 [0.16, 0.31], T(IoBB) 0.39 [0.25, 0.52]; vs lung prior -0.16 [-0.32,
+      -0.02], +0.00 [-0.04, 0.05]; vs own mean map +0.09 [-0.07, 0.23], +0.03 [-0.02, 0.07];
+      ft45 - default -0.05 [-0.16, 0.07], -0.04 [-0.07, -0.01], T -0.07 [-0.18, 0.05]; 0.69 s
+      wall (0.81 CPU-s); peak RSS 1.98 GB. Over seeds 0-1: AUROC 0.868 +- 0.023, val 0.890 +-
+      0.018, pointing 0.239 +- 0.011, inside 0.228 +- 0.004, T(IoBB) 0.375 +- 0.011.
+  So, on 200 images and 6 epochs: block-5 (and blocks 4-5) fine-tuning does not beat
+  the default (AUROC lower, but for ft45 seed 1; paired inside-share CIs below 0 in every
+  seed of both) nor the lung prior; the default stays. Seed 0's sign that the fine-tuned maps beat their own mean map
   on the pointing game (+0.18, CI above 0) did NOT hold in seeds 1 and 2 (+0.07, +0.09, CIs
   crossing 0). The full comparison (more images and epochs, 3 seeds of ft45) needs the GPU run
   (gpu_finetune.sh) or an idle machine.
