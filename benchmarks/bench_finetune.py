@@ -116,12 +116,12 @@ of block-5 fine-tuning on 200 images took 16 min. What was measured:
       ft45 - default -0.05 [-0.16, 0.07], -0.04 [-0.07, -0.01], T -0.07 [-0.18, 0.05]; 0.69 s
       wall (0.81 CPU-s); peak RSS 1.98 GB. Over seeds 0-1: AUROC 0.868 +- 0.023, val 0.890 +-
       0.018, pointing 0.239 +- 0.011, inside 0.228 +- 0.004, T(IoBB) 0.375 +- 0.011.
-  So, on 200 images and 6 epochs: block-5 (and blocks 4-5) fine-tuning does not beat
-  the default (AUROC lower, but for ft45 seed 1; paired inside-share CIs below 0 in every
-  seed of both) nor the lung prior; the default stays. Seed 0's sign that the fine-tuned maps beat their own mean map
-  on the pointing game (+0.18, CI above 0) did NOT hold in seeds 1 and 2 (+0.07, +0.09, CIs
-  crossing 0). The full comparison (more images and epochs, 3 seeds of ft45) needs the GPU run
-  (gpu_finetune.sh) or an idle machine.
+  So, on 200 images and 6 epochs: block-5 (and blocks 4-5) fine-tuning does not beat the
+  default (AUROC lower, but for ft45 seed 1; paired inside-share CIs below 0 in every seed of
+  both) nor the lung prior; the default stays. Seed 0's sign that the fine-tuned maps beat
+  their own mean map on the pointing game (+0.18, CI above 0) did NOT hold in seeds 1 and 2
+  (+0.07, +0.09, CIs crossing 0). The full comparison (more images and epochs, 3 seeds of
+  ft45) needs the GPU run (gpu_finetune.sh) or an idle machine.
   Reproducibility note: the ft rows above were run before finetune.fine_tune called
   fit(shuffle=False) (commit 1cc3bd0, the resume fix: Keras' own shuffle of the batch order
   drew from Python's global `random`, so a resumed run saw another order). They stay valid as
