@@ -32,6 +32,7 @@ from scraper.findings import canonical
 
 T_IOBB = 0.1
 HEADLINE_LEVEL = 0.5
+PREDICTED_P = 0.5   # a finding is predicted iff its sigmoid p > PREDICTED_P (maps, gallery)
 # Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers RM. "ChestX-ray8: Hospital-scale Chest X-ray
 # Database and Benchmarks on Weakly-Supervised Classification and Localization of Common
 # Thorax Diseases", CVPR 2017, Table 3 (localization accuracy), row T(IoBB) = 0.1: ResNet-50
@@ -64,7 +65,7 @@ def map_key(method, finding):
 def drawn_findings(findings, probs, boxed):
     """The findings whose maps an image shows: the predicted ones (p > 0.5; else the most
     probable one) and those it has expert boxes of, in the model's order."""
-    chosen = {name for name, p in zip(findings, probs) if p > 0.5}
+    chosen = {name for name, p in zip(findings, probs) if p > PREDICTED_P}
     chosen = chosen or {findings[int(np.argmax(probs))]}
     return [name for name in findings if name in chosen or name in boxed]
 

@@ -31,6 +31,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from learning.explain import gallery_header
+from learning.explain.findings import PREDICTED_P
 from learning.explain.gallery_header import e, link
 from scraper.fileio import atomic_write, atomic_write_text
 
@@ -51,7 +52,6 @@ COLUMNS = ("name", "label", "p", "p_text", "outcome", "boxes", "source", "view",
 # ... and, for a model trained with --findings only, one p per finding (the header's order) and
 # the image's finding maps: [[method index, finding index, picture, pointing or null], ...].
 FINDING_COLUMNS = ("findings", "finding_maps")
-FINDING_P = 0.5     # a finding is predicted iff its sigmoid p > 0.5 (learning/explain/findings)
 JSON_STYLE = {"ensure_ascii": True, "separators": (",", ":"), "allow_nan": False}
 
 
@@ -180,7 +180,7 @@ def gallery_data(entries, methods, header):
              "outcomes": OUTCOMES, "columns": list(COLUMNS) + (
                  list(FINDING_COLUMNS) if findings else [])}
     if findings:
-        fixed.update(findings=findings, finding_p=FINDING_P)
+        fixed.update(findings=findings, finding_p=PREDICTED_P)
     yield ("window.CXR_GALLERY = " + json.dumps(fixed, **JSON_STYLE)[:-1] + ',"rows":[')
     separator = ""
     for entry in entries:
@@ -193,7 +193,7 @@ def gallery_data(entries, methods, header):
 def card_summary(entries, methods):
     """What the controls count and offer, in one pass: {"outcomes": {key: n}, "view": [...],
     "modality": [...], "scored": any card with a pointing score (of a method's map or of a
-    finding map), "total": n, "findings": {finding: cards predicting it (p > FINDING_P)}, in
+    finding map), "total": n, "findings": {finding: cards predicting it (p > PREDICTED_P)}, in
     the model's order, {} for a normal/abnormal model}."""
     counts = dict.fromkeys(OUTCOMES, 0)
     distinct = {"view": set(), "modality": set()}
@@ -210,7 +210,7 @@ def card_summary(entries, methods):
         if predicted is None:
             predicted = dict.fromkeys(probs, 0)
         for name, p in probs.items():
-            if name in predicted and p > FINDING_P:
+            if name in predicted and p > PREDICTED_P:
                 predicted[name] += 1
     return dict({key: sorted(values) for key, values in distinct.items()}, outcomes=counts,
                 scored=scored, total=total, findings=predicted or {})
@@ -239,7 +239,7 @@ def controls_html(summary, methods, header):
     if findings:
         parts.append(_select("finding", "predicted finding", [("", "any")] + [
             (name, f"{name} ({n:,})") for name, n in findings.items()],
-            f"cards whose p(finding) > {FINDING_P:g}; the number: how many, of all cards"))
+            f"cards whose p(finding) > {PREDICTED_P:g}; the number: how many, of all cards"))
     if len(methods) > 1 or findings:
         parts.append(_select("map", "map on cards", [(m, _title(header, m)) for m in methods] + [
             (f"{m}:{name}", f"{_title(header, m)} of {name}") for m in methods
@@ -369,8 +369,8 @@ def _facts(entry, header):
             ("expert boxes", f"{len(entry.get('boxes') or [])}{excluded}")]
     if entry.get("findings"):   # a findings model: p per finding, the predicted ones bold
         rows.append(("p(finding)", ", ".join(
-            (f"<b>{e(name)} {format_p(p, FINDING_P)}</b>" if p > FINDING_P
-             else f"{e(name)} {format_p(p, FINDING_P)}")
+            (f"<b>{e(name)} {format_p(p, PREDICTED_P)}</b>" if p > PREDICTED_P
+             else f"{e(name)} {format_p(p, PREDICTED_P)}")
             for name, p in sorted(entry["findings"].items(), key=lambda item: -item[1]))))
     provenance = [("source", e(entry.get("source") or "unknown")),
                   ("view", e(entry.get("view") or "unknown")),
@@ -418,7 +418,7 @@ def render_detail(entry, methods, header, index):
     figures = "".join(_method_figure(entry, m, header, page_dir) for m in methods) + "".join(
         _method_figure(entry, info["method"], header, page_dir, info,
                        f"{_title(header, info['method'])} of {info['finding']} (p = "
-                       f"{format_p(info['p'], FINDING_P)})")
+                       f"{format_p(info['p'], PREDICTED_P)})")
         for info in (entry.get("finding_maps") or {}).values())
     body = (f"<header><h1>{e(entry['name'])}</h1><div class=\"meta nav\"><a id=\"back\" "
             f"href=\"{root}index.html\">&larr; gallery</a> &middot; <span id=\"card-nav\">"
